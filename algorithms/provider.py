@@ -1,0 +1,29 @@
+"""The ``mamol`` Processing provider."""
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .common import ICON_PATH
+from .createsamplescene import CreateSampleSceneAlgorithm
+
+
+class MamolProvider(QgsProcessingProvider):
+    """Provides every MaMOL algorithm under the id ``mamol``."""
+
+    def id(self) -> str:
+        return "mamol"
+
+    def name(self) -> str:
+        return "MaMOL land cover"
+
+    def longName(self) -> str:  # noqa: N802 - QGIS API
+        return "MaMOL: missing-modality robust land-cover classification"
+
+    def icon(self) -> QIcon:
+        return QIcon(ICON_PATH)
+
+    def svgIconPath(self) -> str:  # noqa: N802 - QGIS API
+        return ICON_PATH
+
+    def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
+        for algorithm in (CreateSampleSceneAlgorithm(),):
+            self.addAlgorithm(algorithm)

@@ -1,0 +1,49 @@
+"""Small GDAL helpers shared by every part that writes rasters or vectors."""
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+gdal.UseExceptions()
+ogr.UseExceptions()
+osr.UseExceptions()
+
+_GDAL_TYPES = {
+    np.dtype(np.uint8): gdal.GDT_Byte,
+    np.dtype(np.uint16): gdal.GDT_UInt16,
+    np.dtype(np.int16): gdal.GDT_Int16,
+    np.dtype(np.float32): gdal.GDT_Float32,
+}
+
+#: Tiled, compressed GeoTIFF, as every output of the plugin is written (DESIGN §4).
+GEOTIFF_OPTIONS = ("TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256",
+                   "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")
+
+
+def srs_from_epsg(epsg: int) -> osr.SpatialReference:
+    """A spatial reference in traditional GIS axis order (x = easting/longitude)."""
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def create_geotiff(path: Path, width: int, height: int, band_count: int, dtype: np.dtype,
+                   geotransform: Sequence[float], srs: osr.SpatialReference,
+                   nodata=None, band_names: Sequence[str] = ()) -> gdal.Dataset:
+    """Create a tiled, compressed GeoTIFF and return it open for writing."""
+    dtype = np.dtype(dtype)
+    predictor = "PREDICTOR=3" if dtype.kind == "f" else "PREDICTOR=2"
+    driver = gdal.GetDriverByName("GTiff")
+    dataset = driver.Create(str(path), int(width), int(height), int(band_count),
+                            _GDAL_TYPES[dtype], list(GEOTIFF_OPTIONS) + [predictor])
+    dataset.SetGeoTransform(tuple(float(v) for v in geotransform))
+    dataset.SetSpatialRef(srs)
+    for index in range(band_count):
+        band = dataset.GetRasterBand(index + 1)
+        if nodata is not None:
+            band.SetNoDataValue(float(nodata))
+        if index < len(band_names):
+            band.SetDescription(band_names[index])
+    return dataset

@@ -1,0 +1,52 @@
+"""Build the plugin zip that QGIS's "Install from ZIP" accepts.
+
+The archive has one top folder, ``mamol/`` (the plugin's install name), holding the plugin
+files only: no tests, benchmarks, build files or caches.
+
+Usage: python3 packaging/build_zip.py --out dist/mamol-0.1.0.zip
+"""
+import argparse
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_NAME = "mamol"
+PLUGIN_FILES = ("metadata.txt", "__init__.py", "mamol_plugin.py", "README.md", "LICENSE")
+PLUGIN_FOLDERS = ("algorithms", "core", "training", "resources")
+SKIPPED_SUFFIXES = (".pyc", ".pyo")
+
+
+def plugin_files(root: Path = ROOT):
+    """Yield (path on disk, path inside the archive) for every file that ships."""
+    for name in PLUGIN_FILES:
+        if (root / name).is_file():
+            yield root / name, f"{PLUGIN_NAME}/{name}"
+    for folder in PLUGIN_FOLDERS:
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts \
+                    and not path.name.endswith(SKIPPED_SUFFIXES):
+                yield path, f"{PLUGIN_NAME}/{path.relative_to(root).as_posix()}"
+
+
+def build(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".zip.part")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, name in plugin_files():
+            archive.write(path, name)
+    partial.replace(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="zip file to write")
+    parser.add_argument("--version", help="plugin version (for the message only)")
+    args = parser.parse_args()
+    out = build(args.out)
+    count = len(zipfile.ZipFile(out).namelist())
+    print(f"wrote {out} ({count} files, version {args.version or '?'})")
+
+
+if __name__ == "__main__":
+    main()
