@@ -1,0 +1,25 @@
+"""``make package``'s zip is what QGIS's "Install from ZIP" accepts."""
+import configparser
+import subprocess
+import sys
+import zipfile
+
+from conftest import REPO
+
+
+def test_zip_has_one_top_folder_and_no_dev_files(tmp_path):
+    out = tmp_path / "mamol.zip"
+    subprocess.run([sys.executable, str(REPO / "packaging" / "build_zip.py"), "--out", str(out)],
+                   check=True, capture_output=True)
+    names = zipfile.ZipFile(out).namelist()
+    assert {name.split("/")[0] for name in names} == {"mamol"}
+    for required in ("mamol/metadata.txt", "mamol/__init__.py", "mamol/mamol_plugin.py",
+                     "mamol/algorithms/provider.py", "mamol/core/sample_scene.py",
+                     "mamol/resources/icon.svg"):
+        assert required in names
+    forbidden = ("tests/", "bench/", ".ci/", "Makefile", ".build", "__pycache__", ".pyc",
+                 "packaging/")
+    assert not [n for n in names if any(part in n for part in forbidden)]
+    metadata = configparser.ConfigParser()
+    metadata.read_string(zipfile.ZipFile(out).read("mamol/metadata.txt").decode())
+    assert metadata["general"]["icon"] in [n[len("mamol/"):] for n in names]

@@ -1,0 +1,66 @@
+"""The plugin as ``qgis_process`` users meet it: a real ``qgis_process.bin`` subprocess with
+its own isolated profile in which the plugin is enabled."""
+import json
+import os
+import shutil
+import subprocess
+import sysconfig
+
+import pytest
+
+from conftest import PLUGINS_DIR
+
+pytestmark = pytest.mark.skipif(shutil.which("qgis_process.bin") is None,
+                                reason="qgis_process.bin is not installed")
+
+
+@pytest.fixture(scope="module")
+def qgis_env(tmp_path_factory):
+    profile = tmp_path_factory.mktemp("qgis-profile")
+    runtime = tmp_path_factory.mktemp("xdg-runtime")
+    runtime.chmod(0o700)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(profile),
+               QGIS_PLUGINPATH=str(PLUGINS_DIR), XDG_RUNTIME_DIR=str(runtime),
+               PYTHONPATH=sysconfig.get_paths()["purelib"])
+    enabled = qgis_process(env, "plugins", "enable", "mamol")
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    return env
+
+
+def qgis_process(env, *args, timeout=300):
+    return subprocess.run(["qgis_process.bin", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_provider_is_listed(qgis_env):
+    listing = qgis_process(qgis_env, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "MaMOL land cover" in listing.stdout
+    assert "mamol:createsamplescene" in listing.stdout
+
+
+def test_help_explains_parameters(qgis_env):
+    result = qgis_process(qgis_env, "help", "mamol:createsamplescene")
+    assert result.returncode == 0, result.stderr
+    assert "SIZE" in result.stdout and "OUTPUT_FOLDER" in result.stdout
+    assert "no single modality" in result.stdout
+
+
+@pytest.mark.slow
+def test_run_writes_the_scene(qgis_env, tmp_path):
+    result = qgis_process(qgis_env, "--json", "run", "mamol:createsamplescene", "--",
+                          "SIZE=128", "SEED=7", f"OUTPUT_FOLDER={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert results["HS"] == str(tmp_path / "hs.tif")
+    assert (tmp_path / "training_polygons.gpkg").is_file()
+    assert json.loads((tmp_path / "scene.json").read_text())["config"] == {"size": 128,
+                                                                            "seed": 7}
+
+
+def test_bad_size_fails_with_the_reason(qgis_env, tmp_path):
+    result = qgis_process(qgis_env, "run", "mamol:createsamplescene", "--",
+                          "SIZE=99999", f"OUTPUT_FOLDER={tmp_path / 'out'}")
+    assert result.returncode != 0
+    assert "Size 99999 is too large" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
