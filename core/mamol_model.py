@@ -1,0 +1,361 @@
+"""The MaMOL model: a frozen open_clip ViT with a Missing-aware Mixture-of-LoRAs.
+
+Paper: "Rethinking Efficient Mixture-of-Experts for Remote Sensing Modality-Missing
+Classification" (MaMOL), Sections 3.1–3.4. Decisions the paper leaves open follow
+DESIGN §2; each is marked "Decision" below.
+
+Pipeline for one sample (a P x P window around a pixel) and M modalities:
+
+1. every *present* modality's window becomes P² tokens through its own trainable
+   :class:`ModalityTokenEmbedding` (the frozen CLIP ``conv1`` is not used: HS is not RGB);
+2. CLS token + frozen position embedding (interpolated when P differs from the ViT grid) +
+   frozen ``ln_pre``, then the frozen transformer blocks, the last ``L_e`` of them with a
+   :class:`MamolAdapter` in the MLP sublayer; frozen ``ln_post`` and ``proj`` give f_m;
+3. a missing modality's feature is a zero tensor and its encoder is not run (paper 4.1);
+4. the M features are concatenated and a linear head gives the class logits.
+
+The adapter (paper eqs. 3–8), with z = ln_2(x) of the block::
+
+    x = x + mlp(z) + Δh(z),     Δh = h_dyn + h_stat
+    h_dyn  = Σ_{k in top-k} g_k · B_k A_k z,  g = softmax(W_t f_t([z; e(pattern); e(modality)]))
+    h_stat = B_s A_s z + B_m A_m z            (shared expert + the encoded modality's expert)
+
+Decision (DESIGN §2.6): the paper writes LayerNorm(h_frozen + Δh); CLIP blocks are
+pre-norm, so the next block's ``ln_1`` already normalises and Δh joins the residual stream.
+Decision: the top-k gates are the router's softmax probabilities, not renormalised over the
+selected experts; with k = 1 renormalising would make every gate 1 and cut the router off
+from the gradient.
+"""
+import enum
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import MamolInputError
+
+
+class ExpertSet(str, enum.Enum):
+    """Which experts exist (paper Table 5 ablations)."""
+
+    FULL = "full"
+    NO_DYNAMIC = "no_dynamic"
+    NO_STATIC = "no_static"                        # neither shared nor modality-specific
+    NO_MODALITY_SPECIFIC = "no_modality_specific"
+    NONE = "none"                                  # frozen backbone + embeddings + head
+
+    @property
+    def dynamic(self) -> bool:
+        return self in (ExpertSet.FULL, ExpertSet.NO_STATIC, ExpertSet.NO_MODALITY_SPECIFIC)
+
+    @property
+    def shared(self) -> bool:
+        return self in (ExpertSet.FULL, ExpertSet.NO_DYNAMIC, ExpertSet.NO_MODALITY_SPECIFIC)
+
+    @property
+    def modality_specific(self) -> bool:
+        return self in (ExpertSet.FULL, ExpertSet.NO_DYNAMIC)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """MaMOL adapter hyper-parameters (defaults: the paper's "Last (6 x 2)" setting)."""
+
+    layers: int = 6            # L_e: adapted blocks, counted from the last block
+    dynamic_experts: int = 2   # N_d: pattern experts per adapted block
+    top_k: int = 1             # k: dynamic experts evaluated per token
+    rank: int = 8              # r: LoRA rank of every expert
+    alpha: float = 8.0         # LoRA scale is alpha / rank
+    router_hidden: int = 64    # width of the router MLP f_t
+    embedding_dim: int = 64    # size of the pattern and modality embeddings e(.)
+    experts: ExpertSet = ExpertSet.FULL
+
+    def to_json(self) -> Dict[str, object]:
+        return {"layers": self.layers, "dynamic_experts": self.dynamic_experts,
+                "top_k": self.top_k, "rank": self.rank, "alpha": self.alpha,
+                "router_hidden": self.router_hidden, "embedding_dim": self.embedding_dim,
+                "experts": self.experts.value}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, object]) -> "AdapterConfig":
+        values = dict(record)
+        values["experts"] = ExpertSet(values.get("experts", "full"))
+        return cls(**values)
+
+    def validate(self, backbone_layers: int) -> None:
+        if not 1 <= self.layers <= backbone_layers:
+            raise MamolInputError(
+                f"Adapter layers L_e = {self.layers} must be between 1 and the backbone's "
+                f"{backbone_layers} transformer blocks.")
+        if self.experts.dynamic and not 1 <= self.top_k <= self.dynamic_experts:
+            raise MamolInputError(
+                f"top-k = {self.top_k} must be between 1 and the number of dynamic experts "
+                f"({self.dynamic_experts}).")
+        if self.rank < 1:
+            raise MamolInputError(f"LoRA rank {self.rank} must be at least 1.")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """A modality the model knows: its name and band count."""
+
+    name: str
+    bands: int
+
+
+class LoRAExperts(nn.Module):
+    """``count`` independent LoRA experts f_i(z) = (alpha / r) · B_i A_i z.
+
+    A is Kaiming-initialised, B is zero, so every expert starts as the zero map and the
+    adapted model starts as the frozen CLIP. Experts are never merged into frozen weights:
+    which expert applies depends on the input.
+    """
+
+    def __init__(self, count: int, width: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.scale = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(count, rank, width))
+        self.lora_B = nn.Parameter(torch.zeros(count, width, rank))
+        for index in range(count):
+            nn.init.kaiming_uniform_(self.lora_A.data[index], a=math.sqrt(5))
+
+    def forward(self, z: torch.Tensor, index: int) -> torch.Tensor:
+        """Expert ``index`` applied to ``z`` (..., width)."""
+        return F.linear(F.linear(z, self.lora_A[index]), self.lora_B[index]) * self.scale
+
+
+class Router(nn.Module):
+    """g = softmax(W_t f_t([z; e(pattern); e(modality)])) per token (paper eq. 6).
+
+    The concatenation is computed as a sum of three products with slices of one weight,
+    which is the same linear map without materialising a (tokens, D + 2E) tensor.
+    """
+
+    def __init__(self, width: int, embedding_dim: int, hidden: int, experts: int) -> None:
+        super().__init__()
+        self.width = width
+        self.embedding_dim = embedding_dim
+        self.f_t = nn.Linear(width + 2 * embedding_dim, hidden)
+        self.W_t = nn.Linear(hidden, experts)
+
+    def forward(self, z: torch.Tensor, pattern_embedding: torch.Tensor,
+                modality_embedding: torch.Tensor) -> torch.Tensor:
+        """Gates (batch, tokens, experts) for z (batch, tokens, width)."""
+        weight = self.f_t.weight
+        d, e = self.width, self.embedding_dim
+        hidden = F.linear(z, weight[:, :d], self.f_t.bias)
+        hidden = hidden + F.linear(pattern_embedding, weight[:, d:d + e])[:, None, :]
+        hidden = hidden + F.linear(modality_embedding, weight[:, d + e:])
+        return torch.softmax(self.W_t(F.gelu(hidden)), dim=-1)
+
+
+@dataclass
+class RoutingContext:
+    """What the adapters need to know about the current encoder pass."""
+
+    pattern_embedding: Optional[torch.Tensor]   # (batch, E) e(missing pattern)
+    modality_embedding: Optional[torch.Tensor]  # (E,) e(modality being encoded)
+    modality_index: int                         # which modality this pass encodes
+
+
+class MamolAdapter(nn.Module):
+    """Δh for one transformer block: dynamic (routed) + static (shared, modality) experts."""
+
+    def __init__(self, width: int, modality_count: int, config: AdapterConfig) -> None:
+        super().__init__()
+        self.top_k = config.top_k
+        experts = config.experts
+        self.dynamic = (LoRAExperts(config.dynamic_experts, width, config.rank, config.alpha)
+                        if experts.dynamic else None)
+        self.router = (Router(width, config.embedding_dim, config.router_hidden,
+                              config.dynamic_experts) if experts.dynamic else None)
+        self.shared = LoRAExperts(1, width, config.rank, config.alpha) if experts.shared else None
+        self.modality_specific = (LoRAExperts(modality_count, width, config.rank, config.alpha)
+                                  if experts.modality_specific else None)
+
+    def forward(self, z: torch.Tensor, context: RoutingContext) -> torch.Tensor:
+        delta = torch.zeros_like(z)
+        if self.dynamic is not None:
+            delta = delta + self._dynamic(z, context)
+        if self.shared is not None:
+            delta = delta + self.shared(z, 0)
+        if self.modality_specific is not None:
+            delta = delta + self.modality_specific(z, context.modality_index)
+        return delta
+
+    def _dynamic(self, z: torch.Tensor, context: RoutingContext) -> torch.Tensor:
+        """Sparse top-k mixture: each expert runs only on the tokens that selected it."""
+        gates = self.router(z, context.pattern_embedding, context.modality_embedding)
+        top_gates, top_index = gates.topk(self.top_k, dim=-1)
+        flat_z = z.reshape(-1, z.shape[-1])
+        flat_gates = top_gates.reshape(-1, self.top_k)
+        flat_index = top_index.reshape(-1, self.top_k)
+        out = torch.zeros_like(flat_z)
+        for expert in range(self.dynamic.lora_A.shape[0]):
+            token, slot = torch.nonzero(flat_index == expert, as_tuple=True)
+            if token.numel() == 0:
+                continue
+            contribution = self.dynamic(flat_z[token], expert)
+            out = out.index_add(0, token, contribution * flat_gates[token, slot, None])
+        return out.reshape(z.shape)
+
+
+class ModalityTokenEmbedding(nn.Module):
+    """Pixel -> token: Conv2d(C, 256, 3 x 3, pad 1) -> GELU -> Conv2d(256, D, 1 x 1)."""
+
+    def __init__(self, bands: int, width: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.spatial = nn.Conv2d(bands, hidden, kernel_size=3, padding=1)
+        self.project = nn.Conv2d(hidden, width, kernel_size=1)
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        """(batch, bands, P, P) -> (batch, P², width), row-major like ViT patches."""
+        tokens = self.project(F.gelu(self.spatial(window)))
+        return tokens.flatten(2).transpose(1, 2)
+
+
+class MamolEncoder(nn.Module):
+    """The frozen open_clip image tower with MaMOL adapters in its last ``L_e`` blocks."""
+
+    def __init__(self, visual: nn.Module, modality_count: int, config: AdapterConfig) -> None:
+        super().__init__()
+        transformer = visual.transformer
+        if not getattr(transformer, "batch_first", True):
+            raise MamolInputError("MaMOL needs an open_clip ViT that runs batch-first.")
+        self.visual = visual
+        block_count = len(transformer.resblocks)
+        config.validate(block_count)
+        self.width = int(transformer.width)
+        self.output_dim = int(visual.output_dim)
+        self.first_adapted = block_count - config.layers
+        adapters = [] if config.experts is ExpertSet.NONE else [
+            MamolAdapter(self.width, modality_count, config) for _ in range(config.layers)]
+        self.adapters = nn.ModuleList(adapters)
+        self.grid = int(round(math.sqrt(visual.positional_embedding.shape[0] - 1)))
+        self._position_cache: Dict[tuple, torch.Tensor] = {}
+        self.freeze_backbone()
+
+    def freeze_backbone(self) -> None:
+        """Freeze every tensor of the image tower (idempotent) and keep it in eval mode."""
+        for parameter in self.visual.parameters():
+            parameter.requires_grad_(False)
+        self.visual.eval()
+
+    def train(self, mode: bool = True) -> "MamolEncoder":
+        super().train(mode)
+        self.visual.eval()     # frozen parts never switch to training behaviour
+        return self
+
+    def position_embedding(self, patch: int) -> torch.Tensor:
+        """Frozen CLS + grid position embedding for a P x P token grid (interpolated)."""
+        table = self.visual.positional_embedding
+        if patch == self.grid:
+            return table
+        key = (patch, table.device, table.dtype)
+        if key not in self._position_cache:
+            grid = table[1:].reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+            resized = F.interpolate(grid.float(), size=(patch, patch), mode="bicubic",
+                                    align_corners=False)
+            resized = resized.permute(0, 2, 3, 1).reshape(patch * patch, -1).to(table.dtype)
+            self._position_cache[key] = torch.cat([table[:1], resized], dim=0).detach()
+        return self._position_cache[key]
+
+    def forward(self, tokens: torch.Tensor, context: RoutingContext) -> torch.Tensor:
+        """Encode (batch, P², D) tokens of one modality into (batch, output_dim) features."""
+        batch, count, _ = tokens.shape
+        patch = int(round(math.sqrt(count)))
+        visual = self.visual
+        cls = visual.class_embedding.to(tokens.dtype).expand(batch, 1, -1)
+        x = torch.cat([cls, tokens], dim=1) + self.position_embedding(patch).to(tokens.dtype)
+        x = visual.ln_pre(x)
+        for index, block in enumerate(visual.transformer.resblocks):
+            if index < self.first_adapted or not self.adapters:
+                x = block(x)
+                continue
+            adapter = self.adapters[index - self.first_adapted]
+            x = x + block.ls_1(block.attention(q_x=block.ln_1(x)))
+            z = block.ln_2(x)
+            x = x + block.ls_2(block.mlp(z)) + adapter(z, context)
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled
+
+
+class MamolModel(nn.Module):
+    """Token embeddings + MaMOL encoder + pattern/modality embeddings + linear head."""
+
+    def __init__(self, modalities: Sequence[ModalitySpec], class_count: int,
+                 visual: nn.Module, config: AdapterConfig = AdapterConfig()) -> None:
+        super().__init__()
+        if not modalities:
+            raise MamolInputError("A MaMOL model needs at least one modality.")
+        names = [m.name for m in modalities]
+        if len(set(names)) != len(names):
+            raise MamolInputError(f"Modality names must be unique, got {names}.")
+        if class_count < 2:
+            raise MamolInputError(f"A classifier needs at least 2 classes, got {class_count}.")
+        self.modalities = list(modalities)
+        self.config = config
+        self.encoder = MamolEncoder(visual, len(modalities), config)
+        width = self.encoder.width
+        self.token_embeddings = nn.ModuleDict(
+            {m.name: ModalityTokenEmbedding(m.bands, width) for m in modalities})
+        if config.experts.dynamic:
+            self.pattern_embedding = nn.Embedding(2 ** len(modalities), config.embedding_dim)
+            self.modality_embedding = nn.Embedding(len(modalities), config.embedding_dim)
+        else:
+            self.pattern_embedding = None
+            self.modality_embedding = None
+        self.head = nn.Linear(len(modalities) * self.encoder.output_dim, class_count)
+
+    @property
+    def full_pattern(self) -> int:
+        """The pattern code with every modality present."""
+        return 2 ** len(self.modalities) - 1
+
+    def encode(self, index: int, window: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+        """Feature f_m of modality ``index`` for samples that have it."""
+        context = RoutingContext(
+            pattern_embedding=(self.pattern_embedding(pattern)
+                               if self.pattern_embedding is not None else None),
+            modality_embedding=(self.modality_embedding.weight[index]
+                                if self.modality_embedding is not None else None),
+            modality_index=index)
+        tokens = self.token_embeddings[self.modalities[index].name](window)
+        return self.encoder(tokens, context)
+
+    def forward(self, windows: Mapping[str, torch.Tensor], pattern: torch.Tensor) -> torch.Tensor:
+        """Class logits (batch, K).
+
+        Args:
+            windows: modality name -> (batch, bands, P, P) normalised windows. A modality
+                absent from every sample may be left out; values of samples where the
+                pattern marks it missing are never read.
+            pattern: (batch,) int64 bitmask, bit m set = modality m present.
+        """
+        batch = pattern.shape[0]
+        features: List[torch.Tensor] = []
+        for index, spec in enumerate(self.modalities):
+            present = torch.nonzero((pattern >> index) & 1, as_tuple=True)[0]
+            feature = self.head.weight.new_zeros(batch, self.encoder.output_dim)
+            if present.numel():
+                if spec.name not in windows:
+                    raise MamolInputError(
+                        f"The pattern marks modality '{spec.name}' present but no window was "
+                        "given for it.")
+                encoded = self.encode(index, windows[spec.name][present], pattern[present])
+                feature = feature.index_copy(0, present, encoded.to(feature.dtype))
+            features.append(feature)
+        return self.head(torch.cat(features, dim=1))
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Only the tensors that training changes (everything but the frozen backbone)."""
+        names = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {name: tensor for name, tensor in self.state_dict().items() if name in names}
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
