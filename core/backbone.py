@@ -178,13 +178,18 @@ def build_visual_tower(spec: BackboneSpec):
         if not spec.checkpoint_path:
             raise MamolInputError("Checkpoint weights need a checkpoint file path.")
         tensors = _visual_tensors(read_checkpoint(Path(spec.checkpoint_path)))
-        result = visual.load_state_dict(tensors, strict=False)
-        if result.missing_keys:
+        expected = visual.state_dict()
+        missing = [name for name in expected if name not in tensors]
+        misshapen = [name for name in expected if name in tensors
+                     and tuple(tensors[name].shape) != tuple(expected[name].shape)]
+        if missing or misshapen:
+            examples = ", ".join((missing + misshapen)[:3])
             raise MamolInputError(
                 f"Checkpoint '{spec.checkpoint_path}' does not fit backbone {spec.arch}: "
-                f"{len(result.missing_keys)} image-tower tensors missing (e.g. "
-                f"{', '.join(result.missing_keys[:3])}). Choose the architecture the "
-                "checkpoint was trained with.")
+                f"{len(missing)} image-tower tensors missing and {len(misshapen)} of another "
+                f"shape (e.g. {examples}). Choose the architecture the checkpoint was "
+                "trained with.")
+        visual.load_state_dict({name: tensors[name] for name in expected})
     return visual
 
 
