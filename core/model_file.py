@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from . import torch_compat
 from .backbone import BackboneSpec, build_visual_tower, fingerprint
 from .errors import MamolInputError
 
@@ -113,8 +114,8 @@ class ModelHeader:
 
 def software_versions() -> Dict[str, str]:
     """Versions recorded in every model file."""
-    import open_clip
-    import torch
+    open_clip = torch_compat.import_open_clip()
+    torch = torch_compat.import_torch()
     return {"mamol_format": str(FORMAT_VERSION), "torch": torch.__version__,
             "open_clip": open_clip.__version__}
 
