@@ -25,8 +25,6 @@ from typing import Dict, Optional, Tuple
 from . import torch_compat
 from .errors import MamolInputError
 
-log = logging.getLogger(__name__)
-
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "resources" / "model_configs"
 DEFAULT_ARCH = "ViT-B-16"
 #: Small ViT configs shipped as data for tests and the CPU demo.
@@ -193,12 +191,17 @@ def build_visual_tower(spec: BackboneSpec):
     return visual
 
 
+def hash_tensors(digest, tensors: Dict[str, object]) -> None:
+    """Feed every tensor (sorted by name: name, shape, dtype, raw bytes) into ``digest``."""
+    torch = torch_compat.import_torch()
+    for name, tensor in sorted(tensors.items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"|{name}|{tuple(data.shape)}|{data.dtype}|".encode())
+        digest.update(data.view(-1).view(dtype=torch.uint8).numpy().tobytes())
+
+
 def fingerprint(visual) -> str:
     """SHA-256 (hex, first 16 digits) of the image tower's tensors."""
-    torch = torch_compat.import_torch()
     digest = hashlib.sha256()
-    for name, tensor in sorted(visual.state_dict().items()):
-        data = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(data.shape)}|{data.dtype}|".encode())
-        digest.update(data.view(-1).view(dtype=torch.uint8).numpy().tobytes())
+    hash_tensors(digest, visual.state_dict())
     return digest.hexdigest()[:16]

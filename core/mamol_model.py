@@ -26,6 +26,7 @@ Decision: the top-k gates are the router's softmax probabilities, not renormalis
 selected experts; with k = 1 renormalising would make every gate 1 and cut the router off
 from the gradient.
 """
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
@@ -74,10 +75,7 @@ class AdapterConfig:
     experts: ExpertSet = ExpertSet.FULL
 
     def to_json(self) -> Dict[str, object]:
-        return {"layers": self.layers, "dynamic_experts": self.dynamic_experts,
-                "top_k": self.top_k, "rank": self.rank, "alpha": self.alpha,
-                "router_hidden": self.router_hidden, "embedding_dim": self.embedding_dim,
-                "experts": self.experts.value}
+        return dict(dataclasses.asdict(self), experts=self.experts.value)
 
     @classmethod
     def from_json(cls, record: Mapping[str, object]) -> "AdapterConfig":

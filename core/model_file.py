@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import torch_compat
-from .backbone import BackboneSpec, build_visual_tower, fingerprint
+from .backbone import BackboneSpec, build_visual_tower, fingerprint, hash_tensors
 from .errors import MamolInputError
 
 FORMAT = "mamol-model"
@@ -122,10 +122,7 @@ def software_versions() -> Dict[str, str]:
 
 def _checksum(document: Mapping[str, object], tensors: Mapping[str, object]) -> str:
     digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode())
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"|{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.numpy().tobytes())
+    hash_tensors(digest, tensors)
     return digest.hexdigest()
 
 
