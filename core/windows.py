@@ -1,0 +1,58 @@
+"""Windows around target pixels and the per-pixel missing pattern (DESIGN §2.1, §4).
+
+Shared by training and inference so both see a sample the same way:
+
+* A sample is the P×P window whose row/column ``P // 2`` is the target pixel (for even P
+  the pixel sits just below/right of the window centre).
+* A modality is *missing* for a sample when the target pixel is missing in it (NaN after
+  alignment: outside coverage, nodata, non-finite) or when more than
+  ``max_missing_fraction`` of the window is missing.
+* Inside a present window, missing pixels are set to the band mean (0 after
+  normalisation), so they carry no signal.
+"""
+from typing import Sequence
+
+import numpy as np
+
+#: Default share of a window that may be missing before the whole modality counts as missing.
+DEFAULT_MAX_MISSING_FRACTION = 0.5
+
+
+def window_offset(patch_size: int) -> int:
+    """Rows/columns of the window before (above/left of) the target pixel."""
+    return patch_size // 2
+
+
+def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                patch_size: int) -> np.ndarray:
+    """Windows (n, bands, P, P) from ``block`` (bands, H, W) for target pixels given in
+    *block* coordinates minus the halo, i.e. window k covers block rows
+    ``rows[k] .. rows[k] + P - 1`` (a block read with a halo of ``window_offset(P)`` puts
+    the target pixel at its window's offset)."""
+    view = np.lib.stride_tricks.sliding_window_view(block, (patch_size, patch_size),
+                                                    axis=(1, 2))
+    # view: (bands, H-P+1, W-P+1, P, P) -> (n, bands, P, P)
+    return np.ascontiguousarray(np.moveaxis(view[:, rows, cols], 1, 0))
+
+
+def modality_present(windows: np.ndarray, max_missing_fraction: float) -> np.ndarray:
+    """(n,) bool: is the modality usable for each window (n, bands, P, P)?"""
+    patch = windows.shape[-1]
+    missing = np.isnan(windows).any(axis=1)          # (n, P, P)
+    centre = window_offset(patch)
+    fraction = missing.reshape(missing.shape[0], -1).mean(axis=1)
+    return ~missing[:, centre, centre] & (fraction <= max_missing_fraction)
+
+
+def pattern_from_presence(presence: Sequence[np.ndarray]) -> np.ndarray:
+    """Bitmask pattern codes (int64) from per-modality presence, bit m = modality m."""
+    pattern = np.zeros(presence[0].shape, dtype=np.int64)
+    for bit, present in enumerate(presence):
+        pattern |= present.astype(np.int64) << bit
+    return pattern
+
+
+def pattern_name(pattern: int, names: Sequence[str]) -> str:
+    """'hs+lidar' for a pattern code; 'none' for 0."""
+    present = [name for bit, name in enumerate(names) if (int(pattern) >> bit) & 1]
+    return "+".join(present) or "none"

@@ -1,0 +1,212 @@
+"""The training report writer: JSON round trip, HTML content, escaping and atomic writes."""
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mamol.training.report import format_percent, render_html, write_report
+
+CONFUSION = [[37, 2, 1], [3, 28, 4], [0, 5, 41]]
+
+
+def make_summary() -> dict:
+    """A realistic summary: 3 classes, 4 epochs, best epoch 3."""
+    return {
+        "title": "MaMOL training report",
+        "model_file": "/data/models/wetlands.mamol",
+        "created_by": "mamol:trainmodel",
+        "modalities": [{"name": "hs", "bands": 48, "path": "/data/hs.tif"},
+                       {"name": "sar", "bands": 2, "path": "/data/sar.tif"},
+                       {"name": "lidar", "bands": 1, "path": "/data/lidar.tif"}],
+        "classes": [
+            {"value": 1, "name": "water", "colour": "#1f78b4", "train_pixels": 120,
+             "validation_pixels": 40, "train_polygons": 4, "validation_polygons": 2},
+            {"value": 2, "name": "reed bed", "colour": "#33a02c", "train_pixels": 110,
+             "validation_pixels": 35, "train_polygons": 5, "validation_polygons": 2},
+            {"value": 5, "name": "bare soil", "colour": "#b15928", "train_pixels": 140,
+             "validation_pixels": 46, "train_polygons": 3, "validation_polygons": 1}],
+        "config": {"epochs": 4, "batch_size": 64, "learning_rate": 0.001,
+                   "modality_dropout": 0.3, "experts": ["hs", "sar", "lidar"],
+                   "device": "cpu"},
+        "missing_simulation": {
+            "description": "Each modality dropped with probability 0.3; never all of them.",
+            "train_patterns": {"hs+sar+lidar": 500, "sar+lidar": 120, "hs+lidar": 80},
+            "validation_patterns": {"hs+sar+lidar": 90, "sar+lidar": 31}},
+        "epochs": [
+            {"epoch": 1, "train_loss": 1.92, "learning_rate": 0.001, "validation_oa": 0.61,
+             "validation_kappa": 0.42, "seconds": 3.2},
+            {"epoch": 2, "train_loss": 1.21, "learning_rate": 0.001, "validation_oa": 0.78,
+             "validation_kappa": 0.66, "seconds": 3.1},
+            {"epoch": 3, "train_loss": 0.74, "learning_rate": 0.0005, "validation_oa": 0.875,
+             "validation_kappa": 0.81, "seconds": 3.0},
+            {"epoch": 4, "train_loss": 0.69, "learning_rate": 0.00025, "validation_oa": 0.86,
+             "validation_kappa": 0.79, "seconds": 3.3}],
+        "best_epoch": 3,
+        "validation": {
+            "samples": 121, "oa": 0.8429752066115702, "kappa": 0.7634,
+            "confusion_matrix": CONFUSION,
+            "per_class": [
+                {"name": "water", "reference_samples": 40, "predicted_samples": 40,
+                 "producers_accuracy": 0.925, "users_accuracy": 0.925, "f1": 0.925},
+                {"name": "reed bed", "reference_samples": 35, "predicted_samples": 35,
+                 "producers_accuracy": 0.8, "users_accuracy": 0.8, "f1": 0.8},
+                {"name": "bare soil", "reference_samples": 46, "predicted_samples": 46,
+                 "producers_accuracy": 0.8913, "users_accuracy": None, "f1": None}],
+            "per_pattern": [{"pattern": "hs+sar+lidar", "samples": 90, "oa": 0.9, "kappa": 0.85},
+                            {"pattern": "sar+lidar", "samples": 31, "oa": 0.68,
+                             "kappa": 0.52}]},
+        "forced_patterns": [{"pattern": "sar+lidar", "samples": 121, "oa": 0.7, "kappa": 0.6},
+                            {"pattern": "hs", "samples": 121, "oa": 0.81, "kappa": 0.72}],
+        "timing": {"device": "cpu", "training_seconds": 12.6, "samples_per_second": 150.2,
+                   "train_samples_seen": 2800},
+        "warnings": ["Class 'bare soil' has only 1 validation polygon."],
+    }
+
+
+def write(tmp_path: Path, summary: dict) -> tuple:
+    html_path, json_path = tmp_path / "report.html", tmp_path / "report.json"
+    write_report(summary, html_path, json_path)
+    return html_path.read_text(encoding="utf-8"), json.loads(json_path.read_text("utf-8"))
+
+
+def test_writes_both_files_and_json_round_trips(tmp_path):
+    summary = make_summary()
+    original = copy.deepcopy(summary)
+    _, loaded = write(tmp_path, summary)
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "report.json").is_file()
+    assert loaded == original
+    assert summary == original                          # the input is not modified
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json"]
+
+
+def test_html_content(tmp_path):
+    html_text, _ = write(tmp_path, make_summary())
+    assert html_text.startswith("<!DOCTYPE html>")
+    for name in ("water", "reed bed", "bare soil"):
+        assert name in html_text
+    assert html_text.count("<svg") == 2                # loss chart and accuracy chart
+    assert "best epoch 3" in html_text                  # marked in the charts
+    assert '<tr class="best"><td>3 <span class="best-tag">best</span>' in html_text
+    assert "84.30 %" in html_text and "76.34 %" in html_text     # OA, kappa
+    assert "Validation accuracy per real missing pattern" in html_text
+    assert "Validation accuracy with modalities removed" in html_text
+    assert "background:#1f78b4" in html_text           # class colour swatch
+    assert "Each modality dropped with probability 0.3" in html_text
+    assert "hs+lidar" in html_text and "150.2" in html_text
+    assert "only 1 validation polygon" in html_text
+    # self-contained: no script, no external resources
+    assert "<script" not in html_text.lower()
+    assert not re.search(r"(src|href)\s*=", html_text)
+
+
+def test_confusion_matrix_cells(tmp_path):
+    html_text, _ = write(tmp_path, make_summary())
+    table = html_text[html_text.index('<table class="confusion">'):]
+    table = table[:table.index("</table>")]
+    cells = [int(v) for v in re.findall(r'<td style="[^"]*" title="[^"]*">(\d+)</td>', table)]
+    assert cells == [v for row in CONFUSION for v in row]
+    # row-normalised shading: 37 of 40 in the first row
+    assert "rgba(31,119,180,0.925)" in table
+    assert "<th>water</th>" in table and "<th>bare soil</th>" in table
+    assert '<td class="total">121</td>' in table
+
+
+def test_strings_are_escaped(tmp_path):
+    summary = make_summary()
+    summary["classes"][0]["name"] = "<script>alert(1)</script>"
+    summary["validation"]["per_class"][0]["name"] = "<script>alert(1)</script>"
+    summary["config"]["note"] = 'a "quoted" <b>value</b> & more'
+    summary["classes"][1]["colour"] = "red;position:fixed"       # not a hex colour
+    html_text, loaded = write(tmp_path, summary)
+    assert "<script>" not in html_text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "&lt;b&gt;value&lt;/b&gt; &amp; more" in html_text
+    assert "background:red" not in html_text
+    assert loaded["classes"][0]["name"] == "<script>alert(1)</script>"
+
+
+def test_missing_sections_still_render(tmp_path):
+    summary = make_summary()
+    summary["validation"] = None
+    summary["epochs"] = []
+    summary["best_epoch"] = None
+    del summary["timing"], summary["forced_patterns"], summary["config"]
+    html_text, loaded = write(tmp_path, summary)
+    assert loaded["validation"] is None
+    assert "<svg" not in html_text
+    assert "No validation results" in html_text
+    assert "water" in html_text
+
+
+def test_empty_summary_renders(tmp_path):
+    html_text, loaded = write(tmp_path, {})
+    assert loaded == {}
+    assert "MaMOL training report" in html_text and "—" in html_text
+
+
+def test_epochs_without_validation_draw_loss_only(tmp_path):
+    summary = make_summary()
+    for epoch in summary["epochs"]:
+        epoch["validation_oa"] = epoch["validation_kappa"] = None
+    html_text, _ = write(tmp_path, summary)
+    assert html_text.count("<svg") == 1
+    assert "No validation during training" in html_text
+
+
+def test_single_epoch_chart(tmp_path):
+    summary = make_summary()
+    summary["epochs"] = summary["epochs"][:1]
+    summary["best_epoch"] = 1
+    html_text, _ = write(tmp_path, summary)
+    assert html_text.count("<svg") == 2 and "best epoch 1" in html_text
+
+
+def test_nan_becomes_null(tmp_path):
+    summary = make_summary()
+    summary["validation"]["kappa"] = float("nan")
+    summary["epochs"][0]["train_loss"] = float("inf")
+    summary["forced_patterns"][0]["oa"] = float("-inf")
+    html_text, loaded = write(tmp_path, summary)
+    text = (tmp_path / "report.json").read_text("utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    assert loaded["validation"]["kappa"] is None
+    assert loaded["epochs"][0]["train_loss"] is None
+    assert loaded["forced_patterns"][0]["oa"] is None
+    assert "nan" not in html_text.lower().replace("nan-", "")
+
+
+def test_unwritable_destination_raises_and_leaves_nothing(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(OSError):
+        write_report(make_summary(), missing / "report.html", tmp_path / "report.json")
+    # the JSON temp file staged before the HTML failed must be cleaned up too
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError):
+        write_report(make_summary(), tmp_path / "report.html", missing / "report.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_report_is_kept_on_failure(tmp_path):
+    html_path = tmp_path / "report.html"
+    html_path.write_text("old", encoding="utf-8")
+    summary = make_summary()
+    summary["warnings"] = [object()]                    # not JSON-serialisable
+    with pytest.raises(TypeError):
+        write_report(summary, html_path, tmp_path / "report.json")
+    assert html_path.read_text(encoding="utf-8") == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_format_percent():
+    assert format_percent(None) == "—"
+    assert format_percent(0.84297) == "84.30 %"
+    assert format_percent(1) == "100.00 %"
+    assert format_percent(0.5, 1) == "50.0 %"
+
+
+def test_render_html_accepts_numpy_free_minimal_summary():
+    page = render_html({"title": "T & U", "best_epoch": 2,
+                        "epochs": [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2}]})
+    assert "<title>T &amp; U</title>" in page and "<svg" in page

@@ -1,0 +1,319 @@
+"""Labelled pixels from polygons (DESIGN §5): rasterised onto the reference grid, split into
+training and validation by polygon, capped per class.
+
+Polygons may be in any CRS; they are reprojected to the grid's CRS and burnt onto the part
+of the grid they cover (never onto the whole grid). A pixel belongs to a polygon when its
+centre lies inside it. Splitting by polygon keeps neighbouring, strongly correlated pixels
+on one side of the split, so validation accuracy is not inflated by spatial leakage.
+"""
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+from ..core.errors import MamolInputError
+from ..core.grid import ReferenceGrid, crs_label, srs_from_wkt
+
+gdal.UseExceptions()
+ogr.UseExceptions()
+
+LOG = logging.getLogger(__name__)
+
+#: Colours for classes whose source gives none (ColorBrewer-like, distinct on a map).
+DEFAULT_COLOURS = ("#1f78b4", "#33a02c", "#e31a1c", "#ff7f00", "#6a3d9a", "#b15928",
+                   "#a6cee3", "#b2df8a", "#fb9a99", "#fdbf6f", "#cab2d6", "#ffff99")
+
+_NUMERIC_FIELD_TYPES = (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)
+
+
+@dataclass(frozen=True)
+class LabelledClass:
+    value: int     # the class value in the data (and in output rasters)
+    name: str
+    colour: str    # "#rrggbb"
+
+
+@dataclass
+class LabelledPixels:
+    """Every labelled pixel of the grid, with the polygon it came from.
+
+    ``rows``/``cols`` are grid pixel indices; ``class_index`` indexes ``classes`` (0..K-1);
+    ``polygon`` identifies the source polygon (the split unit).
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    class_index: np.ndarray
+    polygon: np.ndarray
+    classes: Tuple[LabelledClass, ...]
+    warnings: List[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def subset(self, index: np.ndarray) -> "LabelledPixels":
+        return LabelledPixels(self.rows[index], self.cols[index], self.class_index[index],
+                              self.polygon[index], self.classes, list(self.warnings))
+
+
+@dataclass(frozen=True)
+class PolygonSource:
+    """A polygon layer as the core receives it: a file (any OGR format) and its fields."""
+
+    path: str
+    class_field: str
+    layer: Optional[str] = None          # layer name in a multi-layer file; None = first
+    name_field: Optional[str] = None     # optional class-name field
+    # value -> (name, colour) from a categorised style; overrides names/colours from data.
+    styled_classes: Optional[Mapping[int, Tuple[str, str]]] = None
+
+
+def _open_layer(source: PolygonSource):
+    try:
+        dataset = ogr.Open(source.path)
+    except RuntimeError as exc:
+        raise MamolInputError(
+            f"Cannot read the polygon layer '{source.path}' ({exc}).") from exc
+    if dataset is None:
+        raise MamolInputError(f"Cannot read the polygon layer '{source.path}'.")
+    layer = dataset.GetLayerByName(source.layer) if source.layer else dataset.GetLayer(0)
+    if layer is None:
+        raise MamolInputError(f"'{source.path}' has no layer '{source.layer}'.")
+    return dataset, layer
+
+
+def _field_type(layer, name: str, role: str, path: str) -> int:
+    definition = layer.GetLayerDefn()
+    index = definition.GetFieldIndex(name)
+    if index < 0:
+        fields = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
+        raise MamolInputError(
+            f"The polygon layer '{path}' has no {role} field '{name}'. Its fields are: "
+            f"{', '.join(fields) or 'none'}.")
+    return definition.GetFieldDefn(index).GetType()
+
+
+def _class_value(raw, numeric: bool) -> Optional[int]:
+    if raw is None:
+        return None
+    if numeric:
+        number = float(raw)
+        return int(number) if number.is_integer() else None
+    return None
+
+
+def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPixels:
+    """Rasterise ``source`` onto ``grid`` and return every labelled pixel.
+
+    Raises :class:`MamolInputError` for a missing or non-numeric class field (unless a
+    class-name field is given, see below), a layer without CRS, and polygons that meet no
+    part of the grid.
+
+    A text class field is accepted only together with a class-name field: the distinct
+    texts become classes 1..K in alphabetical order, named from the name field.
+    """
+    dataset, layer = _open_layer(source)
+    class_type = _field_type(layer, source.class_field, "class", source.path)
+    numeric = class_type in _NUMERIC_FIELD_TYPES
+    if source.name_field:
+        _field_type(layer, source.name_field, "class-name", source.path)
+    if not numeric and not source.name_field:
+        raise MamolInputError(
+            f"The class field '{source.class_field}' is not numeric. Choose a numeric class "
+            "field (integer class values), or also choose a class-name field: text classes "
+            "are then numbered 1..K in alphabetical order.")
+    layer_srs = layer.GetSpatialRef()
+    if layer_srs is None:
+        raise MamolInputError(
+            f"The polygon layer '{source.path}' has no CRS. Assign one and run again.")
+    layer_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    grid_srs = srs_from_wkt(grid.crs_wkt)
+    transform = None if layer_srs.IsSame(grid_srs) else osr.CoordinateTransformation(
+        layer_srs, grid_srs)
+
+    geometries: List[ogr.Geometry] = []
+    keys: List[object] = []
+    names: Dict[object, str] = {}
+    skipped_geometry = skipped_class = 0
+    for feature in layer:
+        geometry = feature.GetGeometryRef()
+        if geometry is None or geometry.IsEmpty():
+            skipped_geometry += 1
+            continue
+        raw = feature.GetField(source.class_field)
+        key = _class_value(raw, True) if numeric else (str(raw).strip() if raw else None)
+        if key is None:
+            if numeric and raw is not None:
+                raise MamolInputError(
+                    f"The class field '{source.class_field}' holds {raw!r}, which is not a "
+                    "whole number. Class values must be integers.")
+            skipped_class += 1
+            continue
+        geometry = geometry.Clone()
+        if transform is not None:
+            geometry.Transform(transform)
+        geometries.append(geometry)
+        keys.append(key)
+        if source.name_field:
+            name = feature.GetField(source.name_field)
+            if name not in (None, "") and key not in names:
+                names[key] = str(name)
+    dataset = None
+    warnings: List[str] = []
+    if skipped_geometry:
+        warnings.append(f"{skipped_geometry} feature(s) without geometry were ignored.")
+    if skipped_class:
+        warnings.append(f"{skipped_class} feature(s) with an empty class field were ignored.")
+    if not geometries:
+        raise MamolInputError(
+            f"The polygon layer '{source.path}' has no polygons with a class value.")
+
+    # Class values: numeric as given; text numbered 1..K alphabetically.
+    if numeric:
+        values = {key: int(key) for key in keys}
+    else:
+        values = {key: i + 1 for i, key in enumerate(sorted(set(keys)))}
+    for value in values.values():
+        if not 0 <= value <= 65534:
+            raise MamolInputError(
+                f"Class value {value} is outside 0..65534; renumber the classes.")
+    ordered = sorted(set(values.values()))
+    class_index_of = {value: i for i, value in enumerate(ordered)}
+    by_value = {values[key]: key for key in keys}
+    classes = []
+    for i, value in enumerate(ordered):
+        key = by_value[value]
+        name = names.get(key) or (key if isinstance(key, str) else f"class {value}")
+        colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+        if source.styled_classes and value in source.styled_classes:
+            name, colour = source.styled_classes[value]
+        classes.append(LabelledClass(value, name, colour))
+
+    # Burn polygon numbers (1-based) onto the part of the grid the polygons cover.
+    envelope = [g.GetEnvelope() for g in geometries]   # (xmin, xmax, ymin, ymax)
+    bounds = (min(e[0] for e in envelope), min(e[2] for e in envelope),
+              max(e[1] for e in envelope), max(e[3] for e in envelope))
+    window = grid.pixel_window(bounds)
+    if window is None:
+        gx0, gy0, gx1, gy1 = grid.bounds()
+        raise MamolInputError(
+            f"None of the {len(geometries)} polygons lies on the rasters (polygons: x "
+            f"{bounds[0]:.1f}…{bounds[2]:.1f}, y {bounds[1]:.1f}…{bounds[3]:.1f}; rasters: x "
+            f"{gx0:.1f}…{gx1:.1f}, y {gy0:.1f}…{gy1:.1f}, in {crs_label(grid.crs_wkt)}). "
+            "Check that they show the same area and that their CRSs are right.")
+    col0, row0, col1, row1 = window
+    sub = grid.subgrid(col0, row0, col1 - col0, row1 - row0)
+    burnt = _burn(geometries, sub)
+    rows, cols = np.nonzero(burnt)
+    polygon = burnt[rows, cols].astype(np.int64) - 1
+    if rows.size == 0:
+        raise MamolInputError(
+            "The polygons cover no pixel centre of the reference grid (they are smaller than "
+            "a pixel or lie outside the rasters). Draw larger polygons.")
+    empty = len(geometries) - np.unique(polygon).size
+    if empty:
+        warnings.append(f"{empty} polygon(s) cover no pixel centre (too small, or outside "
+                        "the rasters) and were not used.")
+    key_index = np.array([class_index_of[values[k]] for k in keys], dtype=np.int64)
+    for message in warnings:
+        LOG.warning(message)
+    return LabelledPixels(rows=rows.astype(np.int64) + row0, cols=cols.astype(np.int64) + col0,
+                          class_index=key_index[polygon], polygon=polygon,
+                          classes=tuple(classes), warnings=warnings)
+
+
+def _burn(geometries: Sequence[ogr.Geometry], grid: ReferenceGrid) -> np.ndarray:
+    """int32 (height, width): 1-based polygon number at each pixel centre, 0 elsewhere.
+    Where polygons overlap the later one wins."""
+    memory = ogr.GetDriverByName("Memory").CreateDataSource("")
+    layer = memory.CreateLayer("polygons", srs_from_wkt(grid.crs_wkt), ogr.wkbUnknown)
+    layer.CreateField(ogr.FieldDefn("number", ogr.OFTInteger))
+    definition = layer.GetLayerDefn()
+    for number, geometry in enumerate(geometries, start=1):
+        feature = ogr.Feature(definition)
+        feature.SetField("number", number)
+        feature.SetGeometry(geometry)
+        layer.CreateFeature(feature)
+    target = gdal.GetDriverByName("MEM").Create("", grid.width, grid.height, 1, gdal.GDT_Int32)
+    target.SetGeoTransform(grid.geotransform)
+    target.SetSpatialRef(srs_from_wkt(grid.crs_wkt))
+    gdal.RasterizeLayer(target, [1], layer, options=["ATTRIBUTE=number"])
+    return target.GetRasterBand(1).ReadAsArray()
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How labelled pixels become training and validation samples."""
+
+    validation_fraction: float = 0.25     # share of each class's polygons' pixels, by polygon
+    max_train_per_class: int = 2000       # cap of training samples per class (0 = no cap)
+    max_validation_per_class: int = 1000  # cap of validation samples per class (0 = no cap)
+    min_pixels_per_class: int = 20        # fewer labelled pixels in a class is an error
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise MamolInputError(
+                f"The validation fraction must be in [0, 1), got {self.validation_fraction}.")
+        for name in ("max_train_per_class", "max_validation_per_class"):
+            if getattr(self, name) < 0:
+                raise MamolInputError(f"{name} must be 0 (no cap) or positive.")
+
+
+@dataclass
+class Split:
+    train: LabelledPixels
+    validation: LabelledPixels
+    # per class: (train pixels, validation pixels, train polygons, validation polygons)
+    class_counts: List[Tuple[int, int, int, int]]
+    warnings: List[str]
+
+
+def split_by_polygon(pixels: LabelledPixels, config: SplitConfig) -> Split:
+    """Assign whole polygons to validation until each class has about
+    ``validation_fraction`` of its pixels there, then cap each side per class."""
+    config.validate()
+    rng = np.random.default_rng(config.seed)
+    warnings = list(pixels.warnings)
+    train_parts, validation_parts, counts = [], [], []
+    for index, labelled in enumerate(pixels.classes):
+        in_class = np.nonzero(pixels.class_index == index)[0]
+        if in_class.size < config.min_pixels_per_class:
+            raise MamolInputError(
+                f"Class {labelled.value} '{labelled.name}' has only {in_class.size} labelled "
+                f"pixel(s) usable on the rasters; at least {config.min_pixels_per_class} are "
+                "needed. Draw more or larger polygons for it, or remove the class.")
+        polygons, sizes = np.unique(pixels.polygon[in_class], return_counts=True)
+        order = rng.permutation(polygons.size)
+        validation_polygons: List[int] = []
+        if config.validation_fraction > 0 and polygons.size >= 2:
+            target = config.validation_fraction * in_class.size
+            taken = 0
+            for position in order:
+                # Always keep at least one polygon for training.
+                if len(validation_polygons) == polygons.size - 1 or taken >= target:
+                    break
+                validation_polygons.append(int(polygons[position]))
+                taken += int(sizes[position])
+        elif config.validation_fraction > 0:
+            warnings.append(
+                f"Class {labelled.value} '{labelled.name}' has a single polygon, so it has no "
+                "validation pixels (the split is by polygon).")
+        is_validation = np.isin(pixels.polygon[in_class], validation_polygons)
+        train = _cap(in_class[~is_validation], config.max_train_per_class, rng)
+        validation = _cap(in_class[is_validation], config.max_validation_per_class, rng)
+        train_parts.append(train)
+        validation_parts.append(validation)
+        counts.append((int(train.size), int(validation.size),
+                       int(polygons.size - len(validation_polygons)), len(validation_polygons)))
+    train_index = np.sort(np.concatenate(train_parts))
+    validation_index = np.sort(np.concatenate(validation_parts))
+    return Split(pixels.subset(train_index), pixels.subset(validation_index), counts, warnings)
+
+
+def _cap(index: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    if cap and index.size > cap:
+        return np.sort(rng.choice(index, size=cap, replace=False))
+    return index

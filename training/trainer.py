@@ -1,0 +1,612 @@
+"""Train a MaMOL model on labelled polygons (DESIGN §5): the one core call behind
+``mamol:trainmodel`` and the command line.
+
+Steps: inspect the rasters → reference grid (first modality's) → polygons rasterised and
+split by polygon → windows cut from GDAL VRTs → normalisation statistics → missing-modality
+simulation → AdamW with linear warm-up/decay (paper §4.1: lr 2e-3, weight decay 2e-2,
+batch 128) → validation each epoch, overall and per missing pattern → the best epoch's
+weights saved to a model file, with an HTML and a JSON report.
+
+Nothing is written until training has finished: a cancel or an error leaves no model file
+and no report behind.
+"""
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..core import metrics, torch_compat
+from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
+from ..core.errors import MamolInputError
+from ..core.feedback import CancelCheck, ProgressCallback, Reporter
+from ..core.grid import AlignedRaster, RasterInfo, inspect_raster, reference_grid
+from ..core.model_file import (EXTENSION, ClassInfo, ModalityInfo, ModelHeader, save_model,
+                               software_versions)
+from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
+from .dataset import (Normalisation, SampleSet, extract_samples, normalisation_statistics,
+                      normalise, scratch_folder)
+from .labels import PolygonSource, SplitConfig, rasterise_polygons, split_by_polygon
+from .missing import MissingSimulation, SimulationMode, apply_simulation
+from .report import write_report
+
+LOG = logging.getLogger(__name__)
+
+#: Modality names the plugin knows, in model order.
+KNOWN_MODALITIES = ("hs", "sar", "lidar")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything one training run needs. Defaults follow the paper (§4.1)."""
+
+    modalities: Tuple[Tuple[str, str], ...]   # (name, raster path) in model order
+    polygons: PolygonSource
+    output_model: str                         # path of the .mamol file to write
+    report_html: Optional[str] = None         # optional HTML report
+    report_json: Optional[str] = None         # optional JSON report
+    backbone: BackboneSpec = BackboneSpec()
+    patch_size: int = 14                      # P: window side in pixels (14 = ViT-B/16 grid)
+    adapter: Dict[str, object] = field(default_factory=dict)  # AdapterConfig fields to override
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 2e-2                # decoupled (AdamW)
+    warmup_fraction: float = 0.1              # linear warm-up share of all steps
+    split: SplitConfig = SplitConfig()
+    balance_classes: bool = True              # every class equally often per epoch
+    simulation: MissingSimulation = MissingSimulation()             # on training samples
+    validation_simulation: MissingSimulation = MissingSimulation()  # on validation samples
+    max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
+    device: str = "auto"                      # auto | cpu | cuda | cuda:N
+    seed: int = 0
+
+    @property
+    def modality_names(self) -> List[str]:
+        return [name for name, _ in self.modalities]
+
+    def validate(self) -> None:
+        """Cheap checks of the settings (no file is opened)."""
+        if not self.modalities:
+            raise MamolInputError(
+                "Give at least one raster (hyperspectral, SAR or LiDAR) to train on.")
+        names = self.modality_names
+        if len(set(names)) != len(names):
+            raise MamolInputError(f"Each modality may be given once, got {names}.")
+        if not str(self.output_model).endswith(EXTENSION):
+            raise MamolInputError(
+                f"The model file must end in '{EXTENSION}', got '{self.output_model}'.")
+        checks = ((self.patch_size >= 1, f"The patch size must be at least 1, got "
+                                         f"{self.patch_size}."),
+                  (self.epochs >= 1, f"Train for at least 1 epoch, got {self.epochs}."),
+                  (self.batch_size >= 1, f"The batch size must be at least 1, got "
+                                         f"{self.batch_size}."),
+                  (self.learning_rate > 0, "The learning rate must be positive."),
+                  (self.weight_decay >= 0, "The weight decay must not be negative."),
+                  (0 <= self.warmup_fraction < 1, "The warm-up fraction must be in [0, 1)."),
+                  (0 <= self.max_missing_fraction <= 1,
+                   "The missing fraction of a window must be in [0, 1]."))
+        for ok, message in checks:
+            if not ok:
+                raise MamolInputError(message)
+        self.split.validate()
+        self.simulation.validate(names)
+        self.validation_simulation.validate(names)
+        resolve_device(self.device)
+
+
+@dataclass
+class TrainingResult:
+    model_path: Path
+    report_html: Optional[Path]
+    report_json: Optional[Path]
+    summary: Dict[str, object]
+
+
+def resolve_device(name: str):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device, or a clear error."""
+    torch = torch_compat.import_torch()
+    text = (name or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise MamolInputError(
+                f"Device '{name}' was asked for, but PyTorch sees no CUDA GPU here. Choose "
+                "'cpu' or 'auto'.")
+        device = torch.device(text)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MamolInputError(
+                f"There is no GPU {device.index}; this machine has "
+                f"{torch.cuda.device_count()}.")
+        return device
+    raise MamolInputError(f"Unknown device '{name}'. Use auto, cpu, cuda or cuda:N.")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier for optimizer step ``step`` (0-based): linear warm-up from
+    1/warmup to 1 over ``warmup_steps``, then linear decay reaching 0 after the last step."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def epoch_order(class_index: np.ndarray, class_count: int, balance: bool,
+                rng: np.random.Generator) -> np.ndarray:
+    """Sample indices for one epoch. Balanced: every class contributes as many samples as
+    the largest one (smaller classes are repeated, each repeat in a new random order)."""
+    if not balance:
+        return rng.permutation(class_index.size)
+    members = [np.flatnonzero(class_index == k) for k in range(class_count)]
+    largest = max(m.size for m in members)
+    parts = []
+    for indices in members:
+        if indices.size == 0:
+            continue
+        repeats = -(-largest // indices.size)
+        drawn = np.concatenate([rng.permutation(indices) for _ in range(repeats)])[:largest]
+        parts.append(drawn)
+    return rng.permutation(np.concatenate(parts))
+
+
+class _Batches:
+    """Builds normalised torch batches from a :class:`SampleSet`."""
+
+    def __init__(self, samples: SampleSet, names: Sequence[str],
+                 statistics: Dict[str, Normalisation], device) -> None:
+        self.samples = samples
+        self.names = list(names)
+        self.statistics = statistics
+        self.device = device
+        self.torch = torch_compat.import_torch()
+
+    def windows(self, index: np.ndarray, pattern: np.ndarray) -> Dict[str, object]:
+        torch = self.torch
+        result = {}
+        for bit, name in enumerate(self.names):
+            if not ((pattern >> bit) & 1).any():
+                continue  # no sample of this batch has it: the model never reads it
+            # Sorted reads are faster on a memory map; the order is restored after.
+            order = np.argsort(index, kind="stable")
+            raw = np.empty((index.size,) + self.samples.windows[name].shape[1:], np.float32)
+            raw[order] = self.samples.windows[name][index[order]]
+            result[name] = torch.from_numpy(normalise(raw, self.statistics[name])).to(
+                self.device, non_blocking=True)
+        return result
+
+
+def _autocast(torch, device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def predict(model, batches: _Batches, patterns: np.ndarray, batch_size: int,
+            reporter: Optional[Reporter] = None) -> np.ndarray:
+    """Predicted class index for every sample of ``batches.samples`` under ``patterns``."""
+    torch = batches.torch
+    predictions = np.empty(patterns.size, dtype=np.int64)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, patterns.size, batch_size):
+            if reporter is not None:
+                reporter.check()
+            index = np.arange(start, min(start + batch_size, patterns.size))
+            pattern = patterns[index]
+            with _autocast(torch, batches.device):
+                logits = model(batches.windows(index, pattern),
+                               torch.from_numpy(pattern).to(batches.device))
+            predictions[index] = logits.float().argmax(dim=1).cpu().numpy()
+    return predictions
+
+
+def pattern_metrics(reference: np.ndarray, predicted: np.ndarray, patterns: np.ndarray,
+                    class_count: int, names: Sequence[str]) -> List[Dict[str, object]]:
+    """OA and kappa for each missing pattern present in ``patterns``."""
+    rows = []
+    for code in sorted(set(patterns.tolist())):
+        members = patterns == code
+        matrix = metrics.confusion_matrix(reference[members], predicted[members], class_count)
+        rows.append({"pattern": pattern_name(code, names), "code": int(code),
+                     "samples": int(members.sum()),
+                     "oa": _finite(metrics.overall_accuracy(matrix)),
+                     "kappa": _finite(metrics.cohen_kappa(matrix))})
+    return rows
+
+
+def _finite(value: float) -> Optional[float]:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _pattern_counts(patterns: np.ndarray, names: Sequence[str]) -> Dict[str, int]:
+    codes, counts = np.unique(patterns, return_counts=True)
+    return {pattern_name(c, names): int(n) for c, n in zip(codes, counts)}
+
+
+def _wavelengths(info: RasterInfo) -> Tuple[float, ...]:
+    """Band centre wavelengths in nm if the band names carry them ("… 412.5 nm")."""
+    values = []
+    for name in info.band_names:
+        parts = name.replace("nm", " nm").split()
+        try:
+            values.append(float(parts[parts.index("nm") - 1]))
+        except (ValueError, IndexError):
+            return ()
+    return tuple(values)
+
+
+def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = None,
+                is_cancelled: Optional[CancelCheck] = None,
+                log: Optional[Callable[[str], None]] = None) -> TrainingResult:
+    """Train, validate, and write the model file (and reports). See the module docstring.
+
+    Args:
+        config: the run's settings.
+        progress: receives percent done (0–100).
+        is_cancelled: checked every batch; True stops the run with :class:`Cancelled` and
+            nothing written.
+        log: receives one line per stage and per epoch (default: this module's logger).
+    """
+    torch = torch_compat.import_torch()
+    reporter = Reporter(progress, is_cancelled)
+    say = log or LOG.info
+    config.validate()
+    names = config.modality_names
+    for name in names:
+        if name not in KNOWN_MODALITIES:
+            raise MamolInputError(
+                f"Unknown modality '{name}'; use {', '.join(KNOWN_MODALITIES)}.")
+    device = resolve_device(config.device)
+    output = Path(config.output_model)
+    for path in (output, config.report_html, config.report_json):
+        if path is not None:
+            _check_writable(Path(path))
+
+    infos = [inspect_raster(path, name.upper() if name != "lidar" else "LiDAR")
+             for name, path in config.modalities]
+    grid = reference_grid(infos)
+    say(f"Reference grid: {grid.width} × {grid.height} pixels of "
+        f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[0].role} raster.")
+    pixels = rasterise_polygons(config.polygons, grid)
+    split = split_by_polygon(pixels, replace(config.split, seed=config.seed))
+    classes = pixels.classes
+    class_count = len(classes)
+    if class_count < 2:
+        raise MamolInputError(
+            f"The polygons hold only one class ({classes[0].name}); a classifier needs at "
+            "least two.")
+    for labelled, (tr, va, tp, vp) in zip(classes, split.class_counts):
+        say(f"  class {labelled.value} {labelled.name}: {tr} training px from {tp} polygon(s),"
+            f" {va} validation px from {vp} polygon(s)")
+    warnings = list(split.warnings)
+    reporter.report(2)
+
+    with scratch_folder() as scratch:
+        aligned = [(name, AlignedRaster(info, grid)) for (name, _), info in
+                   zip(config.modalities, infos)]
+        try:
+            train, dropped_train = extract_samples(
+                aligned, split.train, config.patch_size, config.max_missing_fraction,
+                Path(scratch), "train", reporter, (2, 7))
+            validation, dropped_validation = extract_samples(
+                aligned, split.validation, config.patch_size, config.max_missing_fraction,
+                Path(scratch), "validation", reporter, (7, 10))
+        finally:
+            for _, raster in aligned:
+                raster.close()
+        for dropped, side in ((dropped_train, "training"), (dropped_validation, "validation")):
+            if dropped:
+                warnings.append(f"{dropped} {side} pixel(s) lie where no raster has valid "
+                                "data and were not used.")
+        counts = np.bincount(train.class_index, minlength=class_count)
+        for labelled, count in zip(classes, counts):
+            if count == 0:
+                raise MamolInputError(
+                    f"Class {labelled.value} '{labelled.name}' has no training pixel with "
+                    "valid raster data. Draw its polygons where the rasters have data.")
+        statistics = normalisation_statistics(train, names)
+        train_patterns = apply_simulation(train.pattern, config.simulation, len(names))
+        validation_patterns = apply_simulation(validation.pattern,
+                                               config.validation_simulation, len(names))
+        say("Missing simulation: " + config.simulation.describe(names))
+        say("Training patterns: " + ", ".join(
+            f"{k} {v}" for k, v in _pattern_counts(train_patterns, names).items()))
+
+        model, spec_fingerprint = _build_model(config, infos, class_count, device)
+        history, best_epoch, best_state, timing = _fit(
+            config, model, train, train_patterns, validation, validation_patterns,
+            statistics, class_count, device, reporter, say)
+        model.load_state_dict(best_state, strict=False)
+        evaluation = _final_evaluation(config, model, validation, validation_patterns,
+                                       statistics, classes, device, reporter)
+
+    reporter.report(97)
+    header = ModelHeader(
+        modalities=tuple(ModalityInfo(
+            name=name, bands=info.bands, mean=tuple(float(v) for v in statistics[name].mean),
+            std=tuple(float(v) for v in statistics[name].std), band_names=info.band_names,
+            wavelengths_nm=_wavelengths(info)) for name, info in zip(names, infos)),
+        classes=tuple(ClassInfo(c.value, c.name, c.colour) for c in classes),
+        patch_size=config.patch_size, backbone=config.backbone,
+        backbone_fingerprint=spec_fingerprint, adapter=model.config.to_json(),
+        training=_training_record(config, train, validation, train_patterns,
+                                  validation_patterns, history, best_epoch, evaluation, names),
+        reference_grid=grid.to_json(), software=software_versions())
+    summary = _summary(config, infos, classes, split, train_patterns, validation_patterns,
+                       history, best_epoch, evaluation, timing, device, warnings, names)
+    _write_outputs(model, header, summary, output, config)
+    reporter.report(100)
+    say(f"Model written to {output}.")
+    return TrainingResult(output, _optional_path(config.report_html),
+                          _optional_path(config.report_json), summary)
+
+
+def _optional_path(path) -> Optional[Path]:
+    return Path(path) if path else None
+
+
+def _check_writable(path: Path) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".mamol-probe-")
+        probe.close()
+    except OSError as exc:
+        raise MamolInputError(
+            f"Cannot write '{path}' ({exc.strerror or exc}). Choose a folder you can write "
+            "to.") from exc
+
+
+def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_count: int,
+                 device):
+    torch = torch_compat.import_torch()
+    from ..core.mamol_model import AdapterConfig, MamolModel, ModalitySpec
+    adapter = AdapterConfig.from_json(dict(AdapterConfig().to_json(), **config.adapter))
+    visual = build_visual_tower(config.backbone)
+    spec_fingerprint = fingerprint(visual)
+    # The trainable initialisation is drawn from the run's seed.
+    torch.manual_seed(config.seed)
+    model = MamolModel([ModalitySpec(name, info.bands) for (name, _), info in
+                        zip(config.modalities, infos)], class_count, visual, adapter)
+    return model.to(device), spec_fingerprint
+
+
+def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
+         validation_patterns, statistics, class_count, device, reporter: Reporter, say):
+    torch = torch_compat.import_torch()
+    names = config.modality_names
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    epoch_size = epoch_order(train.class_index, class_count, config.balance_classes,
+                             np.random.default_rng(0)).size
+    steps_per_epoch = -(-epoch_size // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = max(1, math.ceil(config.warmup_fraction * total_steps)) \
+        if config.warmup_fraction > 0 else 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps))
+    train_batches = _Batches(train, names, statistics, device)
+    validation_batches = _Batches(validation, names, statistics, device)
+    labels = torch.from_numpy(train.class_index)
+    history: List[Dict[str, object]] = []
+    best_key, best_epoch, best_state = None, None, None
+    seen, busy = 0, 0.0
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        order = epoch_order(train.class_index, class_count, config.balance_classes, rng)
+        model.train()
+        loss_sum, loss_count = 0.0, 0
+        for start in range(0, order.size, config.batch_size):
+            reporter.check()
+            index = order[start:start + config.batch_size]
+            pattern = train_patterns[index]
+            windows = train_batches.windows(index, pattern)
+            target = labels[index].to(device)
+            with _autocast(torch, device):
+                logits = model(windows, torch.from_numpy(pattern).to(device))
+            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += float(loss.detach()) * index.size
+            loss_count += index.size
+            reporter.report(10 + 85 * step / total_steps)
+        train_seconds = time.perf_counter() - started
+        seen += loss_count
+        busy += train_seconds
+        record = {"epoch": epoch, "train_loss": loss_sum / max(1, loss_count),
+                  "learning_rate": optimizer.param_groups[0]["lr"],
+                  "validation_oa": None, "validation_kappa": None,
+                  "samples_per_second": loss_count / max(train_seconds, 1e-9)}
+        if len(validation):
+            predicted = predict(model, validation_batches, validation_patterns,
+                                2 * config.batch_size, reporter)
+            matrix = metrics.confusion_matrix(validation.class_index, predicted, class_count)
+            record["validation_oa"] = _finite(metrics.overall_accuracy(matrix))
+            record["validation_kappa"] = _finite(metrics.cohen_kappa(matrix))
+            record["validation_per_pattern"] = pattern_metrics(
+                validation.class_index, predicted, validation_patterns, class_count, names)
+            key = (record["validation_oa"] or 0.0, record["validation_kappa"] or 0.0)
+        else:
+            key = (epoch, 0.0)  # no validation set: the last epoch is kept
+        record["seconds"] = time.perf_counter() - started
+        if best_key is None or key > best_key:
+            best_key, best_epoch = key, epoch
+            best_state = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
+        history.append(record)
+        say(_epoch_line(record, config.epochs, best_epoch == epoch))
+    timing = {"device": str(device), "training_seconds": busy, "train_samples_seen": seen,
+              "samples_per_second": seen / max(busy, 1e-9)}
+    return history, best_epoch, best_state, timing
+
+
+def _epoch_line(record: Dict[str, object], epochs: int, best: bool) -> str:
+    text = (f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, "
+            f"lr {record['learning_rate']:.2e}, {record['samples_per_second']:.0f} samples/s")
+    if record["validation_oa"] is not None:
+        text += (f", validation OA {100 * record['validation_oa']:.2f} % kappa "
+                 f"{record['validation_kappa']:.4f}")
+    return text + (" (best so far)" if best else "")
+
+
+def _final_evaluation(config, model, validation: SampleSet, validation_patterns, statistics,
+                      classes, device, reporter) -> Dict[str, object]:
+    """The kept model on the validation set: confusion matrix, per class, per real pattern,
+    and with modalities removed (every non-empty subset)."""
+    names = config.modality_names
+    class_count = len(classes)
+    if not len(validation):
+        return {}
+    batches = _Batches(validation, names, statistics, device)
+    batch = 2 * config.batch_size
+    predicted = predict(model, batches, validation_patterns, batch, reporter)
+    matrix = metrics.confusion_matrix(validation.class_index, predicted, class_count)
+    result = metrics.summarise(matrix, [c.name for c in classes])
+    result["per_pattern"] = pattern_metrics(validation.class_index, predicted,
+                                            validation_patterns, class_count, names)
+    forced = []
+    for subset in range(2 ** len(names) - 1, 0, -1):
+        patterns = validation_patterns & subset
+        usable = np.flatnonzero(patterns)
+        if usable.size == 0:
+            continue
+        subset_batches = _Batches(_subset(validation, usable), names, statistics, device)
+        guess = predict(model, subset_batches, patterns[usable], batch, reporter)
+        sub_matrix = metrics.confusion_matrix(validation.class_index[usable], guess,
+                                              class_count)
+        forced.append({"pattern": pattern_name(subset, names), "code": subset,
+                       "samples": int(usable.size),
+                       "oa": _finite(metrics.overall_accuracy(sub_matrix)),
+                       "kappa": _finite(metrics.cohen_kappa(sub_matrix))})
+    result["forced_patterns"] = forced
+    return result
+
+
+def _subset(samples: SampleSet, index: np.ndarray) -> SampleSet:
+    """A view of some samples (windows stay on disk; read per batch)."""
+    class _Indexed:
+        def __init__(self, array, where):
+            self.array, self.where, self.shape = array, where, (where.size,) + array.shape[1:]
+
+        def __getitem__(self, item):
+            return self.array[self.where[item]]
+    return SampleSet({k: _Indexed(v, index) for k, v in samples.windows.items()},
+                     samples.class_index[index], samples.pattern[index],
+                     samples.polygon[index])
+
+
+def _training_record(config, train, validation, train_patterns, validation_patterns, history,
+                     best_epoch, evaluation, names) -> Dict[str, object]:
+    """The training summary stored in the model file (no timings or host details, so that
+    seeded runs write identical files)."""
+    best = history[best_epoch - 1] if best_epoch else {}
+    return {
+        "rasters": {name: os.path.basename(path) for name, path in config.modalities},
+        "polygons": os.path.basename(config.polygons.path),
+        "class_field": config.polygons.class_field,
+        "train_samples": len(train), "validation_samples": len(validation),
+        "epochs": config.epochs, "best_epoch": best_epoch,
+        "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+        "weight_decay": config.weight_decay, "warmup_fraction": config.warmup_fraction,
+        "balance_classes": config.balance_classes, "seed": config.seed,
+        "max_missing_fraction": config.max_missing_fraction,
+        "missing_simulation": config.simulation.to_json(),
+        "validation_missing_simulation": config.validation_simulation.to_json(),
+        "train_patterns": _pattern_counts(train_patterns, names),
+        "validation_patterns": _pattern_counts(validation_patterns, names)
+        if len(validation) else {},
+        "validation_oa": best.get("validation_oa"),
+        "validation_kappa": best.get("validation_kappa"),
+        "validation_per_pattern": evaluation.get("per_pattern", []),
+    }
+
+
+def _summary(config, infos, classes, split, train_patterns, validation_patterns, history,
+             best_epoch, evaluation, timing, device, warnings, names) -> Dict[str, object]:
+    """The report's content (see :mod:`training.report`)."""
+    settings = {
+        "backbone": config.backbone.describe(), "patch size": config.patch_size,
+        "epochs": config.epochs, "batch size": config.batch_size,
+        "learning rate": config.learning_rate, "weight decay": config.weight_decay,
+        "warm-up fraction": config.warmup_fraction,
+        "validation fraction": config.split.validation_fraction,
+        "max training samples per class": config.split.max_train_per_class,
+        "max validation samples per class": config.split.max_validation_per_class,
+        "balance classes": config.balance_classes, "seed": config.seed,
+        "max missing fraction of a window": config.max_missing_fraction,
+        "validation missing simulation": config.validation_simulation.describe(names),
+        "device": str(device),
+    }
+    if config.adapter:
+        settings.update({f"adapter {k}": v for k, v in config.adapter.items()})
+    validation = None
+    if evaluation:
+        validation = {k: evaluation[k] for k in ("samples", "oa", "kappa", "confusion_matrix",
+                                                 "per_class", "per_pattern")}
+    return {
+        "title": "MaMOL training report", "model_file": str(config.output_model),
+        "created_by": "mamol training",
+        "modalities": [{"name": name, "bands": info.bands, "path": info.path}
+                       for name, info in zip(names, infos)],
+        "classes": [{"value": c.value, "name": c.name, "colour": c.colour,
+                     "train_pixels": counts[0], "validation_pixels": counts[1],
+                     "train_polygons": counts[2], "validation_polygons": counts[3]}
+                    for c, counts in zip(classes, split.class_counts)],
+        "config": settings,
+        "missing_simulation": {
+            "description": config.simulation.describe(names),
+            "train_patterns": _pattern_counts(train_patterns, names),
+            "validation_patterns": _pattern_counts(validation_patterns, names)
+            if validation_patterns.size else {}},
+        "epochs": [{k: v for k, v in record.items() if k != "validation_per_pattern"}
+                   for record in history],
+        "best_epoch": best_epoch,
+        "validation": validation,
+        "forced_patterns": evaluation.get("forced_patterns", []) if evaluation else [],
+        "timing": timing,
+        "warnings": warnings,
+    }
+
+
+def _write_outputs(model, header: ModelHeader, summary: Dict[str, object], output: Path,
+                   config: TrainingConfig) -> None:
+    """Reports first (to temporary names), then the model file atomically, then the reports
+    moved into place, so no output is left half-written."""
+    html = Path(config.report_html) if config.report_html else None
+    json_path = Path(config.report_json) if config.report_json else None
+    staged = [(_temporary_name(p), p) for p in (html, json_path) if p is not None]
+    try:
+        if staged:
+            with tempfile.TemporaryDirectory(prefix="mamol-report-") as folder:
+                write_report(summary, _temporary_name(html) if html else
+                             Path(folder) / "report.html",
+                             _temporary_name(json_path) if json_path else
+                             Path(folder) / "report.json")
+        save_model(output, model.cpu(), header)
+        for temporary, final in staged:
+            os.replace(temporary, final)
+    finally:
+        for temporary, _ in staged:
+            if temporary.exists():
+                temporary.unlink()
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.mamol-partial")
+
+
+__all__ = ["TrainingConfig", "TrainingResult", "train_model", "resolve_device", "lr_factor",
+           "epoch_order", "SimulationMode"]
