@@ -160,7 +160,7 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
             name = feature.GetField(source.name_field)
             if name not in (None, "") and key not in names:
                 names[key] = str(name)
-    dataset = None
+    del dataset  # closes the file; the features were copied
     warnings: List[str] = []
     if skipped_geometry:
         warnings.append(f"{skipped_geometry} feature(s) without geometry were ignored.")

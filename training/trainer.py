@@ -254,7 +254,7 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
             nothing written.
         log: receives one line per stage and per epoch (default: this module's logger).
     """
-    torch = torch_compat.import_torch()
+    torch_compat.import_torch()  # fail before any work if PyTorch is missing
     reporter = Reporter(progress, is_cancelled)
     say = log or LOG.info
     config.validate()
@@ -344,6 +344,9 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     _write_outputs(model, header, summary, output, config)
     reporter.report(100)
     say(f"Model written to {output}.")
+    for path in (config.report_html, config.report_json):
+        if path:
+            say(f"Report written to {path}.")
     return TrainingResult(output, _optional_path(config.report_html),
                           _optional_path(config.report_json), summary)
 
