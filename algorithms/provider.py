@@ -4,6 +4,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .common import ICON_PATH
 from .createsamplescene import CreateSampleSceneAlgorithm
+from .trainmodel import TrainModelAlgorithm
 
 
 class MamolProvider(QgsProcessingProvider):
@@ -25,5 +26,5 @@ class MamolProvider(QgsProcessingProvider):
         return ICON_PATH
 
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
-        for algorithm in (CreateSampleSceneAlgorithm(),):
+        for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm()):
             self.addAlgorithm(algorithm)

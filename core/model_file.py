@@ -26,6 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from . import torch_compat
 from .backbone import BackboneSpec, build_visual_tower, fingerprint, hash_tensors
 from .errors import MamolInputError
+from .staging import publish
 
 FORMAT = "mamol-model"
 FORMAT_VERSION = 1
@@ -139,7 +140,7 @@ def save_model(path: Path, model, header: ModelHeader) -> Path:
     os.close(handle)
     try:
         save_file(tensors, partial, metadata={METADATA_KEY: json.dumps(document)})
-        os.replace(partial, path)
+        publish(Path(partial), path)
     finally:
         if os.path.exists(partial):
             os.remove(partial)

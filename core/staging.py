@@ -53,3 +53,12 @@ def staged_outputs(folder: Path, file_names: Sequence[str]) -> Iterator[Dict[str
             os.replace(path, folder / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(temporary: Path, final: Path) -> None:
+    """Move a finished temporary file over ``final``, with the permissions a newly created
+    file gets (``mkstemp`` creates files readable by their owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(temporary, 0o666 & ~mask)
+    os.replace(temporary, final)

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.staging import publish
 
 DASH = "—"
 DEFAULT_TITLE = "MaMOL training report"
@@ -48,7 +49,7 @@ def write_report(summary: Dict[str, Any], html_path: Path, json_path: Path) -> N
         for text, target in ((json_text, Path(json_path)), (html_text, Path(html_path))):
             staged.append((_stage(text, target), target))
         for temporary, target in staged:
-            os.replace(temporary, target)
+            publish(temporary, target)
     except BaseException:
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)

@@ -26,11 +26,24 @@ from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import AlignedRaster, RasterInfo, inspect_raster, reference_grid
-from ..core.model_file import (EXTENSION, ClassInfo, ModalityInfo, ModelHeader, save_model,
-                               software_versions)
+from ..core.model_file import (
+    EXTENSION,
+    ClassInfo,
+    ModalityInfo,
+    ModelHeader,
+    save_model,
+    software_versions,
+)
+from ..core.staging import publish
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
-from .dataset import (Normalisation, SampleSet, extract_samples, normalisation_statistics,
-                      normalise, scratch_folder)
+from .dataset import (
+    Normalisation,
+    SampleSet,
+    extract_samples,
+    normalisation_statistics,
+    normalise,
+    scratch_folder,
+)
 from .labels import PolygonSource, SplitConfig, rasterise_polygons, split_by_polygon
 from .missing import MissingSimulation, SimulationMode, apply_simulation
 from .report import write_report
@@ -600,7 +613,7 @@ def _write_outputs(model, header: ModelHeader, summary: Dict[str, object], outpu
                              Path(folder) / "report.json")
         save_model(output, model.cpu(), header)
         for temporary, final in staged:
-            os.replace(temporary, final)
+            publish(temporary, final)
     finally:
         for temporary, _ in staged:
             if temporary.exists():

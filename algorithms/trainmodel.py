@@ -1,0 +1,368 @@
+"""``mamol:trainmodel`` — fine-tune MaMOL experts on labelled polygons.
+
+Adapter only: parameters -> :class:`training.trainer.TrainingConfig` -> ``train_model``.
+PyTorch is imported when the algorithm runs, never when the provider loads.
+"""
+from dataclasses import replace
+from pathlib import Path
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
+from ..core.errors import MamolInputError
+from ..core.model_file import EXTENSION
+from ..training.labels import PolygonSource, SplitConfig
+from ..training.missing import MissingSimulation, SimulationMode
+from .common import ICON_PATH, core_errors_as_processing_exceptions, progress_callables
+
+#: (parameter key, modality name, label) in model order.
+RASTER_INPUTS = (("HS", "hs", "Hyperspectral raster"), ("SAR", "sar", "SAR raster"),
+                 ("LIDAR", "lidar", "LiDAR / DSM raster"))
+WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
+MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY)
+
+
+class TrainModelAlgorithm(QgsProcessingAlgorithm):
+    """Adapter: rasters + labelled polygons + settings -> a ``.mamol`` model file."""
+
+    HS = "HS"
+    SAR = "SAR"
+    LIDAR = "LIDAR"
+    POLYGONS = "POLYGONS"
+    CLASS_FIELD = "CLASS_FIELD"
+    CLASS_NAME_FIELD = "CLASS_NAME_FIELD"
+    BACKBONE = "BACKBONE"
+    WEIGHTS = "WEIGHTS"
+    PRETRAINED_TAG = "PRETRAINED_TAG"
+    CHECKPOINT = "CHECKPOINT"
+    BACKBONE_SEED = "BACKBONE_SEED"
+    PATCH_SIZE = "PATCH_SIZE"
+    EPOCHS = "EPOCHS"
+    BATCH_SIZE = "BATCH_SIZE"
+    LEARNING_RATE = "LEARNING_RATE"
+    WEIGHT_DECAY = "WEIGHT_DECAY"
+    VALIDATION_FRACTION = "VALIDATION_FRACTION"
+    MAX_SAMPLES_PER_CLASS = "MAX_SAMPLES_PER_CLASS"
+    MISSING_MODE = "MISSING_MODE"
+    MISSING_RATE = "MISSING_RATE"
+    HS_AVAILABILITY = "HS_AVAILABILITY"
+    SAR_AVAILABILITY = "SAR_AVAILABILITY"
+    LIDAR_AVAILABILITY = "LIDAR_AVAILABILITY"
+    SIMULATE_VALIDATION = "SIMULATE_VALIDATION"
+    DEVICE = "DEVICE"
+    SEED = "SEED"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+    OUTPUT_REPORT_JSON = "OUTPUT_REPORT_JSON"
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("TrainModelAlgorithm", text)
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return TrainModelAlgorithm()
+
+    def name(self) -> str:
+        return "trainmodel"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr("Train model from labelled polygons")
+
+    def group(self) -> str:
+        return self.tr("Model")
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return "model"
+
+    def icon(self) -> QIcon:
+        return QIcon(ICON_PATH)
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr(
+            "Fine-tunes a MaMOL model (Missing-aware Mixture-of-LoRAs on a frozen CLIP ViT) on "
+            "your labelled polygons, so that it classifies land cover from whichever of the "
+            "rasters are present, per pixel.\n\n"
+            "<b>Rasters</b>: give at least one of hyperspectral, SAR and LiDAR/DSM. They may "
+            "differ in CRS, pixel size and extent: everything is aligned onto the grid of the "
+            "first one given (HS, then SAR, then LiDAR). Outside a raster's coverage and at "
+            "its nodata pixels that modality counts as missing.\n"
+            "<b>Polygons / class field</b>: polygons in any CRS with an integer class field. "
+            "Class names come from the class-name field or from the layer's categorised "
+            "style. A text class field needs a class-name field; its classes are numbered "
+            "1..K alphabetically.\n"
+            "<b>Backbone</b>: an open_clip ViT architecture (ViT-B-16 by default) and its "
+            "weights: an open_clip pretrained tag (downloaded once), a local checkpoint file, "
+            "or a seeded random initialisation (offline tests and demos only).\n"
+            "<b>Missing-modality simulation</b>: hides modalities from training samples so "
+            "the model learns to cope (paper §4.1). 'Missing rate' makes a share η of the "
+            "samples incomplete, each incomplete pattern equally often; 'per-modality "
+            "availability' drops modality m from a share 1 − a_m of the samples (paper "
+            "Tables 1 and 3).\n"
+            "The split into training and validation pixels is by polygon. Training uses AdamW "
+            "(lr 2e-3, weight decay 2e-2, 10 % linear warm-up then linear decay, batch 128) "
+            "and keeps the epoch with the best validation accuracy.\n\n"
+            "<b>Outputs</b>: the model file (.mamol) and an optional HTML report with its JSON "
+            "twin (curves, confusion matrix, accuracy per missing pattern). Nothing is "
+            "written if the run fails or is cancelled.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        for key, _, label in RASTER_INPUTS:
+            raster = QgsProcessingParameterRasterLayer(key, self.tr(label), optional=True)
+            raster.setHelp(self.tr("Optional; give at least one raster."))
+            self.addParameter(raster)
+        polygons = QgsProcessingParameterFeatureSource(
+            self.POLYGONS, self.tr("Labelled polygons"), [QgsProcessing.TypeVectorPolygon])
+        polygons.setHelp(self.tr("Training polygons, any CRS."))
+        self.addParameter(polygons)
+        class_field = QgsProcessingParameterField(
+            self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS)
+        class_field.setHelp(self.tr("Integer class value of each polygon."))
+        self.addParameter(class_field)
+        name_field = QgsProcessingParameterField(
+            self.CLASS_NAME_FIELD, self.tr("Class-name field"),
+            parentLayerParameterName=self.POLYGONS, optional=True)
+        name_field.setHelp(self.tr("Optional text field naming each class."))
+        self.addParameter(name_field)
+        self._add(QgsProcessingParameterString(self.BACKBONE, self.tr("Backbone architecture"),
+                                               defaultValue=DEFAULT_ARCH),
+                  "open_clip ViT config name, e.g. ViT-B-16, or mamol-tiny-vit for tests.")
+        self._add(QgsProcessingParameterEnum(
+            self.WEIGHTS, self.tr("Backbone weights"),
+            options=[self.tr("open_clip pretrained tag"), self.tr("Checkpoint file"),
+                     self.tr("Random (seeded; for tests and demos)")], defaultValue=0),
+            "Where the frozen backbone's weights come from.")
+        self._add(QgsProcessingParameterString(self.PRETRAINED_TAG, self.tr("Pretrained tag"),
+                                               defaultValue="openai", optional=True),
+                  "open_clip pretrained tag, e.g. openai or laion2b_s34b_b88k.")
+        self._add(QgsProcessingParameterFile(self.CHECKPOINT, self.tr("Backbone checkpoint"),
+                                             optional=True),
+                  "OpenAI .pt, open_clip .bin/.pt or .safetensors file.")
+        self._add(QgsProcessingParameterNumber(
+            self.BACKBONE_SEED, self.tr("Random backbone seed"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+            "Seed of the random backbone (weights = random).", advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.PATCH_SIZE, self.tr("Patch size P (pixels)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=14, minValue=1, maxValue=64),
+            "Side of the window around each pixel; 14 matches ViT-B/16's position grid.")
+        self._add(QgsProcessingParameterNumber(
+            self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer,
+            defaultValue=20, minValue=1, maxValue=10000), "Passes over the training samples.")
+        self._add(QgsProcessingParameterNumber(
+            self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
+            defaultValue=128, minValue=1, maxValue=65536), "Samples per step.", advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.LEARNING_RATE, self.tr("Learning rate"), QgsProcessingParameterNumber.Double,
+            defaultValue=2e-3, minValue=1e-8, maxValue=10.0), "Peak learning rate.",
+            advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.WEIGHT_DECAY, self.tr("Weight decay"), QgsProcessingParameterNumber.Double,
+            defaultValue=2e-2, minValue=0.0, maxValue=10.0), "Decoupled weight decay (AdamW).",
+            advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.VALIDATION_FRACTION, self.tr("Validation fraction"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.25, minValue=0.0,
+            maxValue=0.9), "Share of each class's pixels held out, by whole polygons.",
+            advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.MAX_SAMPLES_PER_CLASS, self.tr("Maximum training samples per class"),
+            QgsProcessingParameterNumber.Integer, defaultValue=2000, minValue=0),
+            "Cap per class (0 = no cap); classes are balanced per epoch.", advanced=True)
+        self._add(QgsProcessingParameterEnum(
+            self.MISSING_MODE, self.tr("Missing-modality simulation"),
+            options=[self.tr("None (real missingness only)"),
+                     self.tr("Missing rate η over all incomplete patterns"),
+                     self.tr("Per-modality availability")], defaultValue=1),
+            "How modalities are hidden from training samples.")
+        self._add(QgsProcessingParameterNumber(
+            self.MISSING_RATE, self.tr("Missing rate η"), QgsProcessingParameterNumber.Double,
+            defaultValue=0.5, minValue=0.0, maxValue=1.0), "Share of incomplete samples.")
+        for key, label in ((self.HS_AVAILABILITY, "HS availability"),
+                           (self.SAR_AVAILABILITY, "SAR availability"),
+                           (self.LIDAR_AVAILABILITY, "LiDAR availability")):
+            self._add(QgsProcessingParameterNumber(
+                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                minValue=0.0, maxValue=1.0),
+                "Share of samples keeping this modality (per-modality availability mode).",
+                advanced=True)
+        self._add(QgsProcessingParameterBoolean(
+            self.SIMULATE_VALIDATION, self.tr("Simulate missing modalities on validation too"),
+            defaultValue=False),
+            "Apply the same simulation to validation samples (the paper's protocol tests "
+            "under the training availability).", advanced=True)
+        self._add(QgsProcessingParameterString(self.DEVICE, self.tr("Device"),
+                                               defaultValue="auto"),
+                  "auto, cpu, cuda or cuda:N.", advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
+            defaultValue=0, minValue=0), "Same seed and inputs give the same model file.",
+            advanced=True)
+        self._add(QgsProcessingParameterFileDestination(
+            self.OUTPUT_MODEL, self.tr("Model file"), self.tr(f"MaMOL model (*{EXTENSION})")),
+            "The trained model.")
+        self._add(QgsProcessingParameterFileDestination(
+            self.OUTPUT_REPORT, self.tr("Training report"), self.tr("HTML files (*.html)"),
+            optional=True, createByDefault=True),
+            "HTML report; a JSON report with the same name is written next to it.")
+        self.addOutput(QgsProcessingOutputFile(self.OUTPUT_REPORT_JSON,
+                                               self.tr("Training report (JSON)")))
+
+    def _add(self, parameter, help_text: str, advanced: bool = False) -> None:
+        parameter.setHelp(self.tr(help_text))
+        if advanced:
+            parameter.setFlags(parameter.flags()
+                               | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(parameter)
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
+        if not any(parameters.get(key) for key, _, _ in RASTER_INPUTS):
+            return False, self.tr("Give at least one raster (hyperspectral, SAR or LiDAR).")
+        output = str(parameters.get(self.OUTPUT_MODEL) or "")
+        if output and not output.endswith(EXTENSION) and not output.startswith("TEMPORARY"):
+            return False, self.tr(f"The model file must end in {EXTENSION}.")
+        return super().checkParameterValues(parameters, context)
+
+    def _rasters(self, parameters, context):
+        modalities = []
+        for key, name, label in RASTER_INPUTS:
+            if not parameters.get(key):
+                continue
+            layer = self.parameterAsRasterLayer(parameters, key, context)
+            if layer is None:
+                raise QgsProcessingException(self.tr(f"Cannot read the {label.lower()}."))
+            if layer.providerType() != "gdal":
+                raise QgsProcessingException(self.tr(
+                    f"The {label.lower()} must be a file-based (GDAL) raster."))
+            modalities.append((name, layer.source()))
+        if not modalities:
+            raise QgsProcessingException(
+                self.tr("Give at least one raster (hyperspectral, SAR or LiDAR)."))
+        return tuple(modalities)
+
+    def _polygons(self, parameters, context, feedback) -> PolygonSource:
+        source = self.parameterAsSource(parameters, self.POLYGONS, context)
+        if source is None:
+            raise QgsProcessingException(self.tr("Cannot read the polygon layer."))
+        if source.featureCount() == 0:
+            raise QgsProcessingException(self.tr(
+                "The polygon layer has no features (or none selected). Draw labelled "
+                "polygons first."))
+        class_field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
+        name_field = self.parameterAsString(parameters, self.CLASS_NAME_FIELD, context) or None
+        path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, self.POLYGONS, context, ["gpkg", "shp"], "gpkg", feedback)
+        styled = None
+        layer = self.parameterAsVectorLayer(parameters, self.POLYGONS, context)
+        renderer = layer.renderer() if layer is not None else None
+        if isinstance(renderer, QgsCategorizedSymbolRenderer) and \
+                renderer.classAttribute() == class_field:
+            styled = {}
+            for category in renderer.categories():
+                try:
+                    value = int(float(category.value()))
+                except (TypeError, ValueError):
+                    continue
+                styled[value] = (category.label() or str(value),
+                                 category.symbol().color().name())
+        return PolygonSource(path=path, class_field=class_field, layer=layer_name or None,
+                             name_field=name_field, styled_classes=styled or None)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        from ..training.trainer import TrainingConfig, train_model
+
+        with core_errors_as_processing_exceptions():
+            modalities = self._rasters(parameters, context)
+            polygons = self._polygons(parameters, context, feedback)
+            config = TrainingConfig(
+                modalities=modalities, polygons=polygons,
+                output_model=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context),
+                report_html=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT,
+                                                       context) or None,
+                backbone=self._backbone(parameters, context),
+                patch_size=self._int(parameters, self.PATCH_SIZE, context),
+                epochs=self._int(parameters, self.EPOCHS, context),
+                batch_size=self._int(parameters, self.BATCH_SIZE, context),
+                learning_rate=self._float(parameters, self.LEARNING_RATE, context),
+                weight_decay=self._float(parameters, self.WEIGHT_DECAY, context),
+                split=SplitConfig(
+                    validation_fraction=self._float(parameters, self.VALIDATION_FRACTION,
+                                                    context),
+                    max_train_per_class=self._int(parameters, self.MAX_SAMPLES_PER_CLASS,
+                                                  context)),
+                device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+                seed=self._int(parameters, self.SEED, context))
+            simulation = self._simulation(parameters, context, config.modality_names,
+                                          config.seed)
+            config = replace(config, simulation=simulation,
+                           validation_simulation=simulation if self.parameterAsBoolean(
+                               parameters, self.SIMULATE_VALIDATION, context)
+                           else MissingSimulation(),
+                           report_json=str(Path(config.report_html).with_suffix(".json"))
+                           if config.report_html else None)
+            if feedback is not None and len(config.modality_names) == 1 and \
+                    simulation.mode is SimulationMode.NONE:
+                feedback.pushInfo(self.tr(
+                    "One modality given: there is nothing to hide, so no missing-modality "
+                    "simulation."))
+            progress, is_cancelled = progress_callables(feedback)
+            result = train_model(config, progress, is_cancelled,
+                                 log=feedback.pushInfo if feedback is not None else None)
+        return {self.OUTPUT_MODEL: str(result.model_path),
+                self.OUTPUT_REPORT: str(result.report_html) if result.report_html else None,
+                self.OUTPUT_REPORT_JSON: str(result.report_json) if result.report_json
+                else None}
+
+    def _int(self, parameters, key, context) -> int:
+        return self.parameterAsInt(parameters, key, context)
+
+    def _float(self, parameters, key, context) -> float:
+        return self.parameterAsDouble(parameters, key, context)
+
+    def _backbone(self, parameters, context) -> BackboneSpec:
+        arch = (self.parameterAsString(parameters, self.BACKBONE, context) or "").strip()
+        if not arch:
+            raise MamolInputError("Give a backbone architecture, e.g. ViT-B-16.")
+        source = WEIGHT_SOURCES[self.parameterAsEnum(parameters, self.WEIGHTS, context)]
+        tag = (self.parameterAsString(parameters, self.PRETRAINED_TAG, context) or "").strip()
+        checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context) or None
+        if source is WeightsSource.PRETRAINED and not tag:
+            raise MamolInputError("Give the open_clip pretrained tag, e.g. openai.")
+        if source is WeightsSource.CHECKPOINT and not checkpoint:
+            raise MamolInputError("Give the backbone checkpoint file.")
+        return BackboneSpec(arch=arch, source=source,
+                            pretrained_tag=tag if source is WeightsSource.PRETRAINED else None,
+                            checkpoint_path=checkpoint if source is WeightsSource.CHECKPOINT
+                            else None,
+                            seed=self._int(parameters, self.BACKBONE_SEED, context))
+
+    def _simulation(self, parameters, context, names, seed) -> MissingSimulation:
+        mode = MISSING_MODES[self.parameterAsEnum(parameters, self.MISSING_MODE, context)]
+        availability_keys = {"hs": self.HS_AVAILABILITY, "sar": self.SAR_AVAILABILITY,
+                             "lidar": self.LIDAR_AVAILABILITY}
+        if mode is SimulationMode.AVAILABILITY:
+            return MissingSimulation(mode, availability=tuple(
+                self._float(parameters, availability_keys[n], context) for n in names),
+                seed=seed)
+        if mode is SimulationMode.RATE and len(names) == 1:
+            return MissingSimulation()  # nothing to hide with one modality
+        if mode is SimulationMode.RATE:
+            return MissingSimulation(mode, missing_rate=self._float(
+                parameters, self.MISSING_RATE, context), seed=seed)
+        return MissingSimulation()

@@ -1,0 +1,150 @@
+"""Command line for training without QGIS: the same core call as ``mamol:trainmodel``.
+
+    python -m mamol.training --hs hs.tif --sar sar.tif --lidar lidar.tif \\
+        --polygons training.gpkg --class-field class_id --name-field class_name \\
+        --arch mamol-tiny-vit --weights random --patch-size 7 --epochs 10 \\
+        --output model.mamol --report report.html
+
+Exit status: 0 on success, 2 for bad input (the message says what to fix), 130 when
+interrupted (Ctrl-C; nothing is written).
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
+from ..core.errors import Cancelled, MamolInputError
+from .labels import PolygonSource, SplitConfig
+from .missing import MissingSimulation, SimulationMode, Table1Case, table1_availability
+
+LOG = logging.getLogger("mamol.training")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mamol.training",
+        description="Train a MaMOL land-cover model on labelled polygons (no QGIS needed).")
+    data = parser.add_argument_group("data")
+    data.add_argument("--hs", help="hyperspectral raster")
+    data.add_argument("--sar", help="SAR raster")
+    data.add_argument("--lidar", help="LiDAR / DSM raster")
+    data.add_argument("--polygons", required=True, help="labelled polygons (any OGR format)")
+    data.add_argument("--layer", help="layer name inside the polygon file (default: first)")
+    data.add_argument("--class-field", required=True, help="integer class field")
+    data.add_argument("--name-field", help="class-name field (optional)")
+    model = parser.add_argument_group("backbone and model")
+    model.add_argument("--arch", default=DEFAULT_ARCH, help="open_clip ViT config name")
+    model.add_argument("--weights", choices=[s.value for s in WeightsSource],
+                       default=WeightsSource.PRETRAINED.value)
+    model.add_argument("--pretrained-tag", default="openai")
+    model.add_argument("--checkpoint", help="backbone checkpoint file (--weights checkpoint)")
+    model.add_argument("--backbone-seed", type=int, default=0)
+    model.add_argument("--patch-size", type=int, default=14)
+    model.add_argument("--experts", choices=["full", "no_dynamic", "no_static",
+                                             "no_modality_specific", "none"], default="full")
+    optimiser = parser.add_argument_group("optimiser")
+    optimiser.add_argument("--epochs", type=int, default=20)
+    optimiser.add_argument("--batch-size", type=int, default=128)
+    optimiser.add_argument("--lr", type=float, default=2e-3)
+    optimiser.add_argument("--weight-decay", type=float, default=2e-2)
+    optimiser.add_argument("--warmup-fraction", type=float, default=0.1)
+    optimiser.add_argument("--validation-fraction", type=float, default=0.25)
+    optimiser.add_argument("--max-train-per-class", type=int, default=2000)
+    optimiser.add_argument("--max-validation-per-class", type=int, default=1000)
+    optimiser.add_argument("--no-balance", action="store_true",
+                           help="do not balance classes per epoch")
+    optimiser.add_argument("--seed", type=int, default=0)
+    optimiser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    missing = parser.add_argument_group("missing-modality simulation (paper §4.1)")
+    missing.add_argument("--missing-rate", type=float,
+                         help="η: share of incomplete samples, all incomplete patterns equally")
+    missing.add_argument("--availability", type=float, nargs="+", metavar="A",
+                         help="availability per given modality, in order hs sar lidar")
+    missing.add_argument("--table1", nargs=2, metavar=("ETA", "CASE"),
+                         help="paper Table 1 row: η and missing_other | missing_hs | "
+                              "missing_both (two modalities, HS first)")
+    missing.add_argument("--simulate-validation", action="store_true",
+                         help="apply the same simulation to the validation samples")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", required=True, help="model file to write (.mamol)")
+    output.add_argument("--report", help="HTML report; a .json twin is written next to it")
+    output.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _simulation(args, names: Sequence[str]) -> MissingSimulation:
+    chosen = [o for o in ("missing_rate", "availability", "table1") if getattr(args, o)]
+    if len(chosen) > 1:
+        raise MamolInputError("Give only one of --missing-rate, --availability, --table1.")
+    if args.missing_rate is not None:
+        return MissingSimulation(SimulationMode.RATE, missing_rate=args.missing_rate,
+                                 seed=args.seed)
+    if args.availability:
+        return MissingSimulation(SimulationMode.AVAILABILITY,
+                                 availability=tuple(args.availability), seed=args.seed)
+    if args.table1:
+        if len(names) != 2 or names[0] != "hs":
+            raise MamolInputError("--table1 needs exactly two rasters: --hs and one other.")
+        try:
+            eta = float(args.table1[0])
+            case = Table1Case(args.table1[1])
+        except ValueError as exc:
+            raise MamolInputError(f"--table1 expects ETA CASE, got {args.table1} ({exc}).") \
+                from exc
+        return MissingSimulation(SimulationMode.AVAILABILITY,
+                                 availability=table1_availability(eta, case), seed=args.seed)
+    return MissingSimulation()
+
+
+def config_from_args(args):
+    """The :class:`TrainingConfig` an argument namespace describes."""
+    from .trainer import TrainingConfig
+
+    modalities = tuple((name, getattr(args, name)) for name in ("hs", "sar", "lidar")
+                       if getattr(args, name))
+    names = [name for name, _ in modalities]
+    simulation = _simulation(args, names)
+    report_json = str(Path(args.report).with_suffix(".json")) if args.report else None
+    return TrainingConfig(
+        modalities=modalities,
+        polygons=PolygonSource(path=args.polygons, class_field=args.class_field,
+                               layer=args.layer, name_field=args.name_field),
+        output_model=args.output, report_html=args.report, report_json=report_json,
+        backbone=BackboneSpec(arch=args.arch, source=WeightsSource(args.weights),
+                              pretrained_tag=args.pretrained_tag
+                              if args.weights == WeightsSource.PRETRAINED.value else None,
+                              checkpoint_path=args.checkpoint
+                              if args.weights == WeightsSource.CHECKPOINT.value else None,
+                              seed=args.backbone_seed),
+        patch_size=args.patch_size, adapter={"experts": args.experts},
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
+        split=SplitConfig(validation_fraction=args.validation_fraction,
+                          max_train_per_class=args.max_train_per_class,
+                          max_validation_per_class=args.max_validation_per_class),
+        balance_classes=not args.no_balance, simulation=simulation,
+        validation_simulation=simulation if args.simulate_validation else MissingSimulation(),
+        device=args.device, seed=args.seed)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s")
+    from .trainer import train_model
+
+    def show_progress(percent: float) -> None:
+        LOG.debug("%.0f %%", percent)
+
+    try:
+        config = config_from_args(args)
+        train_model(config, show_progress, log=LOG.info)
+    except MamolInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
