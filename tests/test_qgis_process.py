@@ -64,3 +64,31 @@ def test_bad_size_fails_with_the_reason(qgis_env, tmp_path):
     assert result.returncode != 0
     assert "Size 99999 is too large" in result.stdout + result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_trainmodel_runs_headless(qgis_env, small_scene, tmp_path):
+    model = tmp_path / "model.mamol"
+    result = qgis_process(
+        qgis_env, "--json", "run", "mamol:trainmodel", "--", f"HS={small_scene.hs}",
+        f"SAR={small_scene.sar}", f"POLYGONS={small_scene.training_polygons}",
+        "CLASS_FIELD=class_id", "CLASS_NAME_FIELD=class_name", "BACKBONE=mamol-tiny-vit",
+        "WEIGHTS=2", "PATCH_SIZE=5", "EPOCHS=1", "MAX_SAMPLES_PER_CLASS=20", "DEVICE=cpu",
+        "MISSING_RATE=0.6", f"OUTPUT_MODEL={model}", f"OUTPUT_REPORT={tmp_path / 'r.html'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert results["OUTPUT_MODEL"] == str(model)
+    assert results["OUTPUT_REPORT_JSON"] == str(tmp_path / "r.json")
+    from mamol.core.model_file import read_header
+    header = read_header(model)
+    assert header.modality_names == ["hs", "sar"]
+    assert header.training["missing_simulation"]["missing_rate"] == 0.6
+
+
+def test_trainmodel_without_rasters_fails_with_the_reason(qgis_env, small_scene, tmp_path):
+    result = qgis_process(
+        qgis_env, "run", "mamol:trainmodel", "--", f"POLYGONS={small_scene.training_polygons}",
+        "CLASS_FIELD=class_id", f"OUTPUT_MODEL={tmp_path / 'm.mamol'}")
+    assert result.returncode != 0
+    assert "at least one raster" in result.stdout + result.stderr
+    assert not (tmp_path / "m.mamol").exists()

@@ -1,0 +1,138 @@
+"""``mamol:trainmodel`` through real QGIS Processing (``processing.run``) and through the
+command line without QGIS."""
+import json
+import subprocess
+import sys
+
+import pytest
+from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProcessingException,
+                       QgsProcessingFeedback, QgsRendererCategory, QgsVectorLayer)
+
+from conftest import PLUGINS_DIR
+from mamol.core.model_file import read_header
+
+ALGORITHM = "mamol:trainmodel"
+
+
+def run(parameters, feedback=None):
+    import processing
+    return processing.run(ALGORITHM, parameters, feedback=feedback)
+
+
+def quick_parameters(scene, folder, **changes):
+    """A run that takes seconds: tiny random backbone, P = 5, one epoch, few samples."""
+    parameters = {
+        "HS": str(scene.hs), "SAR": str(scene.sar), "LIDAR": str(scene.lidar),
+        "POLYGONS": str(scene.training_polygons), "CLASS_FIELD": "class_id",
+        "CLASS_NAME_FIELD": "class_name", "BACKBONE": "mamol-tiny-vit", "WEIGHTS": 2,
+        "PATCH_SIZE": 5, "EPOCHS": 1, "MAX_SAMPLES_PER_CLASS": 20, "DEVICE": "cpu",
+        "OUTPUT_MODEL": str(folder / "model.mamol"),
+        "OUTPUT_REPORT": str(folder / "report.html"),
+    }
+    parameters.update(changes)
+    return parameters
+
+
+def test_registered_with_help_for_every_parameter(mamol_provider):
+    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM)
+    assert algorithm is not None
+    assert algorithm.group() == "Model"
+    for definition in algorithm.parameterDefinitions():
+        assert definition.help(), definition.name()
+    advanced = {d.name() for d in algorithm.parameterDefinitions()
+                if d.flags() & QgsProcessingParameterDefinition.FlagAdvanced}
+    assert {"BATCH_SIZE", "LEARNING_RATE", "DEVICE", "SEED"} <= advanced
+    assert "EPOCHS" not in advanced
+
+
+def test_trains_and_writes_model_and_reports(mamol_provider, small_scene, tmp_path):
+    results = run(quick_parameters(small_scene, tmp_path, MISSING_MODE=2,
+                                   HS_AVAILABILITY=0.75, SAR_AVAILABILITY=0.75,
+                                   LIDAR_AVAILABILITY=1.0))
+    assert results["OUTPUT_MODEL"] == str(tmp_path / "model.mamol")
+    header = read_header(tmp_path / "model.mamol")
+    assert header.modality_names == ["hs", "sar", "lidar"]
+    assert header.classes[0].name == "Water"
+    assert header.training["missing_simulation"] == {
+        "mode": "availability", "missing_rate": 0.0, "availability": [0.75, 0.75, 1.0],
+        "seed": 0}
+    assert header.backbone.arch == "mamol-tiny-vit"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert results["OUTPUT_REPORT_JSON"] == str(tmp_path / "report.json")
+    assert report["validation"]["samples"] > 0
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_class_names_and_colours_from_a_categorised_style(mamol_provider, small_scene,
+                                                          tmp_path):
+    layer = QgsVectorLayer(f"{small_scene.training_polygons}|layername=training_polygons",
+                           "labels", "ogr")
+    assert layer.isValid()
+    categories = []
+    for value in range(1, 8):
+        symbol = QgsFillSymbol.createSimple({"color": f"{10 * value},{20 * value},200"})
+        categories.append(QgsRendererCategory(value, symbol, f"styled {value}"))
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class_id", categories))
+    try:
+        run(quick_parameters(small_scene, tmp_path, POLYGONS=layer, CLASS_NAME_FIELD=None,
+                             LIDAR=None, SAR=None))
+    finally:
+        del layer
+    header = read_header(tmp_path / "model.mamol")
+    assert [c.name for c in header.classes] == [f"styled {v}" for v in range(1, 8)]
+    assert header.classes[2].colour == "#1e3cc8"
+    assert header.modality_names == ["hs"]
+
+
+def test_needs_at_least_one_raster(mamol_provider, small_scene, tmp_path):
+    with pytest.raises(QgsProcessingException, match="at least one raster"):
+        run(quick_parameters(small_scene, tmp_path, HS=None, SAR=None, LIDAR=None))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_class_field_is_reported(mamol_provider, small_scene, tmp_path):
+    with pytest.raises(QgsProcessingException, match="not numeric"):
+        run(quick_parameters(small_scene, tmp_path, CLASS_FIELD="class_name",
+                             CLASS_NAME_FIELD=None))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_leaves_nothing(mamol_provider, small_scene, tmp_path):
+    class CancelMidway(QgsProcessingFeedback):
+        def setProgress(self, progress):  # noqa: N802 - QGIS API
+            super().setProgress(progress)
+            if progress > 20:
+                self.cancel()
+
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run(quick_parameters(small_scene, tmp_path, EPOCHS=3), feedback=CancelMidway())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line_trains_without_qgis(small_scene, tmp_path):
+    model = tmp_path / "cli.mamol"
+    command = [sys.executable, "-c",
+               "import sys; sys.modules['qgis'] = None; "
+               "from mamol.training.cli import main; sys.exit(main())",
+               "--hs", str(small_scene.hs), "--lidar", str(small_scene.lidar),
+               "--polygons", str(small_scene.training_polygons), "--class-field", "class_id",
+               "--arch", "mamol-tiny-vit", "--weights", "random", "--patch-size", "5",
+               "--epochs", "1", "--max-train-per-class", "20", "--table1", "0.5",
+               "missing_both", "--device", "cpu", "--output", str(model),
+               "--report", str(tmp_path / "cli.html")]
+    env = {"PYTHONPATH": str(PLUGINS_DIR), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Model written to" in done.stderr
+    header = read_header(model)
+    assert header.training["missing_simulation"]["availability"] == [0.75, 0.75]
+    assert (tmp_path / "cli.json").is_file()
+
+    bad = subprocess.run(command[:3] + ["--sar", str(small_scene.sar), "--polygons",
+                                        str(small_scene.training_polygons), "--class-field",
+                                        "nope", "--output", str(tmp_path / "x.mamol")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2
+    assert "no class field 'nope'" in bad.stderr
+    assert not (tmp_path / "x.mamol").exists()
