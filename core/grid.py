@@ -213,11 +213,12 @@ def _on_grid(info: RasterInfo, grid: ReferenceGrid) -> bool:
     return abs(dx - round(dx)) < 1e-6 and abs(dy - round(dy)) < 1e-6
 
 
-def symmetric_pad_amounts(start: int, stop: int, size: int) -> Tuple[int, int, int, int]:
-    """For the index range [start, stop) over an axis of ``size``: the part inside the axis
-    (lo, hi) and how much lies before / after it (to be padded)."""
-    lo, hi = max(0, start), min(size, stop)
-    return lo, hi, lo - start, stop - hi
+def symmetric_indices(start: int, stop: int, size: int) -> np.ndarray:
+    """Indices [start, stop) of an axis of ``size``, reflected into it at its edges
+    (symmetric padding, the edge pixel repeated: -1 -> 0, -2 -> 1, size -> size - 1)."""
+    period = 2 * size
+    index = np.mod(np.arange(start, stop), period)
+    return np.where(index < size, index, period - 1 - index)
 
 
 class AlignedRaster:
@@ -253,22 +254,24 @@ class AlignedRaster:
         The window may reach beyond the grid: those pixels are mirrored from inside
         (symmetric padding), as at any scene edge. NaN marks missing pixels (all bands).
         """
-        c_lo, c_hi, pad_left, pad_right = symmetric_pad_amounts(col0, col0 + width,
-                                                                self.grid.width)
-        r_lo, r_hi, pad_top, pad_bottom = symmetric_pad_amounts(row0, row0 + height,
-                                                                self.grid.height)
-        if c_lo >= c_hi or r_lo >= r_hi:
+        if (col0 >= self.grid.width or row0 >= self.grid.height or col0 + width <= 0
+                or row0 + height <= 0):
             raise ValueError("window does not meet the grid")
+        cols = symmetric_indices(col0, col0 + width, self.grid.width)
+        rows = symmetric_indices(row0, row0 + height, self.grid.height)
+        c_lo, c_hi = int(cols.min()), int(cols.max()) + 1
+        r_lo, r_hi = int(rows.min()), int(rows.max()) + 1
         block = self._dataset.ReadAsArray(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
         block = np.asarray(block, dtype=np.float32).reshape(self.bands, r_hi - r_lo,
                                                             c_hi - c_lo)
         invalid = ~np.isfinite(block).all(axis=0)
         if invalid.any():
             block[:, invalid] = np.nan
-        if pad_left or pad_right or pad_top or pad_bottom:
-            block = np.pad(block, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right)),
-                           mode="symmetric")
-        return block
+        inside = (col0 >= 0 and row0 >= 0 and col0 + width <= self.grid.width
+                  and row0 + height <= self.grid.height)
+        if inside:
+            return block
+        return block[:, rows - r_lo][:, :, cols - c_lo]
 
     def close(self) -> None:
         self._dataset = None

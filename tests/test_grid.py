@@ -160,10 +160,6 @@ def test_read_beyond_the_edges_is_symmetric_padding(tmp_path, window):
         assert np.array_equal(got[:, :, -col0 - 1], got[:, :, -col0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG core/grid.py AlignedRaster.read: the padding mirrors only the part of the window "
-    "inside the grid (np.pad of the clipped block), so a window that reaches further outside "
-    "than it reaches inside repeats/flips the wrong pixels instead of mirroring the grid"))
 @pytest.mark.parametrize("window", [(-5, 0, 7, 7), (-7, -7, 8, 8)])
 def test_read_mostly_outside_mirrors_the_grid(tmp_path, window):
     path, data = random_raster(tmp_path, seed=2)

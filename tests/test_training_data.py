@@ -214,10 +214,6 @@ def test_layer_without_crs_is_refused(tmp_path, grid):
         rasterise_polygons(PolygonSource(path, "cls"), grid)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG training/labels.py:128: a GeoPackage layer written without CRS reports GDAL's "
-    "'Undefined geographic SRS' (not None), so the check is skipped and the transform at "
-    "line 156 raises a raw RuntimeError 'Invalid coordinate' instead of MamolInputError"))
 def test_geopackage_layer_without_crs_is_refused(tmp_path, grid):
     path = write_polygons(tmp_path / "nocrs.gpkg", [(rectangle_wkt(grid, 5, 9, 5, 9),
                                                      {"cls": 1})],

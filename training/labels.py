@@ -125,7 +125,8 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
             "field (integer class values), or also choose a class-name field: text classes "
             "are then numbered 1..K in alphabetical order.")
     layer_srs = layer.GetSpatialRef()
-    if layer_srs is None:
+    # GeoPackage reports a layer without CRS as "Undefined geographic/Cartesian SRS".
+    if layer_srs is None or (layer_srs.GetName() or "").startswith("Undefined"):
         raise MamolInputError(
             f"The polygon layer '{source.path}' has no CRS. Assign one and run again.")
     layer_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
@@ -153,7 +154,12 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
             continue
         geometry = geometry.Clone()
         if transform is not None:
-            geometry.Transform(transform)
+            try:
+                geometry.Transform(transform)
+            except RuntimeError as exc:
+                raise MamolInputError(
+                    f"A polygon of '{source.path}' cannot be reprojected to the rasters' CRS "
+                    f"{crs_label(grid.crs_wkt)} ({exc}). Check the layer's CRS.") from exc
         geometries.append(geometry)
         keys.append(key)
         if source.name_field:
