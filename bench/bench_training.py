@@ -14,6 +14,7 @@ Usage:
 import argparse
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -60,6 +61,8 @@ def main() -> None:
           f"{args.epochs} epoch(s), {timing['train_samples_seen']} training samples seen")
     print(f"training samples/s: {timing['samples_per_second']:.1f} "
           f"(optimiser steps {timing['training_seconds']:.1f} s; whole run {wall:.1f} s)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of the process: {peak:.0f} MiB")
     print(f"validation OA of the kept epoch: {result.summary['validation']['oa']:.4f}")
 
 

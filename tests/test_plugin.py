@@ -30,9 +30,29 @@ def test_class_factory_registers_and_unload_removes(qgis_iface, qgis_processing)
     plugin.initGui()             # idempotent: still exactly one provider
     provider = registry.providerById("mamol")
     assert provider is not None
-    assert [a.id() for a in provider.algorithms()] == ["mamol:createsamplescene"]
+    assert [a.id() for a in provider.algorithms()] == ["mamol:createsamplescene",
+                                                      "mamol:trainmodel"]
     plugin.unload()
     assert registry.providerById("mamol") is None
     if existing is not None:
         from mamol.algorithms.provider import MamolProvider
         registry.addProvider(MamolProvider())
+
+
+def test_provider_loads_without_importing_torch():
+    """Heavy imports are lazy (DESIGN §7): the provider and its algorithms load without
+    PyTorch, so QGIS starts fast and can say what is missing when an algorithm runs."""
+    import subprocess
+    import sys
+
+    from conftest import PLUGINS_DIR
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); "
+             "from mamol.algorithms.provider import MamolProvider; "
+             "from mamol.algorithms.trainmodel import TrainModelAlgorithm; "
+             "TrainModelAlgorithm().initAlgorithm(); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('torch', 'open_clip', 'torchvision')))")
+    done = subprocess.run([sys.executable, "-c", probe, str(PLUGINS_DIR)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
