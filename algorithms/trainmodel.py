@@ -57,6 +57,7 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
     PATCH_SIZE = "PATCH_SIZE"
     EPOCHS = "EPOCHS"
     BATCH_SIZE = "BATCH_SIZE"
+    MICRO_BATCH_SIZE = "MICRO_BATCH_SIZE"
     LEARNING_RATE = "LEARNING_RATE"
     WEIGHT_DECAY = "WEIGHT_DECAY"
     VALIDATION_FRACTION = "VALIDATION_FRACTION"
@@ -168,6 +169,12 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
         self._add(QgsProcessingParameterNumber(
             self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
             defaultValue=128, minValue=1, maxValue=65536), "Samples per step.", advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.MICRO_BATCH_SIZE, self.tr("Micro-batch size (0 = automatic)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=65536),
+            "Samples per forward/backward pass; gradients are accumulated over the batch. "
+            "Automatic: the whole batch on a GPU, 16 on the CPU for ViT-B and larger.",
+            advanced=True)
         self._add(QgsProcessingParameterNumber(
             self.LEARNING_RATE, self.tr("Learning rate"), QgsProcessingParameterNumber.Double,
             defaultValue=2e-3, minValue=1e-8, maxValue=10.0), "Peak learning rate.",
@@ -299,6 +306,7 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
                 patch_size=self._int(parameters, self.PATCH_SIZE, context),
                 epochs=self._int(parameters, self.EPOCHS, context),
                 batch_size=self._int(parameters, self.BATCH_SIZE, context),
+                micro_batch_size=self._int(parameters, self.MICRO_BATCH_SIZE, context),
                 learning_rate=self._float(parameters, self.LEARNING_RATE, context),
                 weight_decay=self._float(parameters, self.WEIGHT_DECAY, context),
                 split=SplitConfig(

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     optimiser = parser.add_argument_group("optimiser")
     optimiser.add_argument("--epochs", type=int, default=20)
     optimiser.add_argument("--batch-size", type=int, default=128)
+    optimiser.add_argument("--micro-batch-size", type=int, default=0,
+                           help="samples per forward/backward pass (gradient accumulation); "
+                                "0 = automatic")
     optimiser.add_argument("--lr", type=float, default=2e-3)
     optimiser.add_argument("--weight-decay", type=float, default=2e-2)
     optimiser.add_argument("--warmup-fraction", type=float, default=0.1)
@@ -119,7 +122,8 @@ def config_from_args(args):
                               if args.weights == WeightsSource.CHECKPOINT.value else None,
                               seed=args.backbone_seed),
         patch_size=args.patch_size, adapter={"experts": args.experts},
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        epochs=args.epochs, batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size, learning_rate=args.lr,
         weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
         split=SplitConfig(validation_fraction=args.validation_fraction,
                           max_train_per_class=args.max_train_per_class,
