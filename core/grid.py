@@ -37,6 +37,14 @@ def srs_from_wkt(wkt: str) -> osr.SpatialReference:
     return srs
 
 
+#: How messages name the modalities.
+MODALITY_LABELS = {"hs": "HS", "sar": "SAR", "lidar": "LiDAR"}
+
+
+def modality_label(name: str) -> str:
+    return MODALITY_LABELS.get(name, name)
+
+
 def crs_label(wkt: str) -> str:
     """A short human name for a CRS (``EPSG:32632`` or its name)."""
     srs = srs_from_wkt(wkt)

@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Dict, Iterator, Sequence
 
@@ -62,3 +63,43 @@ def publish(temporary: Path, final: Path) -> None:
     os.umask(mask)
     os.chmod(temporary, 0o666 & ~mask)
     os.replace(temporary, final)
+
+
+#: Sidecar files GDAL may write next to a raster (category names, statistics).
+SIDECAR_SUFFIXES = (".aux.xml",)
+
+
+@contextlib.contextmanager
+def staged_files(finals: Sequence[Path]) -> Iterator[Dict[Path, Path]]:
+    """Yield a hidden temporary path next to each final path; on success move every file
+    (and its GDAL sidecars) into place, on an error or a cancel remove them all.
+
+    Unlike :func:`staged_outputs`, the files may live in different folders (e.g. a class
+    raster and a probability raster the user put in two places).
+    """
+    finals = [Path(p) for p in finals]
+    if len({p.resolve() for p in finals}) != len(finals):
+        raise MamolInputError("Two outputs point to the same file; give each its own path.")
+    for final in finals:
+        ensure_writable_folder(final.parent)
+    token = uuid.uuid4().hex[:8]
+    temporaries = {final: final.with_name(f".{final.name}.{token}.partial") for final in finals}
+    try:
+        yield temporaries
+        for final, temporary in temporaries.items():
+            if not temporary.exists():
+                raise RuntimeError(f"internal error: output not written: {final}")
+        for final, temporary in temporaries.items():
+            publish(temporary, final)
+            for suffix in SIDECAR_SUFFIXES:
+                sidecar = Path(str(temporary) + suffix)
+                stale = Path(str(final) + suffix)
+                if sidecar.exists():
+                    publish(sidecar, stale)
+                elif stale.exists():
+                    stale.unlink()
+    finally:
+        for temporary in temporaries.values():
+            for path in (temporary, *(Path(str(temporary) + s) for s in SIDECAR_SUFFIXES)):
+                if path.exists():
+                    path.unlink()

@@ -23,9 +23,11 @@ import numpy as np
 
 from ..core import metrics, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
+from ..core.devices import autocast, resolve_device
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
-from ..core.grid import AlignedRaster, RasterInfo, inspect_raster, reference_grid
+from ..core.grid import (AlignedRaster, RasterInfo, inspect_raster, modality_label,
+                         reference_grid)
 from ..core.model_file import (
     EXTENSION,
     ClassInfo,
@@ -124,28 +126,6 @@ class TrainingResult:
     summary: Dict[str, object]
 
 
-def resolve_device(name: str):
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device, or a clear error."""
-    torch = torch_compat.import_torch()
-    text = (name or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise MamolInputError(
-                f"Device '{name}' was asked for, but PyTorch sees no CUDA GPU here. Choose "
-                "'cpu' or 'auto'.")
-        device = torch.device(text)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MamolInputError(
-                f"There is no GPU {device.index}; this machine has "
-                f"{torch.cuda.device_count()}.")
-        return device
-    raise MamolInputError(f"Unknown device '{name}'. Use auto, cpu, cuda or cuda:N.")
-
-
 #: CPU micro-batch for wide backbones: ViT-B-16 keeps about 160 MB of activations per
 #: sample for the backward pass (measured: 18 GB peak RSS at batch 112), so a batch of 128
 #: would not fit most desktops.
@@ -216,12 +196,6 @@ class _Batches:
         return result
 
 
-def _autocast(torch, device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def predict(model, batches: _Batches, patterns: np.ndarray, batch_size: int,
             reporter: Optional[Reporter] = None) -> np.ndarray:
     """Predicted class index for every sample of ``batches.samples`` under ``patterns``."""
@@ -234,7 +208,7 @@ def predict(model, batches: _Batches, patterns: np.ndarray, batch_size: int,
                 reporter.check()
             index = np.arange(start, min(start + batch_size, patterns.size))
             pattern = patterns[index]
-            with _autocast(torch, batches.device):
+            with autocast(batches.device):
                 logits = model(batches.windows(index, pattern),
                                torch.from_numpy(pattern).to(batches.device))
             predictions[index] = logits.float().argmax(dim=1).cpu().numpy()
@@ -303,8 +277,7 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
         if path is not None:
             _check_writable(Path(path))
 
-    infos = [inspect_raster(path, name.upper() if name != "lidar" else "LiDAR")
-             for name, path in config.modalities]
+    infos = [inspect_raster(path, modality_label(name)) for name, path in config.modalities]
     grid = reference_grid(infos)
     say(f"Reference grid: {grid.width} × {grid.height} pixels of "
         f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[0].role} raster.")
@@ -459,7 +432,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
                 chunk = index[part:part + micro_batch]
                 pattern = train_patterns[chunk]
                 windows = train_batches.windows(chunk, pattern)
-                with _autocast(torch, device):
+                with autocast(device):
                     logits = model(windows, torch.from_numpy(pattern).to(device))
                 loss = torch.nn.functional.cross_entropy(
                     logits.float(), labels[chunk].to(device), reduction="sum") / index.size

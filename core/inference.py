@@ -1,0 +1,426 @@
+"""Classify a scene with a MaMOL model file (DESIGN §4): the one core call behind
+``mamol:classify``.
+
+* **Grid.** The reference grid is the grid of one given raster (by default the first in
+  the model's modality order), optionally cropped to an extent and resampled to another
+  pixel size. Every modality is aligned onto it through GDAL VRTs (:mod:`core.grid`).
+* **Per-pixel missing pattern.** A modality is missing at a pixel when it was not given,
+  the pixel is outside its coverage or nodata/non-finite, or more than the model's
+  ``max_missing_fraction`` of the pixel's window is (the rule training used,
+  :mod:`core.windows`). Pixels with no valid modality, or outside the mask, are nodata.
+* **Streaming.** The grid is processed in square blocks; each modality is read with a halo
+  of P/2 (mirrored at the grid's edges), so results do not depend on the block size and
+  nothing is stitched. Blocks are written as they finish; memory is bounded by one block.
+* **Compute.** A block's normalised bands go to the device once; windows are gathered
+  there with tensor indexing (no per-pixel Python loop) and classified in batches, bf16
+  autocast on CUDA. The model runs the encoder only for (pixel, modality) pairs present.
+  With a stride s only the centre pixel of each s×s cell is classified and the cell takes
+  its result (nearest upsampling), for fast previews.
+
+All outputs are written under hidden names and moved into place only when complete.
+"""
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+from osgeo import gdal, osr
+
+from . import torch_compat
+from .class_style import apply_legend, qml_path, write_qml
+from .errors import MamolInputError
+from .feedback import CancelCheck, ProgressCallback, Reporter
+from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
+                   inspect_raster, modality_label, reference_grid, srs_from_wkt)
+from .model_file import ModelHeader, check_inputs, load_model, read_header
+from .raster_io import create_geotiff
+from .staging import staged_files
+from .windows import DEFAULT_MAX_MISSING_FRACTION, window_offset
+
+LOG = logging.getLogger(__name__)
+
+FLOAT_NODATA = -1.0  # probabilities, confidence and entropy are in [0, 1]
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """Polygons outside which nothing is classified."""
+
+    path: str
+    layer: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Everything one classification run needs."""
+
+    model_path: str
+    rasters: Tuple[Tuple[str, str], ...]       # (modality name, raster path)
+    output_classes: str                        # class raster (GeoTIFF) + .qml next to it
+    output_probabilities: Optional[str] = None  # K float32 bands
+    output_confidence: Optional[str] = None    # max probability
+    output_entropy: Optional[str] = None       # entropy / log K, in [0, 1]
+    output_modalities: Optional[str] = None    # bitmask of the modalities used per pixel
+    reference: Optional[str] = None            # modality whose grid is used; None = first
+    pixel_size: float = 0.0                    # 0 = the reference raster's
+    extent: Optional[Bounds] = None            # in the reference raster's CRS
+    extent_crs_wkt: Optional[str] = None       # CRS of ``extent`` if not the grid's
+    mask: Optional[MaskSource] = None
+    max_missing_fraction: Optional[float] = None  # None = the value the model was trained with
+    stride: int = 1
+    block_size: int = 256
+    batch_size: int = 512
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if not self.rasters:
+            raise MamolInputError("Give at least one raster to classify.")
+        names = [name for name, _ in self.rasters]
+        if len(set(names)) != len(names):
+            raise MamolInputError(f"Each modality may be given once, got {names}.")
+        if self.stride < 1:
+            raise MamolInputError(f"The stride must be at least 1, got {self.stride}.")
+        if self.block_size < 16:
+            raise MamolInputError(f"The block size must be at least 16, got {self.block_size}.")
+        if self.batch_size < 1:
+            raise MamolInputError(f"The batch size must be at least 1, got {self.batch_size}.")
+        if self.pixel_size < 0:
+            raise MamolInputError("The pixel size must be 0 (the raster's) or positive.")
+        if self.max_missing_fraction is not None and not 0 <= self.max_missing_fraction <= 1:
+            raise MamolInputError("The missing fraction of a window must be in [0, 1].")
+        if self.reference is not None and self.reference not in names:
+            raise MamolInputError(
+                f"The reference grid comes from '{self.reference}', but no such raster was "
+                "given.")
+
+
+@dataclass
+class ClassifyResult:
+    outputs: Dict[str, Path]            # output key -> path
+    grid: ReferenceGrid
+    class_counts: Dict[int, int]        # class value -> pixels
+    pattern_counts: Dict[int, int]      # modalities-used code -> pixels (0 = none)
+    seconds: float
+    pixels_per_second: float            # classified (target) pixels per second
+
+
+def class_nodata(values: Sequence[int]) -> Tuple[np.dtype, int]:
+    """The class raster's data type and nodata value (never a class value)."""
+    if max(values) <= 254:
+        return np.dtype(np.uint8), 255
+    return np.dtype(np.uint16), 65535
+
+
+def _resolve_grid(config: ClassifyConfig, infos: Dict[str, RasterInfo],
+                  order: Sequence[str]) -> ReferenceGrid:
+    first = config.reference or order[0]
+    ordered = [infos[first]] + [infos[n] for n in order if n != first]
+    grid = reference_grid(ordered)
+    if config.pixel_size:
+        width = max(1, int(math.ceil(grid.width * grid.pixel_width / config.pixel_size - 1e-9)))
+        height = max(1, int(math.ceil(grid.height * grid.pixel_height / config.pixel_size
+                                      - 1e-9)))
+        grid = ReferenceGrid(grid.crs_wkt, grid.x_origin, grid.y_origin, config.pixel_size,
+                             config.pixel_size, width, height)
+    if config.extent is not None:
+        bounds = config.extent
+        if config.extent_crs_wkt and not srs_from_wkt(config.extent_crs_wkt).IsSame(
+                srs_from_wkt(grid.crs_wkt)):
+            transform = osr.CoordinateTransformation(srs_from_wkt(config.extent_crs_wkt),
+                                                     srs_from_wkt(grid.crs_wkt))
+            bounds = tuple(transform.TransformBounds(*bounds, 21))
+        window = grid.pixel_window(bounds)
+        if window is None:
+            raise MamolInputError(
+                f"The extent does not meet the {first} raster (in {crs_label(grid.crs_wkt)}). "
+                "Give an extent inside the rasters.")
+        col0, row0, col1, row1 = window
+        grid = grid.subgrid(col0, row0, col1 - col0, row1 - row0)
+    return grid
+
+
+class _Outputs:
+    """The output GeoTIFFs, open for block writes."""
+
+    def __init__(self, config: ClassifyConfig, header: ModelHeader, grid: ReferenceGrid,
+                 paths: Dict[str, Path]) -> None:
+        srs = srs_from_wkt(grid.crs_wkt)
+        values = [c.value for c in header.classes]
+        self.dtype, self.nodata = class_nodata(values)
+        self.datasets: Dict[str, gdal.Dataset] = {}
+        gt = grid.geotransform
+        self.datasets["classes"] = create_geotiff(
+            paths["classes"], grid.width, grid.height, 1, self.dtype, gt, srs,
+            nodata=self.nodata, band_names=["land cover class"])
+        if "probabilities" in paths:
+            self.datasets["probabilities"] = create_geotiff(
+                paths["probabilities"], grid.width, grid.height, len(values), np.float32, gt,
+                srs, nodata=FLOAT_NODATA,
+                band_names=[f"P({c.name})" for c in header.classes])
+        if "confidence" in paths:
+            self.datasets["confidence"] = create_geotiff(
+                paths["confidence"], grid.width, grid.height, 1, np.float32, gt, srs,
+                nodata=FLOAT_NODATA, band_names=["confidence (max probability)"])
+        if "entropy" in paths:
+            self.datasets["entropy"] = create_geotiff(
+                paths["entropy"], grid.width, grid.height, 1, np.float32, gt, srs,
+                nodata=FLOAT_NODATA, band_names=["normalised entropy"])
+        if "modalities" in paths:
+            names = [m.name for m in header.modalities]
+            dataset = create_geotiff(
+                paths["modalities"], grid.width, grid.height, 1, np.uint8, gt, srs,
+                band_names=["modalities used (bitmask)"])
+            dataset.GetRasterBand(1).SetMetadata(
+                {f"BIT_{bit}": name for bit, name in enumerate(names)})
+            self.datasets["modalities"] = dataset
+        apply_legend(self.datasets["classes"].GetRasterBand(1), header.classes)
+
+    def write(self, key: str, array: np.ndarray, col0: int, row0: int) -> None:
+        dataset = self.datasets.get(key)
+        if dataset is None:
+            return
+        if array.ndim == 2:
+            dataset.GetRasterBand(1).WriteArray(array, col0, row0)
+        else:
+            for band in range(array.shape[0]):
+                dataset.GetRasterBand(band + 1).WriteArray(array[band], col0, row0)
+
+    def close(self) -> None:
+        for key in list(self.datasets):
+            self.datasets[key].FlushCache()
+            self.datasets[key] = None
+        self.datasets.clear()
+
+
+def window_presence(missing: np.ndarray, patch_size: int, threshold: float) -> np.ndarray:
+    """(h, w) bool from a (h + P - 1, w + P - 1) missing mask: the modality is present at a
+    pixel when its target pixel is valid and at most ``threshold`` of its window is missing
+    (:func:`core.windows.modality_present`, for every pixel of a block at once)."""
+    offset = window_offset(patch_size)
+    height = missing.shape[0] - patch_size + 1
+    width = missing.shape[1] - patch_size + 1
+    integral = np.zeros((missing.shape[0] + 1, missing.shape[1] + 1), dtype=np.int64)
+    integral[1:, 1:] = np.cumsum(np.cumsum(missing, axis=0, dtype=np.int64), axis=1)
+    p = patch_size
+    counts = (integral[p:p + height, p:p + width] - integral[:height, p:p + width]
+              - integral[p:p + height, :width] + integral[:height, :width])
+    centre = missing[offset:offset + height, offset:offset + width]
+    return ~centre & (counts <= threshold * p * p + 1e-9)
+
+
+def _mask_block(mask_layer, grid: ReferenceGrid, col0: int, row0: int, width: int,
+                height: int) -> np.ndarray:
+    target = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+    sub = grid.subgrid(col0, row0, width, height)
+    target.SetGeoTransform(sub.geotransform)
+    target.SetSpatialRef(srs_from_wkt(grid.crs_wkt))
+    gdal.RasterizeLayer(target, [1], mask_layer, burn_values=[1])
+    return target.GetRasterBand(1).ReadAsArray().astype(bool)
+
+
+def _open_mask(mask: MaskSource, grid: ReferenceGrid):
+    """The mask polygons reprojected into an in-memory layer in the grid's CRS."""
+    try:
+        source = gdal.OpenEx(mask.path, gdal.OF_VECTOR)
+    except RuntimeError as exc:
+        raise MamolInputError(f"Cannot read the mask layer '{mask.path}' ({exc}).") from exc
+    options = gdal.VectorTranslateOptions(
+        format="Memory", dstSRS=grid.crs_wkt, layers=[mask.layer] if mask.layer else None,
+        geometryType="PROMOTE_TO_MULTI")
+    memory = gdal.VectorTranslate("", source, options=options)
+    layer = memory.GetLayer(0)
+    if layer is None or layer.GetFeatureCount() == 0:
+        raise MamolInputError(f"The mask layer '{mask.path}' has no polygons.")
+    return memory, layer
+
+
+def _output_paths(config: ClassifyConfig) -> Dict[str, Path]:
+    paths = {"classes": Path(config.output_classes)}
+    for key, value in (("probabilities", config.output_probabilities),
+                       ("confidence", config.output_confidence),
+                       ("entropy", config.output_entropy),
+                       ("modalities", config.output_modalities)):
+        if value:
+            paths[key] = Path(value)
+    return paths
+
+
+def _blocks(grid: ReferenceGrid, size: int):
+    for row0 in range(0, grid.height, size):
+        for col0 in range(0, grid.width, size):
+            yield col0, row0, min(size, grid.width - col0), min(size, grid.height - row0)
+
+
+def _anchors(start: int, length: int, stride: int, limit: int) -> np.ndarray:
+    """For each pixel of [start, start + length) on an axis of ``limit`` pixels, the pixel
+    classified for it: the centre of its stride cell (clipped to the axis)."""
+    index = np.arange(start, start + length)
+    return np.minimum(index - index % stride + stride // 2, limit - 1)
+
+
+def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None,
+             is_cancelled: Optional[CancelCheck] = None,
+             log: Optional[Callable[[str], None]] = None) -> ClassifyResult:
+    """Classify the scene ``config`` describes and write the outputs (see the module
+    docstring). Raises :class:`MamolInputError` for bad input before any heavy work, and
+    :class:`Cancelled` (nothing written) when ``is_cancelled`` turns true."""
+    import time
+
+    from .devices import autocast, resolve_device
+
+    torch = torch_compat.import_torch()
+    reporter = Reporter(progress, is_cancelled)
+    say = log or LOG.info
+    config.validate()
+    header = read_header(Path(config.model_path))
+    given = dict(config.rasters)
+    infos = {name: inspect_raster(path, modality_label(name)) for name, path in config.rasters}
+    check_inputs(header, {name: info.bands for name, info in infos.items()})
+    order = [m.name for m in header.modalities if m.name in given]
+    missing_modalities = [m.name for m in header.modalities if m.name not in given]
+    device = resolve_device(config.device)
+    grid = _resolve_grid(config, infos, order)
+    stride = config.stride
+    block = max(stride, config.block_size - config.block_size % stride)
+    threshold = (config.max_missing_fraction if config.max_missing_fraction is not None
+                 else float(header.training.get("max_missing_fraction",
+                                                DEFAULT_MAX_MISSING_FRACTION)))
+    paths = _output_paths(config)
+    say(f"Grid: {grid.width} × {grid.height} pixels of {grid.pixel_width:g} × "
+        f"{grid.pixel_height:g} ({crs_label(grid.crs_wkt)}), blocks of {block} px, "
+        f"device {device}" + (f", stride {stride}" if stride > 1 else ""))
+    if missing_modalities:
+        say("Not given (missing everywhere): " + ", ".join(missing_modalities))
+
+    model, header = load_model(Path(config.model_path))
+    model = model.to(device).eval()
+    patch = header.patch_size
+    offset = window_offset(patch)
+    bits = {m.name: bit for bit, m in enumerate(header.modalities)}
+    stats = {m.name: (np.asarray(m.mean, np.float32)[:, None, None],
+                      np.asarray(m.std, np.float32)[:, None, None]) for m in header.modalities}
+    values = np.array([c.value for c in header.classes])
+    class_count = len(values)
+    log_k = math.log(class_count)
+    ramp = torch.arange(patch, device=device)
+    mask_handle = _open_mask(config.mask, grid) if config.mask else (None, None)
+    class_counts = np.zeros(class_count, dtype=np.int64)
+    pattern_counts = np.zeros(2 ** len(header.modalities), dtype=np.int64)
+    classified = 0
+    started = time.perf_counter()
+    aligned = {name: AlignedRaster(infos[name], grid) for name in order}
+    blocks = list(_blocks(grid, block))
+    try:
+        with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
+            outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
+            try:
+                for number, (col0, row0, width, height) in enumerate(blocks):
+                    reporter.check()
+                    # Anchor pixels (the ones classified) of this block, in grid coords.
+                    anchor_rows = _anchors(row0, height, stride, grid.height)
+                    anchor_cols = _anchors(col0, width, stride, grid.width)
+                    top, left = int(anchor_rows.min()), int(anchor_cols.min())
+                    span_h = int(anchor_rows.max()) - top + 1
+                    span_w = int(anchor_cols.max()) - left + 1
+                    pattern = np.zeros((span_h, span_w), dtype=np.int64)
+                    own = np.zeros((height, width), dtype=np.int64)  # each pixel's own
+                    tensors = {}
+                    for name in order:
+                        raw = aligned[name].read(left - offset, top - offset,
+                                                 span_w + patch - 1, span_h + patch - 1)
+                        missing = np.isnan(raw).any(axis=0)
+                        present = window_presence(missing, patch, threshold)
+                        pattern |= present.astype(np.int64) << bits[name]
+                        if stride > 1:
+                            own_raw = aligned[name].read(col0 - offset, row0 - offset,
+                                                         width + patch - 1, height + patch - 1)
+                            own_present = window_presence(np.isnan(own_raw).any(axis=0),
+                                                          patch, threshold)
+                        else:
+                            own_present = present
+                        own |= own_present.astype(np.int64) << bits[name]
+                        mean, std = stats[name]
+                        normalised = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0,
+                                                   neginf=0.0)
+                        tensors[name] = torch.from_numpy(normalised).to(device)
+                    selectable = pattern > 0
+                    if stride > 1:
+                        on_anchor = np.zeros_like(selectable)
+                        on_anchor[np.ix_(np.unique(anchor_rows) - top,
+                                         np.unique(anchor_cols) - left)] = True
+                        selectable &= on_anchor
+                    if mask_handle[1] is not None:
+                        inside = _mask_block(mask_handle[1], grid, col0, row0, width, height)
+                        own[~inside] = 0
+                        selectable &= inside[top - row0:top - row0 + span_h,
+                                             left - col0:left - col0 + span_w]
+                    # Classify the anchors that have at least one modality.
+                    a_rows = (anchor_rows - top)[:, None]
+                    a_cols = (anchor_cols - left)[None, :]
+                    anchor_pattern = np.where(selectable, pattern, 0)[a_rows, a_cols]
+                    todo_r, todo_c = np.nonzero(selectable)
+                    probabilities = np.full((class_count, span_h, span_w), np.nan,
+                                            dtype=np.float32)
+                    for start in range(0, todo_r.size, config.batch_size):
+                        reporter.check()
+                        rows = torch.from_numpy(todo_r[start:start + config.batch_size]).to(
+                            device)
+                        cols = torch.from_numpy(todo_c[start:start + config.batch_size]).to(
+                            device)
+                        codes = torch.from_numpy(
+                            pattern[todo_r[start:start + config.batch_size],
+                                    todo_c[start:start + config.batch_size]]).to(device)
+                        window_rows = (rows[:, None] + ramp[None, :])[:, :, None]
+                        window_cols = (cols[:, None] + ramp[None, :])[:, None, :]
+                        windows = {name: tensor[:, window_rows, window_cols].permute(1, 0, 2, 3)
+                                   for name, tensor in tensors.items()}
+                        with torch.no_grad(), autocast(device):
+                            logits = model(windows, codes)
+                        result = torch.softmax(logits.float(), dim=1).cpu().numpy()
+                        probabilities[:, todo_r[start:start + config.batch_size],
+                                      todo_c[start:start + config.batch_size]] = result.T
+                    # Upsample anchors to pixels; nodata where the pixel has no modality.
+                    pixel_probabilities = probabilities[:, a_rows, a_cols]
+                    valid = (own > 0) & (anchor_pattern > 0)
+                    index = np.argmax(np.nan_to_num(pixel_probabilities, nan=-1.0), axis=0)
+                    classes = np.where(valid, values[index], outputs.nodata).astype(
+                        outputs.dtype)
+                    outputs.write("classes", classes, col0, row0)
+                    if "probabilities" in outputs.datasets:
+                        outputs.write("probabilities", np.where(
+                            valid[None], pixel_probabilities, FLOAT_NODATA).astype(np.float32),
+                            col0, row0)
+                    if "confidence" in outputs.datasets:
+                        outputs.write("confidence", np.where(
+                            valid, pixel_probabilities.max(axis=0, initial=0.0),
+                            FLOAT_NODATA).astype(np.float32), col0, row0)
+                    if "entropy" in outputs.datasets:
+                        p = np.clip(np.nan_to_num(pixel_probabilities, nan=1.0), 1e-12, 1.0)
+                        entropy = -(p * np.log(p)).sum(axis=0) / log_k if log_k else p[0] * 0
+                        outputs.write("entropy", np.where(valid, entropy, FLOAT_NODATA).astype(
+                            np.float32), col0, row0)
+                    used = np.where(valid, anchor_pattern, 0)
+                    outputs.write("modalities", used.astype(np.uint8), col0, row0)
+                    class_counts += np.bincount(index[valid], minlength=class_count)
+                    pattern_counts += np.bincount(used.ravel(),
+                                                  minlength=pattern_counts.size)
+                    classified += int(todo_r.size)
+                    reporter.report(100 * (number + 1) / len(blocks))
+            finally:
+                outputs.close()
+            write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
+    finally:
+        for raster in aligned.values():
+            raster.close()
+    seconds = time.perf_counter() - started
+    say(f"Classified {classified} pixels in {seconds:.1f} s "
+        f"({classified / max(seconds, 1e-9):.0f} pixels/s).")
+    outputs_written = dict(paths)
+    outputs_written["style"] = qml_path(paths["classes"])
+    return ClassifyResult(
+        outputs=outputs_written, grid=grid,
+        class_counts={int(v): int(n) for v, n in zip(values, class_counts)},
+        pattern_counts={code: int(n) for code, n in enumerate(pattern_counts) if n},
+        seconds=seconds, pixels_per_second=classified / max(seconds, 1e-9))
