@@ -3,6 +3,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .common import ICON_PATH
+from .classify import ClassifyAlgorithm
 from .createsamplescene import CreateSampleSceneAlgorithm
 from .trainmodel import TrainModelAlgorithm
 
@@ -26,5 +27,9 @@ class MamolProvider(QgsProcessingProvider):
         return ICON_PATH
 
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
-        for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm()):
+        for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm(),
+                          ClassifyAlgorithm()):
             self.addAlgorithm(algorithm)
+
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API
+        return ["tif"]

@@ -54,3 +54,24 @@ def small_scene(tmp_path_factory):
     from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene
     folder = tmp_path_factory.mktemp("scene128")
     return write_sample_scene(SampleSceneConfig(size=128, seed=3), folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(small_scene, tmp_path_factory):
+    """A quickly trained model (tiny random backbone, P = 5, 2 epochs, η = 50 %) on the
+    small scene, for the classification tests."""
+    from mamol.core.backbone import TINY_ARCH, BackboneSpec
+    from mamol.training.labels import PolygonSource, SplitConfig
+    from mamol.training.missing import MissingSimulation, SimulationMode
+    from mamol.training.trainer import TrainingConfig, train_model
+    folder = tmp_path_factory.mktemp("tiny-model")
+    config = TrainingConfig(
+        modalities=(("hs", str(small_scene.hs)), ("sar", str(small_scene.sar)),
+                    ("lidar", str(small_scene.lidar))),
+        polygons=PolygonSource(str(small_scene.training_polygons), "class_id",
+                               name_field="class_name"),
+        output_model=str(folder / "tiny.mamol"), backbone=BackboneSpec(arch=TINY_ARCH),
+        patch_size=5, epochs=2, split=SplitConfig(max_train_per_class=40,
+                                                  max_validation_per_class=20),
+        simulation=MissingSimulation(SimulationMode.RATE, 0.5, seed=2), device="cpu")
+    return train_model(config).model_path

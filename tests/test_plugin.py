@@ -30,8 +30,9 @@ def test_class_factory_registers_and_unload_removes(qgis_iface, qgis_processing)
     plugin.initGui()             # idempotent: still exactly one provider
     provider = registry.providerById("mamol")
     assert provider is not None
-    assert [a.id() for a in provider.algorithms()] == ["mamol:createsamplescene",
-                                                      "mamol:trainmodel"]
+    assert sorted(a.id() for a in provider.algorithms()) == ["mamol:classify",
+                                                           "mamol:createsamplescene",
+                                                           "mamol:trainmodel"]
     plugin.unload()
     assert registry.providerById("mamol") is None
     if existing is not None:
@@ -49,7 +50,8 @@ def test_provider_loads_without_importing_torch():
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); "
              "from mamol.algorithms.provider import MamolProvider; "
              "from mamol.algorithms.trainmodel import TrainModelAlgorithm; "
-             "TrainModelAlgorithm().initAlgorithm(); "
+             "from mamol.algorithms.classify import ClassifyAlgorithm; "
+             "TrainModelAlgorithm().initAlgorithm(); ClassifyAlgorithm().initAlgorithm(); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
              "('torch', 'open_clip', 'torchvision')))")
     done = subprocess.run([sys.executable, "-c", probe, str(PLUGINS_DIR)],

@@ -1,0 +1,252 @@
+"""``mamol:classify`` — classify a scene with a trained MaMOL model.
+
+Adapter only: parameters -> :class:`core.inference.ClassifyConfig` -> ``classify``.
+PyTorch is imported when the algorithm runs, never when the provider loads.
+"""
+from pathlib import Path
+
+from qgis.core import (QgsProcessing, QgsProcessingAlgorithm,
+                       QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.class_style import qml_path
+from ..core.errors import MamolInputError
+from ..core.inference import ClassifyConfig, MaskSource
+from ..core.model_file import EXTENSION
+from .common import ICON_PATH, core_errors_as_processing_exceptions, progress_callables
+from .trainmodel import RASTER_INPUTS
+
+#: Optional outputs: (parameter key, ClassifyConfig field, label, help).
+OPTIONAL_OUTPUTS = (
+    ("OUTPUT_PROBABILITIES", "output_probabilities", "Class probabilities",
+     "One float32 band per class."),
+    ("OUTPUT_CONFIDENCE", "output_confidence", "Confidence",
+     "The highest class probability of each pixel."),
+    ("OUTPUT_ENTROPY", "output_entropy", "Normalised entropy",
+     "Entropy of the class probabilities divided by log(K): 0 = certain, 1 = undecided."),
+    ("OUTPUT_MODALITIES", "output_modalities", "Modalities used",
+     "Bitmask of the modalities each pixel was classified from (bit 0 = the model's first "
+     "modality); 0 = none."),
+)
+REFERENCE_CHOICES = (None, "hs", "sar", "lidar")
+
+# Post-processors must outlive the algorithm instance that registers them.
+_POST_PROCESSORS = []
+
+
+class _LoadClassStyle(QgsProcessingLayerPostProcessorInterface):
+    """Applies the written .qml so the class raster shows its legend in the project."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
+        if layer is not None and Path(self.style).is_file():
+            layer.loadNamedStyle(self.style)
+            layer.triggerRepaint()
+
+
+class ClassifyAlgorithm(QgsProcessingAlgorithm):
+    """Adapter: model file + rasters -> class raster (+ optional rasters)."""
+
+    MODEL = "MODEL"
+    REFERENCE = "REFERENCE"
+    PIXEL_SIZE = "PIXEL_SIZE"
+    EXTENT = "EXTENT"
+    MASK = "MASK"
+    DEVICE = "DEVICE"
+    BATCH_SIZE = "BATCH_SIZE"
+    STRIDE = "STRIDE"
+    BLOCK_SIZE = "BLOCK_SIZE"
+    MAX_MISSING_FRACTION = "MAX_MISSING_FRACTION"
+    OUTPUT = "OUTPUT"
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("ClassifyAlgorithm", text)
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return ClassifyAlgorithm()
+
+    def name(self) -> str:
+        return "classify"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr("Classify land cover")
+
+    def group(self) -> str:
+        return self.tr("Model")
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return "model"
+
+    def icon(self) -> QIcon:
+        return QIcon(ICON_PATH)
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr(
+            "Classifies land cover with a trained MaMOL model from whichever of its "
+            "modalities you have. Each pixel is classified from the modalities valid there: "
+            "where SAR does not reach or clouds punch holes in the hyperspectral image, the "
+            "remaining rasters carry the pixel. Pixels with no valid modality are nodata.\n\n"
+            "<b>Model</b>: a .mamol file from 'Train model from labelled polygons'. Each "
+            "raster is checked against the model's modalities and band counts first.\n"
+            "<b>Rasters</b>: at least one of the model's modalities; CRS, pixel size and "
+            "extent may differ — everything is aligned onto the grid of the first given "
+            "raster (or the one you choose), optionally cropped to an extent or a mask.\n"
+            "<b>Outputs</b>: the class raster (GeoTIFF with colour table and class names, "
+            "plus a .qml style next to it for the legend) and, if asked, class "
+            "probabilities, confidence, normalised entropy and the modalities used.\n"
+            "<b>Advanced</b>: device (auto uses a CUDA GPU when there is one), batch size, "
+            "stride s (classify every s-th pixel and fill the s×s cell — a fast preview), "
+            "block size (does not change the result), and the share of a window that may "
+            "be missing before its modality counts as missing (default: the model's).")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        model = QgsProcessingParameterFile(self.MODEL, self.tr("Model file"),
+                                           extension=EXTENSION.lstrip("."))
+        model.setHelp(self.tr("A .mamol model file."))
+        self.addParameter(model)
+        for key, _, label in RASTER_INPUTS:
+            raster = QgsProcessingParameterRasterLayer(key, self.tr(label), optional=True)
+            raster.setHelp(self.tr("Optional; give at least one of the model's modalities."))
+            self.addParameter(raster)
+        self._add(QgsProcessingParameterEnum(
+            self.REFERENCE, self.tr("Reference grid from"),
+            options=[self.tr("First given raster (HS, SAR, LiDAR order)"),
+                     self.tr("Hyperspectral raster"), self.tr("SAR raster"),
+                     self.tr("LiDAR / DSM raster")], defaultValue=0),
+            "Whose CRS, pixel size and extent the outputs get.")
+        self._add(QgsProcessingParameterNumber(
+            self.PIXEL_SIZE, self.tr("Output pixel size (0 = the reference raster's)"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
+            "In the reference raster's CRS units.", advanced=True)
+        self._add(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"), optional=True),
+                  "Classify only this area (default: the whole reference raster).")
+        self._add(QgsProcessingParameterFeatureSource(
+            self.MASK, self.tr("Mask polygons"), [QgsProcessing.TypeVectorPolygon],
+            optional=True), "Pixels outside these polygons are nodata.")
+        self._add(QgsProcessingParameterString(self.DEVICE, self.tr("Device"),
+                                               defaultValue="auto"),
+                  "auto, cpu, cuda or cuda:N.", advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
+            defaultValue=512, minValue=1, maxValue=65536), "Pixels per model call.",
+            advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.STRIDE, self.tr("Prediction stride"), QgsProcessingParameterNumber.Integer,
+            defaultValue=1, minValue=1, maxValue=64),
+            "Classify every s-th pixel in each direction and fill its s×s cell (preview).",
+            advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.BLOCK_SIZE, self.tr("Block size (pixels)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=256, minValue=16,
+            maxValue=8192), "Pixels per side of a processing block; memory, not results.",
+            advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.MAX_MISSING_FRACTION, self.tr("Missing share of a window (-1 = model's)"),
+            QgsProcessingParameterNumber.Double, defaultValue=-1.0, minValue=-1.0,
+            maxValue=1.0),
+            "A modality counts as missing at a pixel when more of its window than this is "
+            "missing.", advanced=True)
+        self._add(QgsProcessingParameterRasterDestination(self.OUTPUT,
+                                                          self.tr("Land-cover classes")),
+                  "Class raster (GeoTIFF) with colour table, class names and a .qml style.")
+        for key, _, label, help_text in OPTIONAL_OUTPUTS:
+            self._add(QgsProcessingParameterRasterDestination(
+                key, self.tr(label), optional=True, createByDefault=False), help_text)
+
+    def _add(self, parameter, help_text: str, advanced: bool = False) -> None:
+        parameter.setHelp(self.tr(help_text))
+        if advanced:
+            parameter.setFlags(parameter.flags()
+                               | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(parameter)
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
+        if not any(parameters.get(key) for key, _, _ in RASTER_INPUTS):
+            return False, self.tr("Give at least one raster (hyperspectral, SAR or LiDAR).")
+        return super().checkParameterValues(parameters, context)
+
+    def _rasters(self, parameters, context):
+        rasters = []
+        for key, name, label in RASTER_INPUTS:
+            if not parameters.get(key):
+                continue
+            layer = self.parameterAsRasterLayer(parameters, key, context)
+            if layer is None:
+                raise QgsProcessingException(self.tr(f"Cannot read the {label.lower()}."))
+            if layer.providerType() != "gdal":
+                raise QgsProcessingException(self.tr(
+                    f"The {label.lower()} must be a file-based (GDAL) raster."))
+            rasters.append((name, layer.source()))
+        if not rasters:
+            raise QgsProcessingException(
+                self.tr("Give at least one raster (hyperspectral, SAR or LiDAR)."))
+        return tuple(rasters)
+
+    def _output(self, parameters, key, context):
+        path = self.parameterAsOutputLayer(parameters, key, context)
+        if not path:
+            return None
+        if Path(path).suffix.lower() not in (".tif", ".tiff"):
+            raise MamolInputError(f"Outputs are GeoTIFF: give '{key}' a .tif file name, not "
+                                  f"'{Path(path).name}'.")
+        return path
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        from ..core.inference import classify
+
+        with core_errors_as_processing_exceptions():
+            model_path = self.parameterAsFile(parameters, self.MODEL, context)
+            if not model_path:
+                raise MamolInputError("Give the model file (.mamol).")
+            extent = crs_wkt = None
+            if parameters.get(self.EXTENT):
+                rectangle = self.parameterAsExtent(parameters, self.EXTENT, context)
+                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+                extent = (rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(),
+                          rectangle.yMaximum())
+                crs_wkt = crs.toWkt() if crs.isValid() else None
+            mask = None
+            if parameters.get(self.MASK):
+                path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+                    parameters, self.MASK, context, ["gpkg", "shp"], "gpkg", feedback)
+                mask = MaskSource(path, layer_name or None)
+            fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
+            config = ClassifyConfig(
+                model_path=model_path, rasters=self._rasters(parameters, context),
+                output_classes=self._output(parameters, self.OUTPUT, context),
+                reference=REFERENCE_CHOICES[
+                    self.parameterAsEnum(parameters, self.REFERENCE, context)],
+                pixel_size=self.parameterAsDouble(parameters, self.PIXEL_SIZE, context),
+                extent=extent, extent_crs_wkt=crs_wkt, mask=mask,
+                max_missing_fraction=None if fraction < 0 else fraction,
+                stride=self.parameterAsInt(parameters, self.STRIDE, context),
+                block_size=self.parameterAsInt(parameters, self.BLOCK_SIZE, context),
+                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+                **{field: self._output(parameters, key, context)
+                   for key, field, _, _ in OPTIONAL_OUTPUTS})
+            progress, is_cancelled = progress_callables(feedback)
+            result = classify(config, progress, is_cancelled,
+                              log=feedback.pushInfo if feedback is not None else None)
+        results = {self.OUTPUT: config.output_classes}
+        for key, field, _, _ in OPTIONAL_OUTPUTS:
+            results[key] = getattr(config, field)
+        if feedback is not None:
+            feedback.pushInfo(self.tr("Pixels per class:"))
+            for value, count in result.class_counts.items():
+                feedback.pushInfo(f"  {value}: {count}")
+        if context.willLoadLayerOnCompletion(config.output_classes):
+            details = context.layerToLoadOnCompletionDetails(config.output_classes)
+            post = _LoadClassStyle(str(qml_path(Path(config.output_classes))))
+            _POST_PROCESSORS.append(post)
+            details.setPostProcessor(post)
+        return results
