@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,33 @@ def test_trainmodel_without_rasters_fails_with_the_reason(qgis_env, small_scene,
     assert result.returncode != 0
     assert "at least one raster" in result.stdout + result.stderr
     assert not (tmp_path / "m.mamol").exists()
+
+
+@pytest.mark.slow
+def test_classify_runs_headless(qgis_env, tiny_model, small_scene, tmp_path):
+    result = qgis_process(
+        qgis_env, "--json", "run", "mamol:classify", "--", f"MODEL={tiny_model}",
+        f"HS={small_scene.hs}", f"LIDAR={small_scene.lidar}", "DEVICE=cpu", "STRIDE=4",
+        f"OUTPUT={tmp_path / 'lc.tif'}", f"OUTPUT_ENTROPY={tmp_path / 'entropy.tif'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert results["OUTPUT"] == str(tmp_path / "lc.tif")
+    assert (tmp_path / "entropy.tif").is_file() and (tmp_path / "lc.qml").is_file()
+
+
+@pytest.mark.slow
+def test_graphical_model_chains_scene_training_and_classification(qgis_env, tmp_path):
+    """tests/sample_to_land_cover.model3 (made in the graphical modeler's format):
+    createsamplescene -> trainmodel -> classify."""
+    model = Path(__file__).resolve().parent / "sample_to_land_cover.model3"
+    output = tmp_path / "land_cover.tif"
+    result = qgis_process(qgis_env, "--json", "run", str(model), "--", "SIZE=128",
+                          "EPOCHS=1", f"classify:Land cover={output}", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["results"]["classify:Land cover"] == str(output)
+    from osgeo import gdal
+    dataset = gdal.Open(str(output))
+    assert (dataset.RasterXSize, dataset.RasterYSize) == (128, 128)
+    # gdal.Info reads the .aux.xml sidecar fully (GDAL 3.6's GeoTIFF band may return no
+    # category names before its PAM metadata is loaded).
+    assert "1: Water" in gdal.Info(dataset)

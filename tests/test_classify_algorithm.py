@@ -1,0 +1,82 @@
+"""``mamol:classify`` through real QGIS Processing (``processing.run``)."""
+import pytest
+from osgeo import gdal
+from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+ALGORITHM = "mamol:classify"
+
+
+def run(parameters, feedback=None):
+    import processing
+    return processing.run(ALGORITHM, parameters, feedback=feedback)
+
+
+def parameters(model, scene, folder, **changes):
+    values = {"MODEL": str(model), "HS": str(scene.hs), "SAR": str(scene.sar),
+              "LIDAR": str(scene.lidar), "DEVICE": "cpu", "OUTPUT": str(folder / "lc.tif")}
+    values.update(changes)
+    return values
+
+
+def test_registered_with_help_and_advanced_options(mamol_provider):
+    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM)
+    assert algorithm is not None and algorithm.group() == "Model"
+    for definition in algorithm.parameterDefinitions():
+        assert definition.help(), definition.name()
+    advanced = {d.name() for d in algorithm.parameterDefinitions()
+                if d.flags() & QgsProcessingParameterDefinition.FlagAdvanced}
+    assert {"DEVICE", "BATCH_SIZE", "STRIDE", "BLOCK_SIZE"} <= advanced
+    optional = [d.name() for d in algorithm.destinationParameterDefinitions()
+                if not d.createByDefault()]
+    assert set(optional) == {"OUTPUT_PROBABILITIES", "OUTPUT_CONFIDENCE", "OUTPUT_ENTROPY",
+                             "OUTPUT_MODALITIES"}
+
+
+def test_classifies_with_optional_outputs(mamol_provider, tiny_model, small_scene, tmp_path):
+    lines = []
+
+    class Recorder(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 - QGIS API
+            lines.append(info)
+
+    results = run(parameters(tiny_model, small_scene, tmp_path,
+                             OUTPUT_CONFIDENCE=str(tmp_path / "confidence.tif"),
+                             OUTPUT_MODALITIES=str(tmp_path / "used.tif"), STRIDE=2),
+                  feedback=Recorder())
+    assert results["OUTPUT"] == str(tmp_path / "lc.tif")
+    assert results["OUTPUT_CONFIDENCE"] == str(tmp_path / "confidence.tif")
+    assert results["OUTPUT_PROBABILITIES"] is None
+    assert gdal.Open(results["OUTPUT"]).RasterXSize == 128
+    assert (tmp_path / "lc.qml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "confidence.tif", "lc.qml", "lc.tif", "lc.tif.aux.xml", "used.tif"]
+    assert any("pixels/s" in line for line in lines)
+
+
+def test_wrong_band_count_is_reported_before_any_work(mamol_provider, tiny_model,
+                                                      small_scene, tmp_path):
+    with pytest.raises(QgsProcessingException, match="expects 48"):
+        run(parameters(tiny_model, small_scene, tmp_path, HS=str(small_scene.lidar)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_needs_a_raster_and_a_geotiff_name(mamol_provider, tiny_model, small_scene, tmp_path):
+    with pytest.raises(QgsProcessingException, match="at least one raster"):
+        run(parameters(tiny_model, small_scene, tmp_path, HS=None, SAR=None, LIDAR=None))
+    with pytest.raises(QgsProcessingException, match="GeoTIFF"):
+        run(parameters(tiny_model, small_scene, tmp_path, OUTPUT=str(tmp_path / "lc.img")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_leaves_nothing(mamol_provider, tiny_model, small_scene, tmp_path):
+    class CancelMidway(QgsProcessingFeedback):
+        def setProgress(self, progress):  # noqa: N802 - QGIS API
+            super().setProgress(progress)
+            if progress > 20:
+                self.cancel()
+
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run(parameters(tiny_model, small_scene, tmp_path, BLOCK_SIZE=32),
+            feedback=CancelMidway())
+    assert list(tmp_path.iterdir()) == []
