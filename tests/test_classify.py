@@ -256,3 +256,12 @@ def test_cancel_leaves_nothing(tiny_model, small_scene, tmp_path):
     with pytest.raises(Cancelled):
         classify(config, progress=seen.append, is_cancelled=lambda: len(seen) >= 3)
     assert_no_output(tmp_path)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_agrees_with_the_cpu(whole, tiny_model, small_scene, tmp_path):
+    _, on_cpu, _ = whole
+    _, on_gpu = run(tiny_model, small_scene, tmp_path, "cuda", device="cuda")
+    assert np.array_equal(read(on_cpu.output_modalities), read(on_gpu.output_modalities))
+    agreement = (read(on_cpu.output_classes) == read(on_gpu.output_classes)).mean()
+    assert agreement > 0.98  # bf16 autocast may flip near-ties
