@@ -2,8 +2,8 @@
 ``mamol:classify``.
 
 * **Grid.** The reference grid is the grid of one given raster (by default the first in
-  the model's modality order), optionally cropped to an extent and resampled to another
-  pixel size. Every modality is aligned onto it through GDAL VRTs (:mod:`core.grid`).
+  the model's modality order), optionally resampled to another pixel size and cropped to
+  an extent (windows near the crop's edges still read the real pixels beyond it). Every modality is aligned onto it through GDAL VRTs (:mod:`core.grid`).
 * **Per-pixel missing pattern.** A modality is missing at a pixel when it was not given,
   the pixel is outside its coverage or nodata/non-finite, or more than the model's
   ``max_missing_fraction`` of the pixel's window is (the rule training used,
@@ -114,7 +114,10 @@ def class_nodata(values: Sequence[int]) -> Tuple[np.dtype, int]:
 
 
 def _resolve_grid(config: ClassifyConfig, infos: Dict[str, RasterInfo],
-                  order: Sequence[str]) -> ReferenceGrid:
+                  order: Sequence[str]) -> Tuple[ReferenceGrid, ReferenceGrid, int, int]:
+    """(output grid, full grid, column and row of the output grid's origin in the full
+    grid). The output grid is the full grid cropped to the extent; windows near the crop's
+    edges read the real pixels beyond it from the full grid."""
     first = config.reference or order[0]
     ordered = [infos[first]] + [infos[n] for n in order if n != first]
     grid = reference_grid(ordered)
@@ -124,6 +127,7 @@ def _resolve_grid(config: ClassifyConfig, infos: Dict[str, RasterInfo],
                                       - 1e-9)))
         grid = ReferenceGrid(grid.crs_wkt, grid.x_origin, grid.y_origin, config.pixel_size,
                              config.pixel_size, width, height)
+    full, crop_col, crop_row = grid, 0, 0
     if config.extent is not None:
         bounds = config.extent
         if config.extent_crs_wkt and not srs_from_wkt(config.extent_crs_wkt).IsSame(
@@ -136,9 +140,9 @@ def _resolve_grid(config: ClassifyConfig, infos: Dict[str, RasterInfo],
             raise MamolInputError(
                 f"The extent does not meet the {first} raster (in {crs_label(grid.crs_wkt)}). "
                 "Give an extent inside the rasters.")
-        col0, row0, col1, row1 = window
-        grid = grid.subgrid(col0, row0, col1 - col0, row1 - row0)
-    return grid
+        crop_col, crop_row, col1, row1 = window
+        grid = grid.subgrid(crop_col, crop_row, col1 - crop_col, row1 - crop_row)
+    return grid, full, crop_col, crop_row
 
 
 class _Outputs:
@@ -281,7 +285,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     order = [m.name for m in header.modalities if m.name in given]
     missing_modalities = [m.name for m in header.modalities if m.name not in given]
     device = resolve_device(config.device)
-    grid = _resolve_grid(config, infos, order)
+    grid, full_grid, crop_col, crop_row = _resolve_grid(config, infos, order)
     stride = config.stride
     block = max(stride, config.block_size - config.block_size % stride)
     threshold = (config.max_missing_fraction if config.max_missing_fraction is not None
@@ -310,7 +314,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     pattern_counts = np.zeros(2 ** len(header.modalities), dtype=np.int64)
     classified = 0
     started = time.perf_counter()
-    aligned = {name: AlignedRaster(infos[name], grid) for name in order}
+    aligned = {name: AlignedRaster(infos[name], full_grid) for name in order}
     blocks = list(_blocks(grid, block))
     try:
         with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
@@ -328,13 +332,15 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                     own = np.zeros((height, width), dtype=np.int64)  # each pixel's own
                     tensors = {}
                     for name in order:
-                        raw = aligned[name].read(left - offset, top - offset,
+                        raw = aligned[name].read(crop_col + left - offset,
+                                                 crop_row + top - offset,
                                                  span_w + patch - 1, span_h + patch - 1)
                         missing = np.isnan(raw).any(axis=0)
                         present = window_presence(missing, patch, threshold)
                         pattern |= present.astype(np.int64) << bits[name]
                         if stride > 1:
-                            own_raw = aligned[name].read(col0 - offset, row0 - offset,
+                            own_raw = aligned[name].read(crop_col + col0 - offset,
+                                                         crop_row + row0 - offset,
                                                          width + patch - 1, height + patch - 1)
                             own_present = window_presence(np.isnan(own_raw).any(axis=0),
                                                           patch, threshold)

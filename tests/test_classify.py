@@ -176,6 +176,19 @@ def test_mask_and_extent(tiny_model, small_scene, tmp_path):
     assert (classes[inside] != 255).mean() > 0.95
 
 
+def test_an_extent_crop_gives_the_whole_scene_pixels(whole, tiny_model, small_scene,
+                                                     tmp_path):
+    """Windows near the crop's edges read the real pixels beyond it, so the crop is exactly
+    the corresponding part of the whole-scene result."""
+    _, full, _ = whole
+    x0, y0 = ss.hs_geotransform()[0], ss.hs_geotransform()[3]
+    _, cropped = run(tiny_model, small_scene, tmp_path, "crop", block_size=32,
+                     extent=(x0 + 5, y0 - 60, x0 + 70, y0 - 5))
+    assert np.array_equal(read(cropped.output_classes), read(full.output_classes)[5:60, 5:70])
+    assert np.array_equal(read(cropped.output_modalities),
+                          read(full.output_modalities)[5:60, 5:70])
+
+
 def test_more_than_254_class_values_give_a_uint16_raster(tiny_model, small_scene, tmp_path):
     model, header = load_model(tiny_model)
     classes = tuple(dataclasses.replace(c, value=c.value + 300) for c in header.classes)
