@@ -236,12 +236,13 @@ class AlignedRaster:
     there: outside the raster's coverage, nodata in the source, or non-finite in any band.
     """
 
-    def __init__(self, info: RasterInfo, grid: ReferenceGrid) -> None:
+    def __init__(self, info: RasterInfo, grid: ReferenceGrid, categorical: bool = False) -> None:
         self.info = info
         self.grid = grid
         self.bands = info.bands
         self._vrt_path = f"/vsimem/mamol-{uuid.uuid4().hex}.vrt"
-        resampling = "near" if _on_grid(info, grid) else "bilinear"
+        # Labels are categories: never interpolate them.
+        resampling = "near" if categorical or _on_grid(info, grid) else "bilinear"
         xmin, ymin, xmax, ymax = grid.bounds()
         options = gdal.WarpOptions(
             format="VRT", dstSRS=grid.crs_wkt, outputBounds=(xmin, ymin, xmax, ymax),

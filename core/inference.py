@@ -3,7 +3,8 @@
 
 * **Grid.** The reference grid is the grid of one given raster (by default the first in
   the model's modality order), optionally resampled to another pixel size and cropped to
-  an extent (windows near the crop's edges still read the real pixels beyond it). Every modality is aligned onto it through GDAL VRTs (:mod:`core.grid`).
+  an extent (windows near the crop's edges still read the real pixels beyond it). Every
+  modality is aligned onto it through GDAL VRTs (:mod:`core.grid`).
 * **Per-pixel missing pattern.** A modality is missing at a pixel when it was not given,
   the pixel is outside its coverage or nodata/non-finite, or more than the model's
   ``max_missing_fraction`` of the pixel's window is (the rule training used,

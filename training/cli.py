@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
 from ..core.errors import Cancelled, MamolInputError
-from .labels import PolygonSource, SplitConfig
+from .labels import LabelRasterSource, PolygonSource, SplitConfig
 from .missing import MissingSimulation, SimulationMode, Table1Case, table1_availability
 
 LOG = logging.getLogger("mamol.training")
@@ -30,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--hs", help="hyperspectral raster")
     data.add_argument("--sar", help="SAR raster")
     data.add_argument("--lidar", help="LiDAR / DSM raster")
-    data.add_argument("--polygons", required=True, help="labelled polygons (any OGR format)")
+    data.add_argument("--polygons", help="labelled polygons (any OGR format)")
+    data.add_argument("--labels", help="label raster instead of polygons (0 = unlabelled)")
     data.add_argument("--layer", help="layer name inside the polygon file (default: first)")
-    data.add_argument("--class-field", required=True, help="integer class field")
+    data.add_argument("--class-field", help="integer class field (with --polygons)")
     data.add_argument("--name-field", help="class-name field (optional)")
     model = parser.add_argument_group("backbone and model")
     model.add_argument("--arch", default=DEFAULT_ARCH, help="open_clip ViT config name")
@@ -101,6 +102,17 @@ def _simulation(args, names: Sequence[str]) -> MissingSimulation:
     return MissingSimulation()
 
 
+def _label_source(args):
+    if bool(args.polygons) == bool(args.labels):
+        raise MamolInputError("Give either --polygons (with --class-field) or --labels.")
+    if args.labels:
+        return LabelRasterSource(args.labels)
+    if not args.class_field:
+        raise MamolInputError("--polygons needs --class-field.")
+    return PolygonSource(path=args.polygons, class_field=args.class_field, layer=args.layer,
+                         name_field=args.name_field)
+
+
 def config_from_args(args):
     """The :class:`TrainingConfig` an argument namespace describes."""
     from .trainer import TrainingConfig
@@ -112,8 +124,7 @@ def config_from_args(args):
     report_json = str(Path(args.report).with_suffix(".json")) if args.report else None
     return TrainingConfig(
         modalities=modalities,
-        polygons=PolygonSource(path=args.polygons, class_field=args.class_field,
-                               layer=args.layer, name_field=args.name_field),
+        polygons=_label_source(args),
         output_model=args.output, report_html=args.report, report_json=report_json,
         backbone=BackboneSpec(arch=args.arch, source=WeightsSource(args.weights),
                               pretrained_tag=args.pretrained_tag

@@ -14,7 +14,8 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from ..core.errors import MamolInputError
-from ..core.grid import ReferenceGrid, crs_label, srs_from_wkt
+from ..core.grid import (AlignedRaster, ReferenceGrid, crs_label, inspect_raster,
+                         srs_from_wkt)
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -247,6 +248,70 @@ def _burn(geometries: Sequence[ogr.Geometry], grid: ReferenceGrid) -> np.ndarray
     target.SetSpatialRef(srs_from_wkt(grid.crs_wkt))
     gdal.RasterizeLayer(target, [1], layer, options=["ATTRIBUTE=number"])
     return target.GetRasterBand(1).ReadAsArray()
+
+
+@dataclass(frozen=True)
+class LabelRasterSource:
+    """A label raster: integer class values, 0 and the nodata value = unlabelled."""
+
+    path: str
+    group_size: int = 16   # side (pixels) of the square blocks that are the split units
+
+
+def labels_from_raster(source: LabelRasterSource, grid: ReferenceGrid) -> LabelledPixels:
+    """Every labelled pixel of a label raster, aligned onto ``grid`` (nearest neighbour).
+
+    Class names and colours come from the raster's category names and colour table where
+    it has them. The split unit ("polygon") of a pixel is its ``group_size`` block per
+    class, so that neighbouring pixels stay on one side of a split.
+    """
+    info = inspect_raster(source.path, "label")
+    if info.bands != 1:
+        raise MamolInputError(
+            f"The label raster '{source.path}' has {info.bands} bands; give a single-band "
+            "raster of class values.")
+    dataset = gdal.Open(source.path)
+    band = dataset.GetRasterBand(1)
+    gdal.Info(dataset)  # loads the PAM sidecar, so category names are seen (GDAL 3.6)
+    names = band.GetCategoryNames() or []
+    table = band.GetRasterColorTable()
+    # Copied now: the table dies with the dataset.
+    palette = [table.GetColorEntry(i)[:3] for i in range(table.GetCount())] if table else []
+    table = band = None
+    rows, cols, values = [], [], []
+    with AlignedRaster(info, grid, categorical=True) as aligned:
+        for row0 in range(0, grid.height, 512):
+            height = min(512, grid.height - row0)
+            block = aligned.read(0, row0, grid.width, height)[0]
+            labelled = np.isfinite(block) & (block > 0)
+            r, c = np.nonzero(labelled)
+            rows.append(r + row0)
+            cols.append(c)
+            values.append(block[r, c])
+    dataset = None
+    rows = np.concatenate(rows).astype(np.int64)
+    cols = np.concatenate(cols).astype(np.int64)
+    values = np.concatenate(values)
+    if rows.size == 0:
+        raise MamolInputError(
+            f"The label raster '{source.path}' has no labelled pixel on the rasters' grid "
+            "(values > 0). Check that it shows the same area.")
+    if not np.all(values == np.round(values)):
+        raise MamolInputError(f"The label raster '{source.path}' holds non-integer values.")
+    values = values.astype(np.int64)
+    ordered = np.unique(values)
+    classes = []
+    for i, value in enumerate(ordered.tolist()):
+        name = names[value] if value < len(names) and names[value] else f"class {value}"
+        colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+        if value < len(palette):
+            colour = "#%02x%02x%02x" % tuple(palette[value])
+        classes.append(LabelledClass(int(value), name, colour))
+    class_index = np.searchsorted(ordered, values)
+    blocks_per_row = grid.width // source.group_size + 1
+    block = (rows // source.group_size) * blocks_per_row + cols // source.group_size
+    _, polygon = np.unique(block * len(ordered) + class_index, return_inverse=True)
+    return LabelledPixels(rows, cols, class_index, polygon.astype(np.int64), tuple(classes))
 
 
 @dataclass(frozen=True)

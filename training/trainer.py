@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -46,7 +46,8 @@ from .dataset import (
     normalise,
     scratch_folder,
 )
-from .labels import PolygonSource, SplitConfig, rasterise_polygons, split_by_polygon
+from .labels import (LabelRasterSource, PolygonSource, SplitConfig, labels_from_raster,
+                     rasterise_polygons, split_by_polygon)
 from .missing import MissingSimulation, SimulationMode, apply_simulation
 from .report import write_report
 
@@ -61,7 +62,7 @@ class TrainingConfig:
     """Everything one training run needs. Defaults follow the paper (§4.1)."""
 
     modalities: Tuple[Tuple[str, str], ...]   # (name, raster path) in model order
-    polygons: PolygonSource
+    polygons: Union[PolygonSource, LabelRasterSource]  # labelled polygons or a label raster
     output_model: str                         # path of the .mamol file to write
     report_html: Optional[str] = None         # optional HTML report
     report_json: Optional[str] = None         # optional JSON report
@@ -281,7 +282,10 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     grid = reference_grid(infos)
     say(f"Reference grid: {grid.width} × {grid.height} pixels of "
         f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[0].role} raster.")
-    pixels = rasterise_polygons(config.polygons, grid)
+    if isinstance(config.polygons, LabelRasterSource):
+        pixels = labels_from_raster(config.polygons, grid)
+    else:
+        pixels = rasterise_polygons(config.polygons, grid)
     split = split_by_polygon(pixels, replace(config.split, seed=config.seed))
     classes = pixels.classes
     class_count = len(classes)
@@ -537,7 +541,7 @@ def _training_record(config, train, validation, train_patterns, validation_patte
     return {
         "rasters": {name: os.path.basename(path) for name, path in config.modalities},
         "polygons": os.path.basename(config.polygons.path),
-        "class_field": config.polygons.class_field,
+        "class_field": getattr(config.polygons, "class_field", None),
         "train_samples": len(train), "validation_samples": len(validation),
         "epochs": config.epochs, "best_epoch": best_epoch,
         "batch_size": config.batch_size, "learning_rate": config.learning_rate,
