@@ -11,6 +11,7 @@ Command line (used by ``make demo``)::
 """
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -161,7 +162,17 @@ def format_report(result: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _console() -> logging.Logger:
+    """The command line's output channel: this module's logger, on the current stdout."""
+    logger = logging.getLogger("mamol.assessment")
+    logger.handlers = [logging.StreamHandler(sys.stdout)]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
 def main(argv=None) -> int:
+    console = _console()
     parser = argparse.ArgumentParser(prog="python -m mamol.core.assessment",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--classes", required=True)
@@ -173,13 +184,13 @@ def main(argv=None) -> int:
     try:
         result = assess(args.classes, args.reference, args.modalities)
     except (MamolInputError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        console.error("error: %s", exc)
         return 2
-    print(format_report(result))
+    console.info(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if args.quicklook:
-        print(f"Quick-look: {write_quicklook(args.classes, args.quicklook)}")
+        console.info("Quick-look: %s", write_quicklook(args.classes, args.quicklook))
     return 0
 
 

@@ -10,7 +10,6 @@ interrupted (Ctrl-C; nothing is written).
 """
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -157,9 +156,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = config_from_args(args)
         train_model(config, show_progress, log=LOG.info)
     except MamolInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        LOG.error("error: %s", exc)
         return 2
     except (Cancelled, KeyboardInterrupt):
-        print("interrupted; nothing was written", file=sys.stderr)
+        LOG.error("interrupted; nothing was written")
         return 130
     return 0
