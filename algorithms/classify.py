@@ -6,12 +6,12 @@ PyTorch is imported when the algorithm runs, never when the provider loads.
 from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingAlgorithm,
-                       QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingLayerPostProcessorInterface,
+                       QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
+                       QgsProcessingParameterString)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -19,8 +19,9 @@ from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
 from ..core.inference import ClassifyConfig, MaskSource
 from ..core.model_file import EXTENSION
-from .common import ICON_PATH, core_errors_as_processing_exceptions, progress_callables
-from .trainmodel import RASTER_INPUTS
+from .common import (ICON_PATH, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
+                     core_errors_as_processing_exceptions, has_raster_input,
+                     progress_callables, raster_inputs)
 
 #: Optional outputs: (parameter key, ClassifyConfig field, label, help).
 OPTIONAL_OUTPUTS = (
@@ -113,83 +114,57 @@ class ClassifyAlgorithm(QgsProcessingAlgorithm):
                                            extension=EXTENSION.lstrip("."))
         model.setHelp(self.tr("A .mamol model file."))
         self.addParameter(model)
-        for key, _, label in RASTER_INPUTS:
-            raster = QgsProcessingParameterRasterLayer(key, self.tr(label), optional=True)
-            raster.setHelp(self.tr("Optional; give at least one of the model's modalities."))
-            self.addParameter(raster)
-        self._add(QgsProcessingParameterEnum(
+        add_raster_inputs(self, "Optional; give at least one of the model's modalities.")
+        add_parameter(self, QgsProcessingParameterEnum(
             self.REFERENCE, self.tr("Reference grid from"),
             options=[self.tr("First given raster (HS, SAR, LiDAR order)"),
                      self.tr("Hyperspectral raster"), self.tr("SAR raster"),
                      self.tr("LiDAR / DSM raster")], defaultValue=0),
             "Whose CRS, pixel size and extent the outputs get.")
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.PIXEL_SIZE, self.tr("Output pixel size (0 = the reference raster's)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
             "In the reference raster's CRS units.", advanced=True)
-        self._add(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"), optional=True),
-                  "Classify only this area (default: the whole reference raster).")
-        self._add(QgsProcessingParameterFeatureSource(
+        add_parameter(self, QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"),
+                                                         optional=True),
+            "Classify only this area (default: the whole reference raster).")
+        add_parameter(self, QgsProcessingParameterFeatureSource(
             self.MASK, self.tr("Mask polygons"), [QgsProcessing.TypeVectorPolygon],
             optional=True), "Pixels outside these polygons are nodata.")
-        self._add(QgsProcessingParameterString(self.DEVICE, self.tr("Device"),
-                                               defaultValue="auto"),
-                  "auto, cpu, cuda or cuda:N.", advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterString(
+            self.DEVICE, self.tr("Device"), defaultValue="auto"),
+            "auto, cpu, cuda or cuda:N.", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
             self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
             defaultValue=512, minValue=1, maxValue=65536), "Pixels per model call.",
             advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.STRIDE, self.tr("Prediction stride"), QgsProcessingParameterNumber.Integer,
             defaultValue=1, minValue=1, maxValue=64),
             "Classify every s-th pixel in each direction and fill its s×s cell (preview).",
             advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.BLOCK_SIZE, self.tr("Block size (pixels)"),
             QgsProcessingParameterNumber.Integer, defaultValue=256, minValue=16,
             maxValue=8192), "Pixels per side of a processing block; memory, not results.",
             advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.MAX_MISSING_FRACTION, self.tr("Missing share of a window (-1 = model's)"),
             QgsProcessingParameterNumber.Double, defaultValue=-1.0, minValue=-1.0,
             maxValue=1.0),
             "A modality counts as missing at a pixel when more of its window than this is "
             "missing.", advanced=True)
-        self._add(QgsProcessingParameterRasterDestination(self.OUTPUT,
-                                                          self.tr("Land-cover classes")),
-                  "Class raster (GeoTIFF) with colour table, class names and a .qml style.")
+        add_parameter(self, QgsProcessingParameterRasterDestination(
+            self.OUTPUT, self.tr("Land-cover classes")),
+            "Class raster (GeoTIFF) with colour table, class names and a .qml style.")
         for key, _, label, help_text in OPTIONAL_OUTPUTS:
-            self._add(QgsProcessingParameterRasterDestination(
+            add_parameter(self, QgsProcessingParameterRasterDestination(
                 key, self.tr(label), optional=True, createByDefault=False), help_text)
 
-    def _add(self, parameter, help_text: str, advanced: bool = False) -> None:
-        parameter.setHelp(self.tr(help_text))
-        if advanced:
-            parameter.setFlags(parameter.flags()
-                               | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(parameter)
-
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
-        if not any(parameters.get(key) for key, _, _ in RASTER_INPUTS):
-            return False, self.tr("Give at least one raster (hyperspectral, SAR or LiDAR).")
+        if not has_raster_input(parameters):
+            return False, self.tr(NO_RASTER_MESSAGE)
         return super().checkParameterValues(parameters, context)
-
-    def _rasters(self, parameters, context):
-        rasters = []
-        for key, name, label in RASTER_INPUTS:
-            if not parameters.get(key):
-                continue
-            layer = self.parameterAsRasterLayer(parameters, key, context)
-            if layer is None:
-                raise QgsProcessingException(self.tr(f"Cannot read the {label.lower()}."))
-            if layer.providerType() != "gdal":
-                raise QgsProcessingException(self.tr(
-                    f"The {label.lower()} must be a file-based (GDAL) raster."))
-            rasters.append((name, layer.source()))
-        if not rasters:
-            raise QgsProcessingException(
-                self.tr("Give at least one raster (hyperspectral, SAR or LiDAR)."))
-        return tuple(rasters)
 
     def _output(self, parameters, key, context):
         path = self.parameterAsOutputLayer(parameters, key, context)
@@ -221,7 +196,7 @@ class ClassifyAlgorithm(QgsProcessingAlgorithm):
                 mask = MaskSource(path, layer_name or None)
             fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
             config = ClassifyConfig(
-                model_path=model_path, rasters=self._rasters(parameters, context),
+                model_path=model_path, rasters=raster_inputs(self, parameters, context),
                 output_classes=self._output(parameters, self.OUTPUT, context),
                 reference=REFERENCE_CHOICES[
                     self.parameterAsEnum(parameters, self.REFERENCE, context)],

@@ -4,7 +4,8 @@ import contextlib
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
 
-from qgis.core import QgsProcessingException, QgsProcessingFeedback
+from qgis.core import (QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterRasterLayer)
 
 from ..core.errors import Cancelled, MamolInputError
 
@@ -47,3 +48,46 @@ def as_whole_number(value):
             return None
         return int(number) if number.is_integer() else None
     return None
+
+
+#: The model's raster inputs: (parameter key, modality name, label), in model order.
+RASTER_INPUTS = (("HS", "hs", "Hyperspectral raster"), ("SAR", "sar", "SAR raster"),
+                 ("LIDAR", "lidar", "LiDAR / DSM raster"))
+NO_RASTER_MESSAGE = "Give at least one raster (hyperspectral, SAR or LiDAR)."
+
+
+def add_parameter(algorithm, parameter, help_text: str, advanced: bool = False) -> None:
+    """Add ``parameter`` to ``algorithm`` with its help text, flagged Advanced if asked."""
+    parameter.setHelp(algorithm.tr(help_text))
+    if advanced:
+        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    algorithm.addParameter(parameter)
+
+
+def add_raster_inputs(algorithm, help_text: str) -> None:
+    """The optional HS, SAR and LiDAR raster parameters."""
+    for key, _, label in RASTER_INPUTS:
+        add_parameter(algorithm, QgsProcessingParameterRasterLayer(
+            key, algorithm.tr(label), optional=True), help_text)
+
+
+def has_raster_input(parameters) -> bool:
+    return any(parameters.get(key) for key, _, _ in RASTER_INPUTS)
+
+
+def raster_inputs(algorithm, parameters, context) -> Tuple[Tuple[str, str], ...]:
+    """(modality name, file path) of each raster given, in model order."""
+    rasters = []
+    for key, name, label in RASTER_INPUTS:
+        if not parameters.get(key):
+            continue
+        layer = algorithm.parameterAsRasterLayer(parameters, key, context)
+        if layer is None:
+            raise QgsProcessingException(algorithm.tr(f"Cannot read the {label.lower()}."))
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(algorithm.tr(
+                f"The {label.lower()} must be a file-based (GDAL) raster."))
+        rasters.append((name, layer.source()))
+    if not rasters:
+        raise QgsProcessingException(algorithm.tr(NO_RASTER_MESSAGE))
+    return tuple(rasters)

@@ -13,14 +13,12 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -31,11 +29,10 @@ from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.labels import PolygonSource, SplitConfig
 from ..training.missing import MissingSimulation, SimulationMode
-from .common import ICON_PATH, core_errors_as_processing_exceptions, progress_callables
+from .common import (ICON_PATH, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
+                     core_errors_as_processing_exceptions, has_raster_input,
+                     progress_callables, raster_inputs)
 
-#: (parameter key, modality name, label) in model order.
-RASTER_INPUTS = (("HS", "hs", "Hyperspectral raster"), ("SAR", "sar", "SAR raster"),
-                 ("LIDAR", "lidar", "LiDAR / DSM raster"))
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
 MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY)
 
@@ -124,10 +121,7 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
             "written if the run fails or is cancelled.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        for key, _, label in RASTER_INPUTS:
-            raster = QgsProcessingParameterRasterLayer(key, self.tr(label), optional=True)
-            raster.setHelp(self.tr("Optional; give at least one raster."))
-            self.addParameter(raster)
+        add_raster_inputs(self, "Optional; give at least one raster.")
         polygons = QgsProcessingParameterFeatureSource(
             self.POLYGONS, self.tr("Labelled polygons"), [QgsProcessing.TypeVectorPolygon])
         polygons.setHelp(self.tr("Training polygons, any CRS."))
@@ -141,127 +135,104 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
             parentLayerParameterName=self.POLYGONS, optional=True)
         name_field.setHelp(self.tr("Optional text field naming each class."))
         self.addParameter(name_field)
-        self._add(QgsProcessingParameterString(self.BACKBONE, self.tr("Backbone architecture"),
-                                               defaultValue=DEFAULT_ARCH),
-                  "open_clip ViT config name, e.g. ViT-B-16, or mamol-tiny-vit for tests.")
-        self._add(QgsProcessingParameterEnum(
+        add_parameter(self, QgsProcessingParameterString(
+            self.BACKBONE, self.tr("Backbone architecture"), defaultValue=DEFAULT_ARCH),
+            "open_clip ViT config name, e.g. ViT-B-16, or mamol-tiny-vit for tests.")
+        add_parameter(self, QgsProcessingParameterEnum(
             self.WEIGHTS, self.tr("Backbone weights"),
             options=[self.tr("open_clip pretrained tag"), self.tr("Checkpoint file"),
                      self.tr("Random (seeded; for tests and demos)")], defaultValue=0),
             "Where the frozen backbone's weights come from.")
-        self._add(QgsProcessingParameterString(self.PRETRAINED_TAG, self.tr("Pretrained tag"),
-                                               defaultValue="openai", optional=True),
-                  "open_clip pretrained tag, e.g. openai or laion2b_s34b_b88k.")
-        self._add(QgsProcessingParameterFile(self.CHECKPOINT, self.tr("Backbone checkpoint"),
-                                             optional=True),
-                  "OpenAI .pt, open_clip .bin/.pt or .safetensors file.")
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterString(
+            self.PRETRAINED_TAG, self.tr("Pretrained tag"), defaultValue="openai",
+            optional=True),
+            "open_clip pretrained tag, e.g. openai or laion2b_s34b_b88k.")
+        add_parameter(self, QgsProcessingParameterFile(
+            self.CHECKPOINT, self.tr("Backbone checkpoint"), optional=True),
+            "OpenAI .pt, open_clip .bin/.pt or .safetensors file.")
+        add_parameter(self, QgsProcessingParameterNumber(
             self.BACKBONE_SEED, self.tr("Random backbone seed"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
             "Seed of the random backbone (weights = random).", advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.PATCH_SIZE, self.tr("Patch size P (pixels)"),
             QgsProcessingParameterNumber.Integer, defaultValue=14, minValue=1, maxValue=64),
             "Side of the window around each pixel; 14 matches ViT-B/16's position grid.")
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer,
             defaultValue=20, minValue=1, maxValue=10000), "Passes over the training samples.")
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
             defaultValue=128, minValue=1, maxValue=65536), "Samples per step.", advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.MICRO_BATCH_SIZE, self.tr("Micro-batch size (0 = automatic)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=65536),
             "Samples per forward/backward pass; gradients are accumulated over the batch. "
             "Automatic: the whole batch on a GPU, 16 on the CPU for ViT-B and larger.",
             advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.LEARNING_RATE, self.tr("Learning rate"), QgsProcessingParameterNumber.Double,
             defaultValue=2e-3, minValue=1e-8, maxValue=10.0), "Peak learning rate.",
             advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.WEIGHT_DECAY, self.tr("Weight decay"), QgsProcessingParameterNumber.Double,
             defaultValue=2e-2, minValue=0.0, maxValue=10.0), "Decoupled weight decay (AdamW).",
             advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.VALIDATION_FRACTION, self.tr("Validation fraction"),
             QgsProcessingParameterNumber.Double, defaultValue=0.25, minValue=0.0,
             maxValue=0.9), "Share of each class's pixels held out, by whole polygons.",
             advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.MAX_SAMPLES_PER_CLASS, self.tr("Maximum training samples per class"),
             QgsProcessingParameterNumber.Integer, defaultValue=2000, minValue=0),
             "Cap per class (0 = no cap); classes are balanced per epoch.", advanced=True)
-        self._add(QgsProcessingParameterEnum(
+        add_parameter(self, QgsProcessingParameterEnum(
             self.MISSING_MODE, self.tr("Missing-modality simulation"),
             options=[self.tr("None (real missingness only)"),
                      self.tr("Missing rate η over all incomplete patterns"),
                      self.tr("Per-modality availability")], defaultValue=1),
             "How modalities are hidden from training samples.")
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterNumber(
             self.MISSING_RATE, self.tr("Missing rate η"), QgsProcessingParameterNumber.Double,
             defaultValue=0.5, minValue=0.0, maxValue=1.0), "Share of incomplete samples.")
         for key, label in ((self.HS_AVAILABILITY, "HS availability"),
                            (self.SAR_AVAILABILITY, "SAR availability"),
                            (self.LIDAR_AVAILABILITY, "LiDAR availability")):
-            self._add(QgsProcessingParameterNumber(
+            add_parameter(self, QgsProcessingParameterNumber(
                 key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
                 minValue=0.0, maxValue=1.0),
                 "Share of samples keeping this modality (per-modality availability mode).",
                 advanced=True)
-        self._add(QgsProcessingParameterBoolean(
+        add_parameter(self, QgsProcessingParameterBoolean(
             self.SIMULATE_VALIDATION, self.tr("Simulate missing modalities on validation too"),
             defaultValue=False),
             "Apply the same simulation to validation samples (the paper's protocol tests "
             "under the training availability).", advanced=True)
-        self._add(QgsProcessingParameterString(self.DEVICE, self.tr("Device"),
-                                               defaultValue="auto"),
-                  "auto, cpu, cuda or cuda:N.", advanced=True)
-        self._add(QgsProcessingParameterNumber(
+        add_parameter(self, QgsProcessingParameterString(
+            self.DEVICE, self.tr("Device"), defaultValue="auto"),
+            "auto, cpu, cuda or cuda:N.", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
             self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
             defaultValue=0, minValue=0), "Same seed and inputs give the same model file.",
             advanced=True)
-        self._add(QgsProcessingParameterFileDestination(
+        add_parameter(self, QgsProcessingParameterFileDestination(
             self.OUTPUT_MODEL, self.tr("Model file"), self.tr(f"MaMOL model (*{EXTENSION})")),
             "The trained model.")
-        self._add(QgsProcessingParameterFileDestination(
+        add_parameter(self, QgsProcessingParameterFileDestination(
             self.OUTPUT_REPORT, self.tr("Training report"), self.tr("HTML files (*.html)"),
             optional=True, createByDefault=True),
             "HTML report; a JSON report with the same name is written next to it.")
         self.addOutput(QgsProcessingOutputFile(self.OUTPUT_REPORT_JSON,
                                                self.tr("Training report (JSON)")))
 
-    def _add(self, parameter, help_text: str, advanced: bool = False) -> None:
-        parameter.setHelp(self.tr(help_text))
-        if advanced:
-            parameter.setFlags(parameter.flags()
-                               | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(parameter)
-
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
-        if not any(parameters.get(key) for key, _, _ in RASTER_INPUTS):
-            return False, self.tr("Give at least one raster (hyperspectral, SAR or LiDAR).")
+        if not has_raster_input(parameters):
+            return False, self.tr(NO_RASTER_MESSAGE)
         output = str(parameters.get(self.OUTPUT_MODEL) or "")
         if output and not output.endswith(EXTENSION) and not output.startswith("TEMPORARY"):
             return False, self.tr(f"The model file must end in {EXTENSION}.")
         return super().checkParameterValues(parameters, context)
-
-    def _rasters(self, parameters, context):
-        modalities = []
-        for key, name, label in RASTER_INPUTS:
-            if not parameters.get(key):
-                continue
-            layer = self.parameterAsRasterLayer(parameters, key, context)
-            if layer is None:
-                raise QgsProcessingException(self.tr(f"Cannot read the {label.lower()}."))
-            if layer.providerType() != "gdal":
-                raise QgsProcessingException(self.tr(
-                    f"The {label.lower()} must be a file-based (GDAL) raster."))
-            modalities.append((name, layer.source()))
-        if not modalities:
-            raise QgsProcessingException(
-                self.tr("Give at least one raster (hyperspectral, SAR or LiDAR)."))
-        return tuple(modalities)
 
     def _polygons(self, parameters, context, feedback) -> PolygonSource:
         source = self.parameterAsSource(parameters, self.POLYGONS, context)
@@ -295,7 +266,7 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
         from ..training.trainer import TrainingConfig, train_model
 
         with core_errors_as_processing_exceptions():
-            modalities = self._rasters(parameters, context)
+            modalities = raster_inputs(self, parameters, context)
             polygons = self._polygons(parameters, context, feedback)
             config = TrainingConfig(
                 modalities=modalities, polygons=polygons,
@@ -327,8 +298,8 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
             if feedback is not None and len(config.modality_names) == 1 and \
                     simulation.mode is SimulationMode.NONE:
                 feedback.pushInfo(self.tr(
-                    "One modality given: there is nothing to hide, so no missing-modality "
-                    "simulation."))
+            "One modality given: there is nothing to hide, so no missing-modality "
+            "simulation."))
             progress, is_cancelled = progress_callables(feedback)
             result = train_model(config, progress, is_cancelled,
                                  log=feedback.pushInfo if feedback is not None else None)

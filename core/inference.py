@@ -323,52 +323,36 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
             try:
                 for number, (col0, row0, width, height) in enumerate(blocks):
                     reporter.check()
-                    # Anchor pixels (the ones classified) of this block, in grid coords.
+                    # Anchor pixels (the ones classified) of this block, in grid coords;
+                    # with stride 1 every pixel is its own anchor. Anchors lie inside the
+                    # block because blocks are whole multiples of the stride.
                     anchor_rows = _anchors(row0, height, stride, grid.height)
                     anchor_cols = _anchors(col0, width, stride, grid.width)
-                    top, left = int(anchor_rows.min()), int(anchor_cols.min())
-                    span_h = int(anchor_rows.max()) - top + 1
-                    span_w = int(anchor_cols.max()) - left + 1
-                    pattern = np.zeros((span_h, span_w), dtype=np.int64)
-                    own = np.zeros((height, width), dtype=np.int64)  # each pixel's own
+                    pattern = np.zeros((height, width), dtype=np.int64)  # per pixel
                     tensors = {}
                     for name in order:
-                        raw = aligned[name].read(crop_col + left - offset,
-                                                 crop_row + top - offset,
-                                                 span_w + patch - 1, span_h + patch - 1)
-                        missing = np.isnan(raw).any(axis=0)
-                        present = window_presence(missing, patch, threshold)
+                        raw = aligned[name].read(crop_col + col0 - offset,
+                                                 crop_row + row0 - offset,
+                                                 width + patch - 1, height + patch - 1)
+                        present = window_presence(np.isnan(raw).any(axis=0), patch, threshold)
                         pattern |= present.astype(np.int64) << bits[name]
-                        if stride > 1:
-                            own_raw = aligned[name].read(crop_col + col0 - offset,
-                                                         crop_row + row0 - offset,
-                                                         width + patch - 1, height + patch - 1)
-                            own_present = window_presence(np.isnan(own_raw).any(axis=0),
-                                                          patch, threshold)
-                        else:
-                            own_present = present
-                        own |= own_present.astype(np.int64) << bits[name]
                         mean, std = stats[name]
                         normalised = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0,
                                                    neginf=0.0)
                         tensors[name] = torch.from_numpy(normalised).to(device)
-                    selectable = pattern > 0
-                    if stride > 1:
-                        on_anchor = np.zeros_like(selectable)
-                        on_anchor[np.ix_(np.unique(anchor_rows) - top,
-                                         np.unique(anchor_cols) - left)] = True
-                        selectable &= on_anchor
                     if mask_handle[1] is not None:
                         inside = _mask_block(mask_handle[1], grid, col0, row0, width, height)
-                        own[~inside] = 0
-                        selectable &= inside[top - row0:top - row0 + span_h,
-                                             left - col0:left - col0 + span_w]
+                        pattern[~inside] = 0
                     # Classify the anchors that have at least one modality.
-                    a_rows = (anchor_rows - top)[:, None]
-                    a_cols = (anchor_cols - left)[None, :]
+                    selectable = np.zeros((height, width), dtype=bool)
+                    selectable[np.ix_(np.unique(anchor_rows) - row0,
+                                      np.unique(anchor_cols) - col0)] = True
+                    selectable &= pattern > 0
+                    a_rows = (anchor_rows - row0)[:, None]
+                    a_cols = (anchor_cols - col0)[None, :]
                     anchor_pattern = np.where(selectable, pattern, 0)[a_rows, a_cols]
                     todo_r, todo_c = np.nonzero(selectable)
-                    probabilities = np.full((class_count, span_h, span_w), np.nan,
+                    probabilities = np.full((class_count, height, width), np.nan,
                                             dtype=np.float32)
                     for start in range(0, todo_r.size, config.batch_size):
                         reporter.check()
@@ -390,7 +374,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                                       todo_c[start:start + config.batch_size]] = result.T
                     # Upsample anchors to pixels; nodata where the pixel has no modality.
                     pixel_probabilities = probabilities[:, a_rows, a_cols]
-                    valid = (own > 0) & (anchor_pattern > 0)
+                    valid = (pattern > 0) & (anchor_pattern > 0)
                     index = np.argmax(np.nan_to_num(pixel_probabilities, nan=-1.0), axis=0)
                     classes = np.where(valid, values[index], outputs.nodata).astype(
                         outputs.dtype)

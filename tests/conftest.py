@@ -75,3 +75,16 @@ def tiny_model(small_scene, tmp_path_factory):
                                                   max_validation_per_class=20),
         simulation=MissingSimulation(SimulationMode.RATE, 0.5, seed=2), device="cpu")
     return train_model(config).model_path
+
+
+def cancelling_feedback(after_percent: float):
+    """A QgsProcessingFeedback that asks to cancel once progress passes ``after_percent``."""
+    from qgis.core import QgsProcessingFeedback
+
+    class CancelMidway(QgsProcessingFeedback):
+        def setProgress(self, progress):  # noqa: N802 - QGIS API
+            super().setProgress(progress)
+            if progress > after_percent:
+                self.cancel()
+
+    return CancelMidway()

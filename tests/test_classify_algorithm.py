@@ -3,6 +3,8 @@ import pytest
 from osgeo import gdal
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
+from conftest import cancelling_feedback
+
 ALGORITHM = "mamol:classify"
 
 
@@ -70,13 +72,7 @@ def test_needs_a_raster_and_a_geotiff_name(mamol_provider, tiny_model, small_sce
 
 
 def test_cancel_leaves_nothing(mamol_provider, tiny_model, small_scene, tmp_path):
-    class CancelMidway(QgsProcessingFeedback):
-        def setProgress(self, progress):  # noqa: N802 - QGIS API
-            super().setProgress(progress)
-            if progress > 20:
-                self.cancel()
-
     with pytest.raises(QgsProcessingException, match="Cancelled"):
         run(parameters(tiny_model, small_scene, tmp_path, BLOCK_SIZE=32),
-            feedback=CancelMidway())
+            feedback=cancelling_feedback(20))
     assert list(tmp_path.iterdir()) == []

@@ -135,6 +135,12 @@ def test_read_inside_equals_the_raster(tmp_path):
         assert np.array_equal(raster.read(7, 3, 5, 4), data[:, 3:7, 7:12])
 
 
+def mirrored_window(data, col0, row0, width, height, margin=10):
+    """The window of ``data`` (bands, rows, cols) with numpy's symmetric padding outside."""
+    padded = np.pad(data, ((0, 0), (margin, margin), (margin, margin)), mode="symmetric")
+    return padded[:, row0 + margin:row0 + margin + height, col0 + margin:col0 + margin + width]
+
+
 @pytest.mark.parametrize("window", [
     (-3, -3, 7, 7),       # top-left corner
     (26, 15, 8, 8),       # bottom-right corner
@@ -147,10 +153,7 @@ def test_read_beyond_the_edges_is_symmetric_padding(tmp_path, window):
     path, data = random_raster(tmp_path, seed=1)
     info = inspect_raster(path, "test")
     col0, row0, width, height = window
-    margin = 10
-    expected = np.pad(data, ((0, 0), (margin, margin), (margin, margin)), mode="symmetric")
-    expected = expected[:, row0 + margin:row0 + margin + height,
-                        col0 + margin:col0 + margin + width]
+    expected = mirrored_window(data, col0, row0, width, height)
     with AlignedRaster(info, reference_grid([info])) as raster:
         got = raster.read(col0, row0, width, height)
     assert got.shape == (2, height, width)
@@ -165,10 +168,7 @@ def test_read_mostly_outside_mirrors_the_grid(tmp_path, window):
     path, data = random_raster(tmp_path, seed=2)
     info = inspect_raster(path, "test")
     col0, row0, width, height = window
-    margin = 10
-    expected = np.pad(data, ((0, 0), (margin, margin), (margin, margin)), mode="symmetric")
-    expected = expected[:, row0 + margin:row0 + margin + height,
-                        col0 + margin:col0 + margin + width]
+    expected = mirrored_window(data, col0, row0, width, height)
     with AlignedRaster(info, reference_grid([info])) as raster:
         assert np.array_equal(raster.read(col0, row0, width, height), expected)
 

@@ -18,7 +18,7 @@ from mamol.core.model_file import load_model, read_header
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
 from mamol.training.labels import PolygonSource, SplitConfig
 from mamol.training.missing import MissingSimulation, SimulationMode
-from mamol.training.trainer import (TrainingConfig, epoch_order, lr_factor,
+from mamol.training.trainer import (TrainingConfig, epoch_length, epoch_order, lr_factor,
                                    resolve_micro_batch, train_model)
 
 pytestmark = pytest.mark.slow
@@ -181,6 +181,8 @@ def test_balanced_epochs_draw_every_class_equally():
     labels = np.array([0] * 50 + [1] * 5 + [2] * 20)
     order = epoch_order(labels, 3, True, np.random.default_rng(0))
     assert np.bincount(labels[order]).tolist() == [50, 50, 50]
+    assert epoch_length(labels, 3, True) == order.size
+    assert epoch_length(labels, 3, False) == labels.size
     assert sorted(epoch_order(labels, 3, False, np.random.default_rng(0))) == list(range(75))
 
 

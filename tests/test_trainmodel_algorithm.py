@@ -6,9 +6,9 @@ import sys
 
 import pytest
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProcessingException,
-                       QgsProcessingFeedback, QgsRendererCategory, QgsVectorLayer)
+                       QgsRendererCategory, QgsVectorLayer)
 
-from conftest import PLUGINS_DIR
+from conftest import PLUGINS_DIR, cancelling_feedback
 from mamol.core.model_file import read_header
 
 ALGORITHM = "mamol:trainmodel"
@@ -99,14 +99,8 @@ def test_bad_class_field_is_reported(mamol_provider, small_scene, tmp_path):
 
 
 def test_cancel_leaves_nothing(mamol_provider, small_scene, tmp_path):
-    class CancelMidway(QgsProcessingFeedback):
-        def setProgress(self, progress):  # noqa: N802 - QGIS API
-            super().setProgress(progress)
-            if progress > 20:
-                self.cancel()
-
     with pytest.raises(QgsProcessingException, match="Cancelled"):
-        run(quick_parameters(small_scene, tmp_path, EPOCHS=3), feedback=CancelMidway())
+        run(quick_parameters(small_scene, tmp_path, EPOCHS=3), feedback=cancelling_feedback(20))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -96,13 +96,12 @@ def _field_type(layer, name: str, role: str, path: str) -> int:
     return definition.GetFieldDefn(index).GetType()
 
 
-def _class_value(raw, numeric: bool) -> Optional[int]:
+def _class_value(raw) -> Optional[int]:
+    """A numeric field value as a class value; None if empty or not a whole number."""
     if raw is None:
         return None
-    if numeric:
-        number = float(raw)
-        return int(number) if number.is_integer() else None
-    return None
+    number = float(raw)
+    return int(number) if number.is_integer() else None
 
 
 def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPixels:
@@ -145,7 +144,7 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
             skipped_geometry += 1
             continue
         raw = feature.GetField(source.class_field)
-        key = _class_value(raw, True) if numeric else (str(raw).strip() if raw else None)
+        key = _class_value(raw) if numeric else (str(raw).strip() if raw else None)
         if key is None:
             if numeric and raw is not None:
                 raise MamolInputError(

@@ -36,7 +36,7 @@ from ..core.model_file import (
     save_model,
     software_versions,
 )
-from ..core.staging import publish
+from ..core.staging import ensure_writable_folder, publish
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
 from .dataset import (
     Normalisation,
@@ -153,6 +153,15 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+def epoch_length(class_index: np.ndarray, class_count: int, balance: bool) -> int:
+    """Samples per epoch: all of them, or (balanced) the largest class's count per class
+    that has samples."""
+    if not balance:
+        return int(class_index.size)
+    counts = np.bincount(class_index, minlength=class_count)
+    return int(counts.max() * np.count_nonzero(counts))
+
+
 def epoch_order(class_index: np.ndarray, class_count: int, balance: bool,
                 rng: np.random.Generator) -> np.ndarray:
     """Sample indices for one epoch. Balanced: every class contributes as many samples as
@@ -185,11 +194,11 @@ class _Batches:
     def windows(self, index: np.ndarray, pattern: np.ndarray) -> Dict[str, object]:
         torch = self.torch
         result = {}
+        # Sorted reads are faster on a memory map; the order is restored after.
+        order = np.argsort(index, kind="stable")
         for bit, name in enumerate(self.names):
             if not ((pattern >> bit) & 1).any():
                 continue  # no sample of this batch has it: the model never reads it
-            # Sorted reads are faster on a memory map; the order is restored after.
-            order = np.argsort(index, kind="stable")
             raw = np.empty((index.size,) + self.samples.windows[name].shape[1:], np.float32)
             raw[order] = self.samples.windows[name][index[order]]
             result[name] = torch.from_numpy(normalise(raw, self.statistics[name])).to(
@@ -276,7 +285,7 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     output = Path(config.output_model)
     for path in (output, config.report_html, config.report_json):
         if path is not None:
-            _check_writable(Path(path))
+            ensure_writable_folder(Path(path).parent)
 
     infos = [inspect_raster(path, modality_label(name)) for name, path in config.modalities]
     grid = reference_grid(infos)
@@ -366,18 +375,6 @@ def _optional_path(path) -> Optional[Path]:
     return Path(path) if path else None
 
 
-def _check_writable(path: Path) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".mamol-probe-")
-        probe.close()
-    except OSError as exc:
-        raise MamolInputError(
-            f"Cannot write '{path}' ({exc.strerror or exc}). Choose a folder you can write "
-            "to.") from exc
-
-
 def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_count: int,
                  device):
     torch = torch_compat.import_torch()
@@ -401,8 +398,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    epoch_size = epoch_order(train.class_index, class_count, config.balance_classes,
-                             np.random.default_rng(0)).size
+    epoch_size = epoch_length(train.class_index, class_count, config.balance_classes)
     steps_per_epoch = -(-epoch_size // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = max(1, math.ceil(config.warmup_fraction * total_steps)) \
