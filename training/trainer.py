@@ -207,21 +207,24 @@ class _Batches:
 
 
 def predict(model, batches: _Batches, patterns: np.ndarray, batch_size: int,
-            reporter: Optional[Reporter] = None) -> np.ndarray:
-    """Predicted class index for every sample of ``batches.samples`` under ``patterns``."""
+            reporter: Optional[Reporter] = None,
+            samples: Optional[np.ndarray] = None) -> np.ndarray:
+    """Predicted class index of ``samples`` (indices into ``batches.samples``; default all)
+    under ``patterns`` (one per sample of the set)."""
     torch = batches.torch
-    predictions = np.empty(patterns.size, dtype=np.int64)
+    samples = np.arange(patterns.size) if samples is None else samples
+    predictions = np.empty(samples.size, dtype=np.int64)
     model.eval()
     with torch.no_grad():
-        for start in range(0, patterns.size, batch_size):
+        for start in range(0, samples.size, batch_size):
             if reporter is not None:
                 reporter.check()
-            index = np.arange(start, min(start + batch_size, patterns.size))
+            index = samples[start:start + batch_size]
             pattern = patterns[index]
             with autocast(batches.device):
                 logits = model(batches.windows(index, pattern),
                                torch.from_numpy(pattern).to(batches.device))
-            predictions[index] = logits.float().argmax(dim=1).cpu().numpy()
+            predictions[start:start + index.size] = logits.float().argmax(dim=1).cpu().numpy()
     return predictions
 
 
@@ -504,8 +507,7 @@ def _final_evaluation(config, model, validation: SampleSet, validation_patterns,
         usable = np.flatnonzero(patterns)
         if usable.size == 0:
             continue
-        subset_batches = _Batches(_subset(validation, usable), names, statistics, device)
-        guess = predict(model, subset_batches, patterns[usable], batch, reporter)
+        guess = predict(model, batches, patterns, batch, reporter, samples=usable)
         sub_matrix = metrics.confusion_matrix(validation.class_index[usable], guess,
                                               class_count)
         forced.append({"pattern": pattern_name(subset, names), "code": subset,
@@ -514,19 +516,6 @@ def _final_evaluation(config, model, validation: SampleSet, validation_patterns,
                        "kappa": _finite(metrics.cohen_kappa(sub_matrix))})
     result["forced_patterns"] = forced
     return result
-
-
-def _subset(samples: SampleSet, index: np.ndarray) -> SampleSet:
-    """A view of some samples (windows stay on disk; read per batch)."""
-    class _Indexed:
-        def __init__(self, array, where):
-            self.array, self.where, self.shape = array, where, (where.size,) + array.shape[1:]
-
-        def __getitem__(self, item):
-            return self.array[self.where[item]]
-    return SampleSet({k: _Indexed(v, index) for k, v in samples.windows.items()},
-                     samples.class_index[index], samples.pattern[index],
-                     samples.polygon[index])
 
 
 def _training_record(config, train, validation, train_patterns, validation_patterns, history,
