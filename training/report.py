@@ -36,7 +36,9 @@ def write_report(summary: Dict[str, Any], html_path: Path, json_path: Path) -> N
 
     Summary keys (all optional): ``title``, ``model_file``, ``created_by``, ``modalities``,
     ``classes``, ``config``, ``missing_simulation``, ``epochs``, ``best_epoch``,
-    ``validation``, ``forced_patterns``, ``timing``, ``warnings``. Float nan/inf anywhere
+    ``validation``, ``forced_patterns``, ``timing``, ``warnings``; an evaluation report has
+    ``evaluation``, ``missing_patterns`` and ``forcing`` instead of the training keys
+    (see :mod:`training.evaluation`). Float nan/inf anywhere
     become ``null``/``—``. Both files are first written to temporary files in their target
     folders and then renamed over the targets, so a failure leaves neither a half-written
     file nor a temporary file behind (the parent folders must exist).
@@ -192,11 +194,17 @@ def _header(summary: Mapping[str, Any]) -> str:
 
 def _modalities(summary: Mapping[str, Any]) -> str:
     """Input modalities: name, band count, source path."""
+    records = _records(summary.get("modalities"))
     rows = [[_esc(m.get("name")), _count(m.get("bands")), f"<code>{_esc(m.get('path'))}</code>"]
-            for m in _records(summary.get("modalities"))]
+            for m in records]
     if not rows:
         return ""
-    return _section("Modalities", _table(["Modality", "Bands", "Source"], rows))
+    headers = ["Modality", "Bands", "Source"]
+    if any("used" in m for m in records):
+        headers.append("Used")
+        for row, m in zip(rows, records):
+            row.append("yes" if m.get("used", True) else "no (forced absent)")
+    return _section("Modalities", _table(headers, rows))
 
 
 def _swatch(colour: Any) -> str:
@@ -208,7 +216,14 @@ def _swatch(colour: Any) -> str:
 
 
 def _classes(summary: Mapping[str, Any]) -> str:
-    """Classes with colour and training/validation pixel and polygon counts."""
+    """Classes with colour and training/validation pixel and polygon counts (or, in an
+    evaluation report, reference sample counts)."""
+    records = _records(summary.get("classes"))
+    if records and all("reference_samples" in c for c in records):
+        rows = [[_esc(c.get("value")), _esc(c.get("name")), _swatch(c.get("colour")),
+                 _count(c.get("reference_samples"))] for c in records]
+        return _section("Classes", _table(["Value", "Class", "Colour", "Reference samples"],
+                                          rows))
     rows = [[_esc(c.get("value")), _esc(c.get("name")), _swatch(c.get("colour")),
              _count(c.get("train_pixels")), _count(c.get("validation_pixels")),
              _count(c.get("train_polygons")), _count(c.get("validation_polygons"))]
@@ -552,6 +567,8 @@ def _validation(summary: Mapping[str, Any]) -> str:
     """Final validation: OA, kappa, per class, per real missing pattern, confusion matrix."""
     validation = _mapping(summary.get("validation"))
     if not validation:
+        if "evaluation" in summary:
+            return ""  # an evaluation report: see _evaluation
         return _section("Validation", "<p>No validation results.</p>")
     parts = ['<dl class="meta">',
              f"<dt>Samples</dt><dd>{_count(validation.get('samples'))}</dd>",
@@ -582,12 +599,128 @@ def _forced_patterns(summary: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# Evaluation (mamol:evaluate)
+# ---------------------------------------------------------------------------------------
+
+_PICTURE_CELL, _PICTURE_LEFT, _PICTURE_TOP = 34, 150, 120
+
+
+def confusion_svg(matrix: Sequence[Sequence[Any]], labels: Sequence[str]) -> str:
+    """The confusion matrix as an SVG picture: cells shaded by the share of the reference
+    row, counts written in the cells, class names on both axes (``labels`` plain text).
+    Returns an empty string for a non-square or empty matrix."""
+    try:
+        counts = np.nan_to_num(np.asarray(matrix, dtype=np.float64))
+    except (TypeError, ValueError):
+        return ""
+    size = len(labels)
+    if counts.shape != (size, size) or size == 0:
+        return ""
+    cell, left, top = _PICTURE_CELL, _PICTURE_LEFT, _PICTURE_TOP
+    width, height = left + size * cell + 10, top + size * cell + 40
+    rows = counts.sum(axis=1)
+    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             'aria-label="Confusion matrix" font-family="sans-serif" font-size="11">']
+    for i in range(size):
+        y = top + i * cell
+        short = labels[i] if len(labels[i]) <= 22 else labels[i][:21] + "…"
+        parts.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4:.1f}" text-anchor="end" '
+                     f'fill="{_INK}">{html.escape(short)}</text>')
+        x = left + i * cell + cell / 2
+        parts.append(f'<text x="{x:.1f}" y="{top - 6}" text-anchor="start" fill="{_INK}" '
+                     f'transform="rotate(-45 {x:.1f} {top - 6})">{html.escape(short)}</text>')
+        for j in range(size):
+            share = counts[i, j] / rows[i] if rows[i] else 0.0
+            text = "#ffffff" if share > 0.55 else _INK
+            x0 = left + j * cell
+            parts.append(f'<rect x="{x0}" y="{y}" width="{cell}" height="{cell}" '
+                         f'fill="#1f77b4" fill-opacity="{share:.3f}" stroke="{_GRID}">'
+                         f'<title>{html.escape(labels[i])} → {html.escape(labels[j])}: '
+                         f'{int(counts[i, j])} ({100 * share:.1f}% of row)</title></rect>')
+            if counts[i, j]:
+                parts.append(f'<text x="{x0 + cell / 2:.1f}" y="{y + cell / 2 + 4:.1f}" '
+                             f'text-anchor="middle" fill="{text}">{int(counts[i, j])}</text>')
+    bottom = top + size * cell
+    parts.append(f'<text x="{left + size * cell / 2:.1f}" y="{bottom + 18}" '
+                 f'text-anchor="middle" fill="{_INK}">predicted class (shading: share of the '
+                 'reference row)</text>')
+    parts.append(f'<text x="12" y="{top + size * cell / 2:.1f}" text-anchor="middle" '
+                 f'fill="{_INK}" transform="rotate(-90 12 {top + size * cell / 2:.1f})">'
+                 'reference class</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _plain_class_names(summary: Mapping[str, Any], size: int) -> List[str]:
+    names = [c.get("name") for c in _records(summary.get("classes"))]
+    if len(names) == size:
+        return [str(n) if n is not None else str(i) for i, n in enumerate(names)]
+    return [str(i) for i in range(size)]
+
+
+def _metrics_block(result: Mapping[str, Any], summary: Mapping[str, Any],
+                   picture: bool) -> List[str]:
+    parts = ['<dl class="meta">',
+             f"<dt>Samples</dt><dd>{_count(result.get('samples'))}</dd>",
+             f"<dt>Overall accuracy</dt><dd>{format_percent(result.get('oa'))}</dd>",
+             f"<dt>Kappa</dt><dd>{_fixed(result.get('kappa'), 4)}</dd>", "</dl>"]
+    per_class = _records(result.get("per_class"))
+    if per_class:
+        parts.append(_per_class_table(per_class))
+    matrix = result.get("confusion_matrix")
+    if isinstance(matrix, (list, tuple)) and matrix:
+        names = _plain_class_names(summary, len(matrix))
+        if picture:
+            svg = confusion_svg(matrix, names)
+            if svg:
+                parts.append("<h3>Confusion matrix</h3>\n<figure>" + svg + "</figure>")
+        table = _confusion_table(matrix, [html.escape(n) for n in names])
+        if table:
+            parts.append("<p>Rows: reference class; columns: predicted class.</p>\n" + table)
+    return parts
+
+
+def _missing_patterns(summary: Mapping[str, Any]) -> str:
+    """Sample counts per pattern: real (from the rasters) and as evaluated (after forcing)."""
+    patterns = _mapping(summary.get("missing_patterns"))
+    if not patterns:
+        return ""
+    real, evaluated = _mapping(patterns.get("real")), _mapping(patterns.get("evaluated"))
+    names = list(real) + [p for p in evaluated if p not in real]
+    rows = [[f"<code>{_esc(p)}</code>", _count(real.get(p, 0)), _count(evaluated.get(p, 0))]
+            for p in names]
+    forcing = _mapping(summary.get("forcing"))
+    intro = f"<p>Forced missingness: {_esc(forcing.get('description'))}</p>" \
+        if forcing.get("description") else ""
+    return _section("Missing patterns",
+                    intro + _table(["Pattern", "Real samples", "Evaluated samples"], rows))
+
+
+def _evaluation(summary: Mapping[str, Any]) -> str:
+    """Evaluation results: overall, then per missing pattern (each with its details)."""
+    result = _mapping(summary.get("evaluation"))
+    if not result:
+        return ""
+    parts = _metrics_block(result, summary, picture=True)
+    per_pattern = _records(result.get("per_pattern"))
+    if per_pattern:
+        parts.append("<h3>Per missing pattern</h3>\n" + _pattern_table(per_pattern))
+        for record in per_pattern:
+            details = "\n".join(_metrics_block(record, summary, picture=False))
+            parts.append(f"<details><summary>Pattern <code>{_esc(record.get('pattern'))}"
+                         f"</code>: {_count(record.get('samples'))} samples</summary>\n"
+                         f"{details}\n</details>")
+    return _section("Accuracy", "\n".join(parts))
+
+
+# ---------------------------------------------------------------------------------------
 # Timing, warnings, page
 # ---------------------------------------------------------------------------------------
 
 _TIMING_LABELS = {"device": "Device", "training_seconds": "Training time (s)",
                   "samples_per_second": "Samples per second",
-                  "train_samples_seen": "Training samples seen"}
+                  "train_samples_seen": "Training samples seen", "seconds": "Time (s)"}
 
 
 def _timing(summary: Mapping[str, Any]) -> str:
@@ -595,7 +728,7 @@ def _timing(summary: Mapping[str, Any]) -> str:
     timing = _mapping(summary.get("timing"))
     if not timing:
         return ""
-    formatters = {"training_seconds": lambda v: _fixed(v, 1),
+    formatters = {"training_seconds": lambda v: _fixed(v, 1), "seconds": lambda v: _fixed(v, 1),
                   "samples_per_second": lambda v: _fixed(v, 1), "train_samples_seen": _count}
     keys = [k for k in _TIMING_LABELS if k in timing] + [k for k in timing
                                                          if k not in _TIMING_LABELS]
@@ -643,7 +776,8 @@ def render_html(summary: Mapping[str, Any]) -> str:
     title = summary.get("title") or DEFAULT_TITLE
     sections = [_header(summary), _modalities(summary), _classes(summary), _config(summary),
                 _missing_simulation(summary), _curves(summary), _epochs_table(summary),
-                _validation(summary), _forced_patterns(summary), _timing(summary),
+                _validation(summary), _forced_patterns(summary), _missing_patterns(summary),
+                _evaluation(summary), _timing(summary),
                 _warnings(summary)]
     body = "\n".join(s for s in sections if s)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -1,0 +1,340 @@
+"""Evaluate a trained model against reference labels (the core call behind ``mamol:evaluate``).
+
+Reference labels come from polygons with a class field or from a label raster, on the grid
+of the first given raster in model order (as in training). Each labelled pixel becomes one
+sample: its P×P windows are cut from the given rasters exactly as in training, its real
+missing pattern follows the model's window rule, and the model predicts it with the
+normalisation stored in the model file. The result is OA, Cohen's kappa, per-class
+producer's/user's accuracy and F1 and the confusion matrix, overall and for each missing
+pattern.
+
+Forced missingness answers "what does a missing sensor cost me?":
+
+* ``absent``: evaluate as if these modalities had not been given at all;
+* a :class:`MissingSimulation` (per-modality availability rates a_m, or a missing rate η,
+  paper §4.1): modalities are hidden from a seeded share of the samples on top of the
+  real missingness — the test side of the paper's Table 1 and Table 3 protocols.
+
+Pixels where none of the evaluated modalities has valid data cannot be classified; they are
+counted and left out of the metrics (reported as a warning). Reference classes the model
+does not know are an error, since no prediction could ever match them.
+"""
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..core import metrics, torch_compat
+from ..core.devices import resolve_device
+from ..core.errors import MamolInputError
+from ..core.feedback import CancelCheck, ProgressCallback, Reporter
+from ..core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
+from ..core.model_file import check_inputs, load_model, read_header
+from ..core.staging import ensure_writable_folder
+from ..core.windows import pattern_name
+from .dataset import Normalisation, extract_samples, scratch_folder
+from .labels import (LabelledPixels, LabelRasterSource, PolygonSource, labels_from_raster,
+                     rasterise_polygons)
+from .missing import MissingSimulation, SimulationMode, apply_simulation
+from .report import write_report
+from .trainer import _Batches, predict
+
+LOG = logging.getLogger(__name__)
+
+PREDICTION_CHUNK = 8  # batches between two progress reports
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Everything one evaluation needs."""
+
+    model_path: str
+    rasters: Tuple[Tuple[str, str], ...]          # (modality name, raster path), any order
+    labels: Union[PolygonSource, LabelRasterSource]
+    report_html: Optional[str] = None
+    report_json: Optional[str] = None
+    absent: Tuple[str, ...] = ()                  # modalities to treat as not given
+    simulation: MissingSimulation = MissingSimulation()  # forced missingness (model order)
+    max_samples_per_class: int = 0                # 0 = every labelled pixel
+    max_missing_fraction: Optional[float] = None  # None = the model's
+    batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0                                 # for the per-class sample cap
+
+    def validate(self) -> None:
+        names = [name for name, _ in self.rasters]
+        if not names:
+            raise MamolInputError(
+                "Give at least one raster (hyperspectral, SAR or LiDAR) to evaluate on.")
+        if len(set(names)) != len(names):
+            raise MamolInputError(f"Each modality may be given once, got {names}.")
+        if self.batch_size < 1:
+            raise MamolInputError(f"The batch size must be at least 1, got {self.batch_size}.")
+        if self.max_samples_per_class < 0:
+            raise MamolInputError("The samples-per-class cap must be 0 (no cap) or positive.")
+        if self.max_missing_fraction is not None and not 0 <= self.max_missing_fraction <= 1:
+            raise MamolInputError("The missing fraction of a window must be in [0, 1].")
+        resolve_device(self.device)
+
+
+@dataclass
+class EvaluationResult:
+    summary: Dict[str, object]
+    report_html: Optional[Path]
+    report_json: Optional[Path]
+
+    @property
+    def oa(self) -> Optional[float]:
+        return self.summary["evaluation"]["oa"]
+
+    @property
+    def kappa(self) -> Optional[float]:
+        return self.summary["evaluation"]["kappa"]
+
+
+def availability_simulation(model_names: Sequence[str], rates: Dict[str, float],
+                            seed: int = 0) -> MissingSimulation:
+    """A per-modality availability simulation in model order from ``{name: rate}``
+    (unnamed modalities stay at 100 %)."""
+    unknown = sorted(set(rates) - set(model_names))
+    if unknown:
+        raise MamolInputError(
+            f"Availability given for {', '.join(unknown)}, which the model does not use "
+            f"(it uses {', '.join(model_names)}).")
+    return MissingSimulation(SimulationMode.AVAILABILITY,
+                             availability=tuple(float(rates.get(n, 1.0)) for n in model_names),
+                             seed=seed)
+
+
+def remap_patterns(patterns: np.ndarray, given: Sequence[str],
+                   model_names: Sequence[str]) -> np.ndarray:
+    """Patterns whose bit i refers to ``given[i]`` -> bits in the model's modality order."""
+    result = np.zeros_like(patterns)
+    for bit, name in enumerate(given):
+        result |= ((patterns >> bit) & 1) << model_names.index(name)
+    return result
+
+
+def match_classes(pixels: LabelledPixels, header) -> np.ndarray:
+    """Model class index of each reference pixel, matched by class value."""
+    model_index = {c.value: i for i, c in enumerate(header.classes)}
+    unknown = [c for c in pixels.classes if c.value not in model_index]
+    if unknown:
+        known = ", ".join(f"{c.value} {c.name}" for c in header.classes)
+        listed = ", ".join(f"{c.value} '{c.name}'" for c in unknown)
+        raise MamolInputError(
+            f"The reference labels hold class value(s) the model does not know: {listed}. "
+            f"The model's classes are {known}. Give reference labels with the model's class "
+            "values (or remove the other classes).")
+    lookup = np.array([model_index[c.value] for c in pixels.classes], dtype=np.int64)
+    return lookup[pixels.class_index]
+
+
+def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = None,
+             is_cancelled: Optional[CancelCheck] = None,
+             log: Optional[Callable[[str], None]] = None) -> EvaluationResult:
+    """Score the model on the reference labels; write the reports if asked. See the module
+    docstring. A cancel or an error leaves no report behind."""
+    torch_compat.import_torch()
+    reporter = Reporter(progress, is_cancelled)
+    say = log or LOG.info
+    config.validate()
+    model_path = Path(config.model_path)
+    header = read_header(model_path)
+    model_names = header.modality_names
+    given = dict(config.rasters)
+    for path in (config.report_html, config.report_json):
+        if path:
+            ensure_writable_folder(Path(path).parent)
+    unknown_absent = sorted(set(config.absent) - set(model_names))
+    if unknown_absent:
+        raise MamolInputError(
+            f"Cannot force {', '.join(unknown_absent)} absent: the model uses "
+            f"{', '.join(model_names)}.")
+    infos = {name: inspect_raster(path, modality_label(name)) for name, path in given.items()}
+    check_inputs(header, {name: info.bands for name, info in infos.items()})
+    used = [n for n in model_names if n in given and n not in config.absent]
+    if not used:
+        raise MamolInputError(
+            "Every given raster is forced absent; leave at least one modality to evaluate.")
+    config.simulation.validate(model_names)
+    threshold = header.training.get("max_missing_fraction", 0.5) \
+        if config.max_missing_fraction is None else config.max_missing_fraction
+
+    grid = reference_grid([infos[n] for n in model_names if n in given])
+    say(f"Reference grid: {grid.width} × {grid.height} pixels of "
+        f"{grid.pixel_width:g} × {grid.pixel_height:g} from the "
+        f"{infos[[n for n in model_names if n in given][0]].role} raster.")
+    if isinstance(config.labels, LabelRasterSource):
+        pixels = labels_from_raster(config.labels, grid)
+    else:
+        pixels = rasterise_polygons(config.labels, grid)
+    model_class = match_classes(pixels, header)
+    # From here on class_index is the model's class index; pixels.classes is not used.
+    pixels = replace(pixels, class_index=model_class)
+    pixels = _cap_per_class_model(pixels, len(header.classes), config.max_samples_per_class,
+                                  config.seed)
+    say(f"{len(pixels)} reference pixel(s) to evaluate"
+        + (f" (at most {config.max_samples_per_class} per class)"
+           if config.max_samples_per_class else "") + ".")
+    reporter.report(3)
+
+    warnings: List[str] = list(pixels.warnings)
+    started = time.perf_counter()
+    with scratch_folder() as scratch:
+        aligned = [(name, AlignedRaster(infos[name], grid)) for name in used]
+        try:
+            samples, dropped = extract_samples(aligned, pixels, header.patch_size, threshold,
+                                               Path(scratch), "evaluation", reporter, (3, 25))
+        finally:
+            for _, raster in aligned:
+                raster.close()
+        if dropped:
+            warnings.append(
+                f"{dropped} reference pixel(s) lie where none of the evaluated modalities "
+                f"({', '.join(used)}) has valid data; they cannot be classified and are "
+                "not counted.")
+        if not len(samples):
+            raise MamolInputError(
+                "No reference pixel has valid data in the evaluated rasters; check that the "
+                "labels and rasters cover the same area.")
+        real = remap_patterns(samples.pattern, used, model_names)
+        patterns = apply_simulation(real, config.simulation, len(model_names))
+        say("Forced missingness: " + describe_forcing(config, model_names))
+
+        device = resolve_device(config.device)
+        model, _ = load_model(model_path)
+        model = model.to(device)
+        statistics = {m.name: Normalisation(np.asarray(m.mean, dtype=np.float64),
+                                            np.asarray(m.std, dtype=np.float64))
+                      for m in header.modalities}
+        batches = _Batches(samples, model_names, statistics, device)
+        predicted = np.empty(len(samples), dtype=np.int64)
+        chunk = PREDICTION_CHUNK * config.batch_size
+        for start in range(0, len(samples), chunk):
+            index = np.arange(start, min(start + chunk, len(samples)))
+            predicted[index] = predict(model, batches, patterns, config.batch_size,
+                                       reporter, samples=index)
+            reporter.report(25 + 70 * index[-1] / len(samples))
+        reference = samples.class_index
+    seconds = time.perf_counter() - started
+
+    class_names = [c.name for c in header.classes]
+    result = score(reference, predicted, patterns, class_names, model_names)
+    say(f"Overall: OA {_pct(result['oa'])}, kappa {_num(result['kappa'])} over "
+        f"{result['samples']} samples.")
+    for record in result["per_pattern"]:
+        say(f"  {record['pattern']}: OA {_pct(record['oa'])}, kappa {_num(record['kappa'])} "
+            f"({record['samples']} samples)")
+    summary = _summary(config, header, infos, used, result, real, patterns, warnings,
+                       {"device": str(device), "seconds": seconds,
+                        "samples_per_second": len(samples) / max(seconds, 1e-9)})
+    reporter.report(97)
+    html = Path(config.report_html) if config.report_html else None
+    json_path = Path(config.report_json) if config.report_json else None
+    if html or json_path:
+        _write(summary, html, json_path)
+    reporter.report(100)
+    return EvaluationResult(summary, html, json_path)
+
+
+def _cap_per_class_model(pixels: LabelledPixels, class_count: int, cap: int,
+                         seed: int) -> LabelledPixels:
+    if not cap:
+        return pixels
+    rng = np.random.default_rng(seed)
+    keep = []
+    for index in range(class_count):
+        members = np.flatnonzero(pixels.class_index == index)
+        if members.size > cap:
+            members = np.sort(rng.choice(members, size=cap, replace=False))
+        keep.append(members)
+    return pixels.subset(np.sort(np.concatenate(keep)))
+
+
+def score(reference: np.ndarray, predicted: np.ndarray, patterns: np.ndarray,
+          class_names: Sequence[str], modality_names: Sequence[str]) -> Dict[str, object]:
+    """Metrics overall and per missing pattern (each with the full per-class summary)."""
+    count = len(class_names)
+    result = metrics.summarise(metrics.confusion_matrix(reference, predicted, count),
+                               class_names)
+    per_pattern = []
+    for code in sorted(set(patterns.tolist()), reverse=True):
+        members = patterns == code
+        record = {"pattern": pattern_name(code, modality_names), "code": int(code)}
+        record.update(metrics.summarise(
+            metrics.confusion_matrix(reference[members], predicted[members], count),
+            class_names))
+        per_pattern.append(record)
+    result["per_pattern"] = per_pattern
+    return result
+
+
+def describe_forcing(config: EvaluationConfig, model_names: Sequence[str]) -> str:
+    parts = []
+    if config.absent:
+        parts.append(f"{', '.join(config.absent)} treated as absent")
+    if config.simulation.mode is not SimulationMode.NONE:
+        parts.append(config.simulation.describe(model_names))
+    return "; ".join(parts) or "none (only the real missingness of the rasters)"
+
+
+def _pattern_counts(patterns: np.ndarray, names: Sequence[str]) -> Dict[str, int]:
+    codes, counts = np.unique(patterns, return_counts=True)
+    return {pattern_name(c, names): int(n) for c, n in zip(codes[::-1], counts[::-1])}
+
+
+def _summary(config, header, infos, used, result, real, patterns, warnings,
+             timing) -> Dict[str, object]:
+    names = header.modality_names
+    settings = {
+        "labels": config.labels.path,
+        "label source": "label raster" if isinstance(config.labels, LabelRasterSource)
+        else f"polygons, class field {config.labels.class_field}",
+        "modalities evaluated": ", ".join(used),
+        "forced missingness": describe_forcing(config, names),
+        "max samples per class": config.max_samples_per_class or "all",
+        "max missing fraction of a window": config.max_missing_fraction
+        if config.max_missing_fraction is not None else "model's",
+        "batch size": config.batch_size, "seed": config.seed,
+    }
+    return {
+        "title": "MaMOL evaluation report", "model_file": str(config.model_path),
+        "created_by": "mamol evaluation",
+        "modalities": [{"name": n, "bands": infos[n].bands, "path": infos[n].path,
+                        "used": n in used} for n in names if n in infos],
+        "classes": [{"value": c.value, "name": c.name, "colour": c.colour,
+                     "reference_samples": row["reference_samples"]}
+                    for c, row in zip(header.classes, result["per_class"])],
+        "config": settings,
+        "forcing": {"absent": list(config.absent), "simulation": config.simulation.to_json(),
+                    "description": describe_forcing(config, names)},
+        "missing_patterns": {"real": _pattern_counts(real, names),
+                             "evaluated": _pattern_counts(patterns, names)},
+        "evaluation": result,
+        "timing": timing,
+        "warnings": warnings,
+    }
+
+
+def _write(summary: Dict[str, object], html: Optional[Path], json_path: Optional[Path]) -> None:
+    """Both reports appear together or not at all (a missing one goes to a scratch folder)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="mamol-evaluation-") as folder:
+        write_report(summary, html or Path(folder) / "report.html",
+                     json_path or Path(folder) / "report.json")
+
+
+def _pct(value: Optional[float]) -> str:
+    return "—" if value is None else f"{100 * value:.2f} %"
+
+
+def _num(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+__all__ = ["EvaluationConfig", "EvaluationResult", "evaluate", "score",
+           "availability_simulation", "remap_patterns", "match_classes"]
