@@ -4,10 +4,12 @@ import contextlib
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
 
-from qgis.core import (QgsProcessingException, QgsProcessingFeedback,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterRasterLayer)
+from qgis.core import (QgsCategorizedSymbolRenderer, QgsProcessingException,
+                       QgsProcessingFeedback, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterRasterLayer)
 
 from ..core.errors import Cancelled, MamolInputError
+from ..training.labels import PolygonSource
 
 ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
 
@@ -91,3 +93,38 @@ def raster_inputs(algorithm, parameters, context) -> Tuple[Tuple[str, str], ...]
     if not rasters:
         raise QgsProcessingException(algorithm.tr(NO_RASTER_MESSAGE))
     return tuple(rasters)
+
+
+def polygon_source(algorithm, parameters, context, feedback, polygons_key: str,
+                   class_field_key: str, name_field_key: Optional[str] = None) -> PolygonSource:
+    """The labelled polygons of ``polygons_key`` as a file the core can read (exported to a
+    GeoPackage when the layer is not one; the selection is honoured), with class names and
+    colours from the layer's categorised style when it styles the class field."""
+    source = algorithm.parameterAsSource(parameters, polygons_key, context)
+    if source is None:
+        raise QgsProcessingException(algorithm.tr("Cannot read the polygon layer."))
+    if source.featureCount() == 0:
+        raise QgsProcessingException(algorithm.tr(
+            "The polygon layer has no features (or none selected). Draw labelled "
+            "polygons first."))
+    class_field = algorithm.parameterAsString(parameters, class_field_key, context)
+    if not class_field:
+        raise QgsProcessingException(algorithm.tr("Choose the polygons' class field."))
+    name_field = (algorithm.parameterAsString(parameters, name_field_key, context) or None) \
+        if name_field_key else None
+    path, layer_name = algorithm.parameterAsCompatibleSourceLayerPathAndLayerName(
+        parameters, polygons_key, context, ["gpkg", "shp"], "gpkg", feedback)
+    styled = None
+    layer = algorithm.parameterAsVectorLayer(parameters, polygons_key, context)
+    renderer = layer.renderer() if layer is not None else None
+    if isinstance(renderer, QgsCategorizedSymbolRenderer) and \
+            renderer.classAttribute() == class_field:
+        styled = {}
+        for category in renderer.categories():
+            try:
+                value = int(float(category.value()))
+            except (TypeError, ValueError):
+                continue
+            styled[value] = (category.label() or str(value), category.symbol().color().name())
+    return PolygonSource(path=path, class_field=class_field, layer=layer_name or None,
+                         name_field=name_field, styled_classes=styled or None)

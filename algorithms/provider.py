@@ -5,6 +5,7 @@ from qgis.PyQt.QtGui import QIcon
 from .common import ICON_PATH
 from .classify import ClassifyAlgorithm
 from .createsamplescene import CreateSampleSceneAlgorithm
+from .evaluate import EvaluateAlgorithm
 from .trainmodel import TrainModelAlgorithm
 
 
@@ -28,7 +29,7 @@ class MamolProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm(),
-                          ClassifyAlgorithm()):
+                          ClassifyAlgorithm(), EvaluateAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API

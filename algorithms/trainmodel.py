@@ -7,10 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from qgis.core import (
-    QgsCategorizedSymbolRenderer,
     QgsProcessing,
     QgsProcessingAlgorithm,
-    QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -27,10 +25,10 @@ from qgis.PyQt.QtGui import QIcon
 from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
-from ..training.labels import PolygonSource, SplitConfig
+from ..training.labels import SplitConfig
 from ..training.missing import MissingSimulation, SimulationMode
 from .common import (ICON_PATH, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
-                     core_errors_as_processing_exceptions, has_raster_input,
+                     core_errors_as_processing_exceptions, has_raster_input, polygon_source,
                      progress_callables, raster_inputs)
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
@@ -234,40 +232,13 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
             return False, self.tr(f"The model file must end in {EXTENSION}.")
         return super().checkParameterValues(parameters, context)
 
-    def _polygons(self, parameters, context, feedback) -> PolygonSource:
-        source = self.parameterAsSource(parameters, self.POLYGONS, context)
-        if source is None:
-            raise QgsProcessingException(self.tr("Cannot read the polygon layer."))
-        if source.featureCount() == 0:
-            raise QgsProcessingException(self.tr(
-                "The polygon layer has no features (or none selected). Draw labelled "
-                "polygons first."))
-        class_field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
-        name_field = self.parameterAsString(parameters, self.CLASS_NAME_FIELD, context) or None
-        path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
-            parameters, self.POLYGONS, context, ["gpkg", "shp"], "gpkg", feedback)
-        styled = None
-        layer = self.parameterAsVectorLayer(parameters, self.POLYGONS, context)
-        renderer = layer.renderer() if layer is not None else None
-        if isinstance(renderer, QgsCategorizedSymbolRenderer) and \
-                renderer.classAttribute() == class_field:
-            styled = {}
-            for category in renderer.categories():
-                try:
-                    value = int(float(category.value()))
-                except (TypeError, ValueError):
-                    continue
-                styled[value] = (category.label() or str(value),
-                                 category.symbol().color().name())
-        return PolygonSource(path=path, class_field=class_field, layer=layer_name or None,
-                             name_field=name_field, styled_classes=styled or None)
-
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         from ..training.trainer import TrainingConfig, train_model
 
         with core_errors_as_processing_exceptions():
             modalities = raster_inputs(self, parameters, context)
-            polygons = self._polygons(parameters, context, feedback)
+            polygons = polygon_source(self, parameters, context, feedback, self.POLYGONS,
+                                      self.CLASS_FIELD, self.CLASS_NAME_FIELD)
             config = TrainingConfig(
                 modalities=modalities, polygons=polygons,
                 output_model=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context),

@@ -32,6 +32,7 @@ def test_class_factory_registers_and_unload_removes(qgis_iface, qgis_processing)
     assert provider is not None
     assert sorted(a.id() for a in provider.algorithms()) == ["mamol:classify",
                                                            "mamol:createsamplescene",
+                                                           "mamol:evaluate",
                                                            "mamol:trainmodel"]
     plugin.unload()
     assert registry.providerById("mamol") is None
@@ -51,7 +52,9 @@ def test_provider_loads_without_importing_torch():
              "from mamol.algorithms.provider import MamolProvider; "
              "from mamol.algorithms.trainmodel import TrainModelAlgorithm; "
              "from mamol.algorithms.classify import ClassifyAlgorithm; "
+             "from mamol.algorithms.evaluate import EvaluateAlgorithm; "
              "TrainModelAlgorithm().initAlgorithm(); ClassifyAlgorithm().initAlgorithm(); "
+             "EvaluateAlgorithm().initAlgorithm(); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
              "('torch', 'open_clip', 'torchvision')))")
     done = subprocess.run([sys.executable, "-c", probe, str(PLUGINS_DIR)],

@@ -123,3 +123,19 @@ def test_graphical_model_chains_scene_training_and_classification(qgis_env, tmp_
     # gdal.Info reads the .aux.xml sidecar fully (GDAL 3.6's GeoTIFF band may return no
     # category names before its PAM metadata is loaded).
     assert "1: Water" in gdal.Info(dataset)
+
+
+@pytest.mark.slow
+def test_evaluate_runs_headless(qgis_env, tiny_model, small_scene, tmp_path):
+    report = tmp_path / "evaluation.html"
+    result = qgis_process(
+        qgis_env, "--json", "run", "mamol:evaluate", "--", f"MODEL={tiny_model}",
+        f"HS={small_scene.hs}", f"SAR={small_scene.sar}", f"LIDAR={small_scene.lidar}",
+        f"LABEL_RASTER={small_scene.reference_labels}", "ABSENT=1", "HS_AVAILABILITY=0.5",
+        "MAX_SAMPLES_PER_CLASS=50", "DEVICE=cpu", f"OUTPUT_REPORT={report}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(result.stdout)["results"]
+    written = json.loads((tmp_path / "evaluation.json").read_text())
+    assert results["OA"] == pytest.approx(written["evaluation"]["oa"])
+    assert written["forcing"]["absent"] == ["sar"]
+    assert not any("sar" in p for p in written["missing_patterns"]["evaluated"])

@@ -1,0 +1,214 @@
+"""``mamol:evaluate`` — score a trained model against reference labels.
+
+Adapter only: parameters -> :class:`training.evaluation.EvaluationConfig` -> ``evaluate``.
+PyTorch is imported when the algorithm runs, never when the provider loads.
+"""
+from pathlib import Path
+
+from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
+                       QgsProcessingOutputFile, QgsProcessingOutputNumber,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterField, QgsProcessingParameterFile,
+                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.errors import MamolInputError
+from ..core.model_file import EXTENSION
+from ..training.labels import LabelRasterSource
+from ..training.missing import MissingSimulation
+from .common import (ICON_PATH, NO_RASTER_MESSAGE, RASTER_INPUTS, add_parameter,
+                     add_raster_inputs, core_errors_as_processing_exceptions,
+                     has_raster_input, polygon_source, progress_callables, raster_inputs)
+
+#: Modalities that can be forced absent, in the enum's order.
+MODALITY_CHOICES = tuple(name for _, name, _ in RASTER_INPUTS)
+NO_LABELS_MESSAGE = ("Give the reference labels: a label raster, or polygons with a class "
+                     "field.")
+
+
+class EvaluateAlgorithm(QgsProcessingAlgorithm):
+    """Adapter: model file + rasters + reference labels -> accuracy report."""
+
+    MODEL = "MODEL"
+    LABEL_RASTER = "LABEL_RASTER"
+    POLYGONS = "POLYGONS"
+    CLASS_FIELD = "CLASS_FIELD"
+    ABSENT = "ABSENT"
+    HS_AVAILABILITY = "HS_AVAILABILITY"
+    SAR_AVAILABILITY = "SAR_AVAILABILITY"
+    LIDAR_AVAILABILITY = "LIDAR_AVAILABILITY"
+    MAX_SAMPLES_PER_CLASS = "MAX_SAMPLES_PER_CLASS"
+    MAX_MISSING_FRACTION = "MAX_MISSING_FRACTION"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    SEED = "SEED"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+    OUTPUT_REPORT_JSON = "OUTPUT_REPORT_JSON"
+    OA = "OA"
+    KAPPA = "KAPPA"
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("EvaluateAlgorithm", text)
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return EvaluateAlgorithm()
+
+    def name(self) -> str:
+        return "evaluate"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr("Evaluate model against reference labels")
+
+    def group(self) -> str:
+        return self.tr("Model")
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return "model"
+
+    def icon(self) -> QIcon:
+        return QIcon(ICON_PATH)
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr(
+            "Measures how good a MaMOL model is on reference labels it was not trained on, "
+            "and what a missing sensor costs.\n\n"
+            "<b>Reference labels</b>: a label raster (class values, 0 = unlabelled) or "
+            "polygons with an integer class field; the class values must be the model's.\n"
+            "<b>Rasters</b>: at least one of the model's modalities, as for classification. "
+            "Each labelled pixel is classified from the modalities valid there.\n"
+            "<b>Forced missingness</b>: evaluate as if some modalities were absent, or "
+            "present at an availability rate (e.g. HS 0.5: HS is hidden from a seeded half "
+            "of the samples — the test side of the paper's Table 1/3 protocol).\n"
+            "<b>Results</b>: overall accuracy, Cohen's kappa, per-class producer's and "
+            "user's accuracy and F1, and the confusion matrix — overall and for each "
+            "missing pattern — in an HTML report (tables and a confusion-matrix picture) "
+            "and a JSON file next to it. OA and kappa are also algorithm outputs.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        add_parameter(self, QgsProcessingParameterFile(
+            self.MODEL, self.tr("Model file"), extension=EXTENSION.lstrip(".")),
+            "A .mamol model file.")
+        add_raster_inputs(self, "Optional; give at least one of the model's modalities.")
+        add_parameter(self, QgsProcessingParameterRasterLayer(
+            self.LABEL_RASTER, self.tr("Reference label raster"), optional=True),
+            "Class values (0 and nodata = unlabelled). Give this or the polygons.")
+        add_parameter(self, QgsProcessingParameterFeatureSource(
+            self.POLYGONS, self.tr("Reference polygons"), [QgsProcessing.TypeVectorPolygon],
+            optional=True), "Labelled polygons (any CRS). Give these or a label raster.")
+        add_parameter(self, QgsProcessingParameterField(
+            self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS,
+            optional=True), "Integer class values of the polygons.")
+        add_parameter(self, QgsProcessingParameterEnum(
+            self.ABSENT, self.tr("Evaluate as if these modalities were absent"),
+            options=[self.tr("Hyperspectral"), self.tr("SAR"), self.tr("LiDAR / DSM")],
+            allowMultiple=True, optional=True, defaultValue=[]),
+            "Their rasters are ignored even when given.")
+        for key, label in ((self.HS_AVAILABILITY, "HS availability"),
+                           (self.SAR_AVAILABILITY, "SAR availability"),
+                           (self.LIDAR_AVAILABILITY, "LiDAR availability")):
+            add_parameter(self, QgsProcessingParameterNumber(
+                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                minValue=0.0, maxValue=1.0),
+                "Share of samples that keep this modality (1 = no forcing). The others "
+                "lose it, chosen with the seed; the shares lost must add up to at most 1.")
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.MAX_SAMPLES_PER_CLASS, self.tr("Samples per class (0 = all)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+            "Evaluate a seeded random subset of each class (faster on large maps).",
+            advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.MAX_MISSING_FRACTION, self.tr("Missing share of a window (-1 = model's)"),
+            QgsProcessingParameterNumber.Double, defaultValue=-1.0, minValue=-1.0,
+            maxValue=1.0),
+            "A modality counts as missing at a pixel when more of its window than this is "
+            "missing.", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
+            defaultValue=256, minValue=1, maxValue=65536), "Samples per model call.",
+            advanced=True)
+        add_parameter(self, QgsProcessingParameterString(
+            self.DEVICE, self.tr("Device"), defaultValue="auto"),
+            "auto, cpu, cuda or cuda:N.", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
+            defaultValue=0, minValue=0),
+            "Chooses the samples of the per-class cap and of the availability forcing.",
+            advanced=True)
+        add_parameter(self, QgsProcessingParameterFileDestination(
+            self.OUTPUT_REPORT, self.tr("Evaluation report"), self.tr("HTML files (*.html)")),
+            "HTML report; a JSON report with the same name is written next to it.")
+        self.addOutput(QgsProcessingOutputFile(self.OUTPUT_REPORT_JSON,
+                                               self.tr("Evaluation report (JSON)")))
+        self.addOutput(QgsProcessingOutputNumber(self.OA, self.tr("Overall accuracy")))
+        self.addOutput(QgsProcessingOutputNumber(self.KAPPA, self.tr("Cohen's kappa")))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
+        if not has_raster_input(parameters):
+            return False, self.tr(NO_RASTER_MESSAGE)
+        has_raster = bool(parameters.get(self.LABEL_RASTER))
+        has_polygons = bool(parameters.get(self.POLYGONS))
+        if has_raster == has_polygons:
+            return False, self.tr(NO_LABELS_MESSAGE if not has_raster else
+                                  "Give either a label raster or polygons, not both.")
+        if has_polygons and not parameters.get(self.CLASS_FIELD):
+            return False, self.tr("Choose the polygons' class field.")
+        return super().checkParameterValues(parameters, context)
+
+    def _labels(self, parameters, context, feedback):
+        if parameters.get(self.LABEL_RASTER):
+            layer = self.parameterAsRasterLayer(parameters, self.LABEL_RASTER, context)
+            if layer is None or layer.providerType() != "gdal":
+                raise QgsProcessingException(self.tr(
+                    "Cannot read the reference label raster (it must be a file-based GDAL "
+                    "raster)."))
+            return LabelRasterSource(layer.source())
+        if parameters.get(self.POLYGONS):
+            return polygon_source(self, parameters, context, feedback, self.POLYGONS,
+                                  self.CLASS_FIELD)
+        raise MamolInputError(NO_LABELS_MESSAGE)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        from ..training.evaluation import (EvaluationConfig, availability_simulation,
+                                           evaluate)
+        from ..core.model_file import read_header
+
+        with core_errors_as_processing_exceptions():
+            model_path = self.parameterAsFile(parameters, self.MODEL, context)
+            if not model_path:
+                raise MamolInputError("Give the model file (.mamol).")
+            rasters = raster_inputs(self, parameters, context)
+            labels = self._labels(parameters, context, feedback)
+            header = read_header(Path(model_path))
+            rates = {}
+            for name, key in (("hs", self.HS_AVAILABILITY), ("sar", self.SAR_AVAILABILITY),
+                              ("lidar", self.LIDAR_AVAILABILITY)):
+                rate = self.parameterAsDouble(parameters, key, context)
+                if rate < 1.0:
+                    rates[name] = rate
+            seed = self.parameterAsInt(parameters, self.SEED, context)
+            absent = tuple(MODALITY_CHOICES[i] for i in
+                           self.parameterAsEnums(parameters, self.ABSENT, context))
+            report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+            if not report:
+                raise MamolInputError("Give the evaluation report file (.html).")
+            fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
+            config = EvaluationConfig(
+                model_path=model_path, rasters=rasters, labels=labels,
+                report_html=report, report_json=str(Path(report).with_suffix(".json")),
+                absent=absent,
+                simulation=availability_simulation(header.modality_names, rates, seed)
+                if rates else MissingSimulation(),
+                max_samples_per_class=self.parameterAsInt(
+                    parameters, self.MAX_SAMPLES_PER_CLASS, context),
+                max_missing_fraction=None if fraction < 0 else fraction,
+                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+                seed=seed)
+            progress, is_cancelled = progress_callables(feedback)
+            result = evaluate(config, progress, is_cancelled,
+                              log=feedback.pushInfo if feedback is not None else None)
+        return {self.OUTPUT_REPORT: str(result.report_html),
+                self.OUTPUT_REPORT_JSON: str(result.report_json),
+                self.OA: result.oa, self.KAPPA: result.kappa}
