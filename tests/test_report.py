@@ -210,3 +210,32 @@ def test_render_html_accepts_numpy_free_minimal_summary():
     page = render_html({"title": "T & U", "best_epoch": 2,
                         "epochs": [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2}]})
     assert "<title>T &amp; U</title>" in page and "<svg" in page
+
+
+def test_confusion_picture_escapes_names_and_shades_by_row():
+    from mamol.training.report import confusion_svg
+    svg = confusion_svg([[3, 1], [0, 0]], ["<b>a</b>", "b & c"])
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert "<b>" not in svg and "&lt;b&gt;a&lt;/b&gt;" in svg and "b &amp; c" in svg
+    assert svg.count("<rect") == 4
+    assert 'fill-opacity="0.750"' in svg and 'fill-opacity="0.250"' in svg
+    assert 'fill-opacity="0.000"' in svg      # an empty reference row shades nothing
+    assert confusion_svg([[1, 2, 3]], ["a"]) == "" and confusion_svg([], []) == ""
+
+
+def test_evaluation_report_sections(tmp_path):
+    summary = {"title": "MaMOL evaluation report", "classes": [
+        {"value": 1, "name": "water", "colour": "#0000ff", "reference_samples": 2},
+        {"value": 2, "name": "road", "colour": "#888888", "reference_samples": 1}],
+        "missing_patterns": {"real": {"hs+lidar": 3}, "evaluated": {"hs+lidar": 2, "lidar": 1}},
+        "forcing": {"description": "hs 50%"},
+        "evaluation": {"samples": 3, "oa": 2 / 3, "kappa": 0.4,
+                       "confusion_matrix": [[2, 0], [1, 0]], "per_class": [],
+                       "per_pattern": [{"pattern": "lidar", "samples": 1, "oa": 0.0,
+                                        "kappa": None, "confusion_matrix": [[0, 0], [1, 0]]}]}}
+    write_report(summary, tmp_path / "e.html", tmp_path / "e.json")
+    page = (tmp_path / "e.html").read_text()
+    assert "Validation" not in page and "Reference samples" in page
+    assert "Missing patterns" in page and "hs 50%" in page
+    assert page.count("<svg") == 1 and page.count("<details>") == 1
+    assert "66.67" in page

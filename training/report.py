@@ -617,7 +617,7 @@ def confusion_svg(matrix: Sequence[Sequence[Any]], labels: Sequence[str]) -> str
     if counts.shape != (size, size) or size == 0:
         return ""
     cell, left, top = _PICTURE_CELL, _PICTURE_LEFT, _PICTURE_TOP
-    width, height = left + size * cell + 10, top + size * cell + 40
+    width, height = left + size * cell + 90, top + size * cell + 40
     rows = counts.sum(axis=1)
     parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
@@ -643,8 +643,7 @@ def confusion_svg(matrix: Sequence[Sequence[Any]], labels: Sequence[str]) -> str
                              f'text-anchor="middle" fill="{text}">{int(counts[i, j])}</text>')
     bottom = top + size * cell
     parts.append(f'<text x="{left + size * cell / 2:.1f}" y="{bottom + 18}" '
-                 f'text-anchor="middle" fill="{_INK}">predicted class (shading: share of the '
-                 'reference row)</text>')
+                 f'text-anchor="middle" fill="{_INK}">predicted class</text>')
     parts.append(f'<text x="12" y="{top + size * cell / 2:.1f}" text-anchor="middle" '
                  f'fill="{_INK}" transform="rotate(-90 12 {top + size * cell / 2:.1f})">'
                  'reference class</text>')
@@ -674,7 +673,9 @@ def _metrics_block(result: Mapping[str, Any], summary: Mapping[str, Any],
         if picture:
             svg = confusion_svg(matrix, names)
             if svg:
-                parts.append("<h3>Confusion matrix</h3>\n<figure>" + svg + "</figure>")
+                parts.append("<h3>Confusion matrix</h3>\n<figure>" + svg + "<figcaption>Rows: "
+                             "reference class; columns: predicted class; shading: share of "
+                             "the reference row.</figcaption></figure>")
         table = _confusion_table(matrix, [html.escape(n) for n in names])
         if table:
             parts.append("<p>Rows: reference class; columns: predicted class.</p>\n" + table)
