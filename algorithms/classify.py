@@ -5,21 +5,18 @@ PyTorch is imported when the algorithm runs, never when the provider loads.
 """
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingAlgorithm,
-                       QgsProcessingLayerPostProcessorInterface,
+from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
                        QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterString)
-from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
 from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
 from ..core.inference import ClassifyConfig, MaskSource
 from ..core.model_file import EXTENSION
-from .common import (ICON_PATH, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
+from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
                      core_errors_as_processing_exceptions, has_raster_input,
                      progress_callables, raster_inputs)
 
@@ -54,7 +51,7 @@ class _LoadClassStyle(QgsProcessingLayerPostProcessorInterface):
             layer.triggerRepaint()
 
 
-class ClassifyAlgorithm(QgsProcessingAlgorithm):
+class ClassifyAlgorithm(MamolAlgorithm):
     """Adapter: model file + rasters -> class raster (+ optional rasters)."""
 
     MODEL = "MODEL"
@@ -69,26 +66,11 @@ class ClassifyAlgorithm(QgsProcessingAlgorithm):
     MAX_MISSING_FRACTION = "MAX_MISSING_FRACTION"
     OUTPUT = "OUTPUT"
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("ClassifyAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802 - QGIS API
-        return ClassifyAlgorithm()
-
     def name(self) -> str:
         return "classify"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Classify land cover")
-
-    def group(self) -> str:
-        return self.tr("Model")
-
-    def groupId(self) -> str:  # noqa: N802 - QGIS API
-        return "model"
-
-    def icon(self) -> QIcon:
-        return QIcon(ICON_PATH)
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
         return self.tr(

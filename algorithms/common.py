@@ -4,14 +4,40 @@ import contextlib
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
 
-from qgis.core import (QgsCategorizedSymbolRenderer, QgsProcessingException,
-                       QgsProcessingFeedback, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterRasterLayer)
+from qgis.core import (QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
+                       QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterRasterLayer)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import Cancelled, MamolInputError
 from ..training.labels import PolygonSource
 
 ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
+
+
+class MamolAlgorithm(QgsProcessingAlgorithm):
+    """What every MaMOL algorithm shares: the icon, translation in the class's own context,
+    a fresh instance of the same class, and the Toolbox group named by ``GROUP``/``GROUP_ID``.
+    """
+
+    GROUP = "Model"
+    GROUP_ID = "model"
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate(type(self).__name__, text)
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def group(self) -> str:
+        return self.tr(self.GROUP)
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return self.GROUP_ID
+
+    def icon(self) -> QIcon:
+        return QIcon(ICON_PATH)
 
 
 @contextlib.contextmanager

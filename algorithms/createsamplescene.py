@@ -1,19 +1,20 @@
 """``mamol:createsamplescene`` — write the built-in synthetic HS + SAR + LiDAR scene."""
-from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingContext,
+from qgis.core import (QgsProcessing, QgsProcessingContext,
                        QgsProcessingOutputFile, QgsProcessingOutputRasterLayer,
                        QgsProcessingOutputVectorLayer, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber)
-from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
 from ..core import sample_scene
 from ..core.errors import MamolInputError
-from .common import (ICON_PATH, as_whole_number, core_errors_as_processing_exceptions,
+from .common import (MamolAlgorithm, as_whole_number, core_errors_as_processing_exceptions,
                      progress_callables)
 
 
-class CreateSampleSceneAlgorithm(QgsProcessingAlgorithm):
+class CreateSampleSceneAlgorithm(MamolAlgorithm):
     """Adapter: SIZE, SEED, OUTPUT_FOLDER -> ``sample_scene.write_sample_scene``."""
+
+    GROUP = "Sample data"
+    GROUP_ID = "sampledata"
 
     SIZE = "SIZE"
     SEED = "SEED"
@@ -25,26 +26,11 @@ class CreateSampleSceneAlgorithm(QgsProcessingAlgorithm):
     REFERENCE_LABELS = "REFERENCE_LABELS"
     MANIFEST = "MANIFEST"
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("CreateSampleSceneAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802 - QGIS API
-        return CreateSampleSceneAlgorithm()
-
     def name(self) -> str:
         return "createsamplescene"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Create sample multimodal scene")
-
-    def group(self) -> str:
-        return self.tr("Sample data")
-
-    def groupId(self) -> str:  # noqa: N802 - QGIS API
-        return "sampledata"
-
-    def icon(self) -> QIcon:
-        return QIcon(ICON_PATH)
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
         return self.tr(

@@ -5,20 +5,17 @@ PyTorch is imported when the algorithm runs, never when the provider loads.
 """
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
+from qgis.core import (QgsProcessing, QgsProcessingException,
                        QgsProcessingOutputFile, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterField, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
-from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.labels import LabelRasterSource
-from ..training.missing import MissingSimulation
-from .common import (ICON_PATH, NO_RASTER_MESSAGE, RASTER_INPUTS, add_parameter,
+from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_parameter,
                      add_raster_inputs, core_errors_as_processing_exceptions,
                      has_raster_input, polygon_source, progress_callables, raster_inputs)
 
@@ -28,7 +25,7 @@ NO_LABELS_MESSAGE = ("Give the reference labels: a label raster, or polygons wit
                      "field.")
 
 
-class EvaluateAlgorithm(QgsProcessingAlgorithm):
+class EvaluateAlgorithm(MamolAlgorithm):
     """Adapter: model file + rasters + reference labels -> accuracy report."""
 
     MODEL = "MODEL"
@@ -49,26 +46,11 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
     OA = "OA"
     KAPPA = "KAPPA"
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("EvaluateAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802 - QGIS API
-        return EvaluateAlgorithm()
-
     def name(self) -> str:
         return "evaluate"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Evaluate model against reference labels")
-
-    def group(self) -> str:
-        return self.tr("Model")
-
-    def groupId(self) -> str:  # noqa: N802 - QGIS API
-        return "model"
-
-    def icon(self) -> QIcon:
-        return QIcon(ICON_PATH)
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
         return self.tr(
@@ -170,9 +152,7 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
         raise MamolInputError(NO_LABELS_MESSAGE)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..training.evaluation import (EvaluationConfig, availability_simulation,
-                                           evaluate)
-        from ..core.model_file import read_header
+        from ..training.evaluation import EvaluationConfig, evaluate
 
         with core_errors_as_processing_exceptions():
             model_path = self.parameterAsFile(parameters, self.MODEL, context)
@@ -180,7 +160,6 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
                 raise MamolInputError("Give the model file (.mamol).")
             rasters = raster_inputs(self, parameters, context)
             labels = self._labels(parameters, context, feedback)
-            header = read_header(Path(model_path))
             rates = {}
             for name, key in (("hs", self.HS_AVAILABILITY), ("sar", self.SAR_AVAILABILITY),
                               ("lidar", self.LIDAR_AVAILABILITY)):
@@ -197,9 +176,7 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             config = EvaluationConfig(
                 model_path=model_path, rasters=rasters, labels=labels,
                 report_html=report, report_json=str(Path(report).with_suffix(".json")),
-                absent=absent,
-                simulation=availability_simulation(header.modality_names, rates, seed)
-                if rates else MissingSimulation(),
+                absent=absent, availability=rates, simulation_seed=seed,
                 max_samples_per_class=self.parameterAsInt(
                     parameters, self.MAX_SAMPLES_PER_CLASS, context),
                 max_missing_fraction=None if fraction < 0 else fraction,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingOutputFile,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -19,15 +18,13 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
 from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.labels import SplitConfig
 from ..training.missing import MissingSimulation, SimulationMode
-from .common import (ICON_PATH, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
+from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
                      core_errors_as_processing_exceptions, has_raster_input, polygon_source,
                      progress_callables, raster_inputs)
 
@@ -35,7 +32,7 @@ WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSou
 MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY)
 
 
-class TrainModelAlgorithm(QgsProcessingAlgorithm):
+class TrainModelAlgorithm(MamolAlgorithm):
     """Adapter: rasters + labelled polygons + settings -> a ``.mamol`` model file."""
 
     HS = "HS"
@@ -69,26 +66,11 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
     OUTPUT_REPORT = "OUTPUT_REPORT"
     OUTPUT_REPORT_JSON = "OUTPUT_REPORT_JSON"
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("TrainModelAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802 - QGIS API
-        return TrainModelAlgorithm()
-
     def name(self) -> str:
         return "trainmodel"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Train model from labelled polygons")
-
-    def group(self) -> str:
-        return self.tr("Model")
-
-    def groupId(self) -> str:  # noqa: N802 - QGIS API
-        return "model"
-
-    def icon(self) -> QIcon:
-        return QIcon(ICON_PATH)
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
         return self.tr(

@@ -49,7 +49,7 @@ from mamol.core.model_file import software_versions  # noqa: E402
 from mamol.training.evaluation import (EvaluationConfig, availability_simulation,  # noqa: E402
                                        evaluate)
 from mamol.training.labels import SplitConfig  # noqa: E402
-from mamol.training.missing import (MissingSimulation, SimulationMode, Table1Case,  # noqa: E402
+from mamol.training.missing import (Table1Case,  # noqa: E402
                                     table1_availability)
 from mamol.training.trainer import TrainingConfig, train_model  # noqa: E402
 
@@ -152,10 +152,8 @@ def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, s
     folder.mkdir(parents=True, exist_ok=True)
     rasters = dict(dataset.modalities)
     modalities = tuple((name, rasters[name]) for name in run.modalities)
-    training_simulation = MissingSimulation(SimulationMode.AVAILABILITY,
-                                            availability=run.availability, seed=seed)
-    if all(a >= 1.0 for a in run.availability):
-        training_simulation = MissingSimulation()
+    training_simulation = availability_simulation(run.modalities, dict(
+        zip(run.modalities, run.availability)), seed)
     started = time.perf_counter()
     trained = train_model(TrainingConfig(
         modalities=modalities, polygons=dataset.train,
@@ -169,14 +167,12 @@ def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, s
         simulation=training_simulation, device=settings.device, seed=seed),
         log=lambda line: LOG.debug(line))
     train_seconds = time.perf_counter() - started
-    rates = {m: a for m, a in zip(run.modalities, run.availability) if a < 1.0}
     started = time.perf_counter()
     evaluated = evaluate(EvaluationConfig(
         model_path=str(trained.model_path), rasters=modalities, labels=dataset.test,
         report_json=str(folder / "evaluation.json"),
         report_html=str(folder / "evaluation.html"),
-        simulation=availability_simulation(list(run.modalities), rates, seed=seed + 1)
-        if rates else MissingSimulation(),
+        availability=dict(zip(run.modalities, run.availability)), simulation_seed=seed + 1,
         max_samples_per_class=settings.test_per_class, device=settings.device, seed=seed),
         log=lambda line: LOG.debug(line))
     evaluation = evaluated.summary["evaluation"]

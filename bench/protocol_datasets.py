@@ -23,7 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from osgeo import gdal
 
+from mamol.core.class_style import apply_legend
 from mamol.core.errors import MamolInputError
+from mamol.core.model_file import ClassInfo
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
 from mamol.core.sample_scene import (CLASS_FIELD, CLASS_NAME_FIELD, SampleSceneConfig,
                                      hs_wavelengths, material_spectra, smooth_noise,
@@ -111,14 +113,7 @@ def write_labels(path: Path, labels: np.ndarray, epsg: int, pixel: float,
     band = dataset.GetRasterBand(1)
     band.WriteArray(labels)
     if classes:
-        names = [""] * (max(v for v, _, _ in classes) + 1)
-        table = gdal.ColorTable()
-        for value, name, colour in classes:
-            names[value] = name
-            table.SetColorEntry(value, tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
-                                + (255,))
-        band.SetCategoryNames(names)
-        band.SetRasterColorTable(table)
+        apply_legend(band, [ClassInfo(value, name, colour) for value, name, colour in classes])
     band = dataset = None
     return path
 

@@ -9,8 +9,7 @@ from qgis.core import QgsProcessingException
 
 from conftest import cancelling_feedback
 from mamol.core.errors import Cancelled, MamolInputError
-from mamol.training.evaluation import (EvaluationConfig, availability_simulation, evaluate,
-                                       remap_patterns, score)
+from mamol.training.evaluation import EvaluationConfig, evaluate, remap_patterns, score
 from mamol.training.labels import LabelRasterSource, PolygonSource
 
 NAMES = ("hs", "sar", "lidar")
@@ -86,8 +85,7 @@ def test_forced_absence_and_availability(tiny_model, small_scene):
     assert not any("hs" in p for p in without_hs["missing_patterns"]["evaluated"])
     assert [m["used"] for m in without_hs["modalities"]] == [False, True, True]
     half = evaluate(config(tiny_model, small_scene, max_samples_per_class=80,
-                           simulation=availability_simulation(list(NAMES), {"hs": 0.5},
-                                                              seed=1))).summary
+                           availability={"hs": 0.5}, simulation_seed=1)).summary
     with_hs = sum(n for p, n in half["missing_patterns"]["real"].items() if "hs" in p)
     kept = sum(n for p, n in half["missing_patterns"]["evaluated"].items() if "hs" in p)
     assert 0.4 * with_hs <= kept <= 0.6 * with_hs
@@ -120,6 +118,7 @@ def test_polygons_with_an_unknown_class_are_refused(tiny_model, small_scene, tmp
     ({"absent": ("hs", "sar", "lidar")}, "at least one modality"),
     ({"absent": ("thermal",)}, "thermal"),
     ({"batch_size": 0}, "batch size"),
+    ({"availability": {"thermal": 0.5}}, "thermal"),
 ])
 def test_bad_settings(tiny_model, small_scene, tmp_path, changes, message):
     with pytest.raises(MamolInputError, match=message):

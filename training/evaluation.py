@@ -11,19 +11,20 @@ pattern.
 Forced missingness answers "what does a missing sensor cost me?":
 
 * ``absent``: evaluate as if these modalities had not been given at all;
-* a :class:`MissingSimulation` (per-modality availability rates a_m, or a missing rate η,
-  paper §4.1): modalities are hidden from a seeded share of the samples on top of the
-  real missingness — the test side of the paper's Table 1 and Table 3 protocols.
+* ``availability`` (per-modality availability rates a_m, paper §4.1 and Table 3):
+  modality m is hidden from a seeded share 1 − a_m of the samples on top of the real
+  missingness — the test side of the paper's Table 1 and Table 3 protocols.
 
 Pixels where none of the evaluated modalities has valid data cannot be classified; they are
 counted and left out of the metrics (reported as a warning). Reference classes the model
 does not know are an error, since no prediction could ever match them.
 """
 import logging
+import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,11 +37,11 @@ from ..core.model_file import check_inputs, load_model, read_header
 from ..core.staging import ensure_writable_folder
 from ..core.windows import pattern_name
 from .dataset import Normalisation, extract_samples, scratch_folder
-from .labels import (LabelledPixels, LabelRasterSource, PolygonSource, labels_from_raster,
-                     rasterise_polygons)
+from .labels import (LabelledPixels, LabelRasterSource, PolygonSource, cap_indices,
+                     labels_from_raster, rasterise_polygons)
 from .missing import MissingSimulation, SimulationMode, apply_simulation
 from .report import write_report
-from .trainer import _Batches, predict
+from .trainer import _Batches, _pattern_counts, predict
 
 LOG = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class EvaluationConfig:
     report_html: Optional[str] = None
     report_json: Optional[str] = None
     absent: Tuple[str, ...] = ()                  # modalities to treat as not given
-    simulation: MissingSimulation = MissingSimulation()  # forced missingness (model order)
+    availability: Mapping[str, float] = field(default_factory=dict)  # name -> a_m (< 1 forces)
+    simulation_seed: int = 0                      # chooses the samples that lose a modality
     max_samples_per_class: int = 0                # 0 = every labelled pixel
     max_missing_fraction: Optional[float] = None  # None = the model's
     batch_size: int = 256
@@ -95,10 +97,14 @@ class EvaluationResult:
         return self.summary["evaluation"]["kappa"]
 
 
-def availability_simulation(model_names: Sequence[str], rates: Dict[str, float],
+def availability_simulation(model_names: Sequence[str], rates: Mapping[str, float],
                             seed: int = 0) -> MissingSimulation:
     """A per-modality availability simulation in model order from ``{name: rate}``
-    (unnamed modalities stay at 100 %)."""
+    (unnamed modalities stay at 100 %); no simulation when every rate is 1."""
+    if all(rate >= 1.0 for rate in rates.values()):
+        rates = {}
+    if not rates:
+        return MissingSimulation()
     unknown = sorted(set(rates) - set(model_names))
     if unknown:
         raise MamolInputError(
@@ -156,18 +162,21 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
             f"{', '.join(model_names)}.")
     infos = {name: inspect_raster(path, modality_label(name)) for name, path in given.items()}
     check_inputs(header, {name: info.bands for name, info in infos.items()})
-    used = [n for n in model_names if n in given and n not in config.absent]
+    present = [n for n in model_names if n in given]
+    used = [n for n in present if n not in config.absent]
     if not used:
         raise MamolInputError(
             "Every given raster is forced absent; leave at least one modality to evaluate.")
-    config.simulation.validate(model_names)
+    simulation = availability_simulation(model_names, config.availability,
+                                         config.simulation_seed)
+    simulation.validate(model_names)
     threshold = header.training.get("max_missing_fraction", 0.5) \
         if config.max_missing_fraction is None else config.max_missing_fraction
 
-    grid = reference_grid([infos[n] for n in model_names if n in given])
+    grid = reference_grid([infos[n] for n in present])
     say(f"Reference grid: {grid.width} × {grid.height} pixels of "
-        f"{grid.pixel_width:g} × {grid.pixel_height:g} from the "
-        f"{infos[[n for n in model_names if n in given][0]].role} raster.")
+        f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[present[0]].role} "
+        "raster.")
     if isinstance(config.labels, LabelRasterSource):
         pixels = labels_from_raster(config.labels, grid)
     else:
@@ -202,8 +211,9 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
                 "No reference pixel has valid data in the evaluated rasters; check that the "
                 "labels and rasters cover the same area.")
         real = remap_patterns(samples.pattern, used, model_names)
-        patterns = apply_simulation(real, config.simulation, len(model_names))
-        say("Forced missingness: " + describe_forcing(config, model_names))
+        patterns = apply_simulation(real, simulation, len(model_names))
+        forcing = describe_forcing(config.absent, simulation, model_names)
+        say("Forced missingness: " + forcing)
 
         device = resolve_device(config.device)
         model, _ = load_model(model_path)
@@ -229,7 +239,8 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
     for record in result["per_pattern"]:
         say(f"  {record['pattern']}: OA {_pct(record['oa'])}, kappa {_num(record['kappa'])} "
             f"({record['samples']} samples)")
-    summary = _summary(config, header, infos, used, result, real, patterns, warnings,
+    summary = _summary(config, header, infos, used, simulation, forcing, result, real,
+                       patterns, warnings,
                        {"device": str(device), "seconds": seconds,
                         "samples_per_second": len(samples) / max(seconds, 1e-9)})
     reporter.report(97)
@@ -246,12 +257,8 @@ def _cap_per_class_model(pixels: LabelledPixels, class_count: int, cap: int,
     if not cap:
         return pixels
     rng = np.random.default_rng(seed)
-    keep = []
-    for index in range(class_count):
-        members = np.flatnonzero(pixels.class_index == index)
-        if members.size > cap:
-            members = np.sort(rng.choice(members, size=cap, replace=False))
-        keep.append(members)
+    keep = [cap_indices(np.flatnonzero(pixels.class_index == index), cap, rng)
+            for index in range(class_count)]
     return pixels.subset(np.sort(np.concatenate(keep)))
 
 
@@ -273,29 +280,30 @@ def score(reference: np.ndarray, predicted: np.ndarray, patterns: np.ndarray,
     return result
 
 
-def describe_forcing(config: EvaluationConfig, model_names: Sequence[str]) -> str:
+def describe_forcing(absent: Sequence[str], simulation: MissingSimulation,
+                     model_names: Sequence[str]) -> str:
     parts = []
-    if config.absent:
-        parts.append(f"{', '.join(config.absent)} treated as absent")
-    if config.simulation.mode is not SimulationMode.NONE:
-        parts.append(config.simulation.describe(model_names))
+    if absent:
+        parts.append(f"{', '.join(absent)} treated as absent")
+    if simulation.mode is not SimulationMode.NONE:
+        parts.append(simulation.describe(model_names))
     return "; ".join(parts) or "none (only the real missingness of the rasters)"
 
 
-def _pattern_counts(patterns: np.ndarray, names: Sequence[str]) -> Dict[str, int]:
-    codes, counts = np.unique(patterns, return_counts=True)
-    return {pattern_name(c, names): int(n) for c, n in zip(codes[::-1], counts[::-1])}
+def _counts_full_first(patterns: np.ndarray, names: Sequence[str]) -> Dict[str, int]:
+    """Samples per pattern, most complete pattern first (the order of ``per_pattern``)."""
+    return dict(reversed(list(_pattern_counts(patterns, names).items())))
 
 
-def _summary(config, header, infos, used, result, real, patterns, warnings,
-             timing) -> Dict[str, object]:
+def _summary(config, header, infos, used, simulation, forcing, result, real, patterns,
+             warnings, timing) -> Dict[str, object]:
     names = header.modality_names
     settings = {
         "labels": config.labels.path,
         "label source": "label raster" if isinstance(config.labels, LabelRasterSource)
         else f"polygons, class field {config.labels.class_field}",
         "modalities evaluated": ", ".join(used),
-        "forced missingness": describe_forcing(config, names),
+        "forced missingness": forcing,
         "max samples per class": config.max_samples_per_class or "all",
         "max missing fraction of a window": config.max_missing_fraction
         if config.max_missing_fraction is not None else "model's",
@@ -310,10 +318,10 @@ def _summary(config, header, infos, used, result, real, patterns, warnings,
                      "reference_samples": row["reference_samples"]}
                     for c, row in zip(header.classes, result["per_class"])],
         "config": settings,
-        "forcing": {"absent": list(config.absent), "simulation": config.simulation.to_json(),
-                    "description": describe_forcing(config, names)},
-        "missing_patterns": {"real": _pattern_counts(real, names),
-                             "evaluated": _pattern_counts(patterns, names)},
+        "forcing": {"absent": list(config.absent), "simulation": simulation.to_json(),
+                    "description": forcing},
+        "missing_patterns": {"real": _counts_full_first(real, names),
+                             "evaluated": _counts_full_first(patterns, names)},
         "evaluation": result,
         "timing": timing,
         "warnings": warnings,
@@ -322,7 +330,6 @@ def _summary(config, header, infos, used, result, real, patterns, warnings,
 
 def _write(summary: Dict[str, object], html: Optional[Path], json_path: Optional[Path]) -> None:
     """Both reports appear together or not at all (a missing one goes to a scratch folder)."""
-    import tempfile
     with tempfile.TemporaryDirectory(prefix="mamol-evaluation-") as folder:
         write_report(summary, html or Path(folder) / "report.html",
                      json_path or Path(folder) / "report.json")

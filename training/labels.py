@@ -372,8 +372,8 @@ def split_by_polygon(pixels: LabelledPixels, config: SplitConfig) -> Split:
                 f"Class {labelled.value} '{labelled.name}' has a single polygon, so it has no "
                 "validation pixels (the split is by polygon).")
         is_validation = np.isin(pixels.polygon[in_class], validation_polygons)
-        train = _cap(in_class[~is_validation], config.max_train_per_class, rng)
-        validation = _cap(in_class[is_validation], config.max_validation_per_class, rng)
+        train = cap_indices(in_class[~is_validation], config.max_train_per_class, rng)
+        validation = cap_indices(in_class[is_validation], config.max_validation_per_class, rng)
         train_parts.append(train)
         validation_parts.append(validation)
         counts.append((int(train.size), int(validation.size),
@@ -383,7 +383,8 @@ def split_by_polygon(pixels: LabelledPixels, config: SplitConfig) -> Split:
     return Split(pixels.subset(train_index), pixels.subset(validation_index), counts, warnings)
 
 
-def _cap(index: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+def cap_indices(index: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``cap`` of ``index`` (0 = all), drawn with ``rng``, in ascending order."""
     if cap and index.size > cap:
         return np.sort(rng.choice(index, size=cap, replace=False))
     return index

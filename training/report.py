@@ -522,14 +522,20 @@ def _cell_style(fraction: float) -> str:
     return f"background:rgba(31,119,180,{fraction:.3f});{text}"
 
 
-def _class_labels(summary: Mapping[str, Any], size: int) -> List[str]:
-    """Class names for the confusion-matrix axes (per-class names, then classes, then index)."""
+def _class_names(summary: Mapping[str, Any], size: int) -> List[str]:
+    """Plain class names for the confusion-matrix axes (validation per-class names, then
+    classes, then the index)."""
     validation = _mapping(summary.get("validation"))
     for source in (_records(validation.get("per_class")), _records(summary.get("classes"))):
         names = [c.get("name") for c in source]
         if len(names) == size:
-            return [_esc(n) if n is not None else str(i) for i, n in enumerate(names)]
+            return [str(n) if n is not None else str(i) for i, n in enumerate(names)]
     return [str(i) for i in range(size)]
+
+
+def _class_labels(summary: Mapping[str, Any], size: int) -> List[str]:
+    """:func:`_class_names`, HTML-escaped."""
+    return [html.escape(name) for name in _class_names(summary, size)]
 
 
 def _confusion_table(matrix: Sequence[Sequence[Any]], labels: Sequence[str]) -> str:
@@ -651,13 +657,6 @@ def confusion_svg(matrix: Sequence[Sequence[Any]], labels: Sequence[str]) -> str
     return "\n".join(parts)
 
 
-def _plain_class_names(summary: Mapping[str, Any], size: int) -> List[str]:
-    names = [c.get("name") for c in _records(summary.get("classes"))]
-    if len(names) == size:
-        return [str(n) if n is not None else str(i) for i, n in enumerate(names)]
-    return [str(i) for i in range(size)]
-
-
 def _metrics_block(result: Mapping[str, Any], summary: Mapping[str, Any],
                    picture: bool) -> List[str]:
     parts = ['<dl class="meta">',
@@ -669,14 +668,13 @@ def _metrics_block(result: Mapping[str, Any], summary: Mapping[str, Any],
         parts.append(_per_class_table(per_class))
     matrix = result.get("confusion_matrix")
     if isinstance(matrix, (list, tuple)) and matrix:
-        names = _plain_class_names(summary, len(matrix))
         if picture:
-            svg = confusion_svg(matrix, names)
+            svg = confusion_svg(matrix, _class_names(summary, len(matrix)))
             if svg:
                 parts.append("<h3>Confusion matrix</h3>\n<figure>" + svg + "<figcaption>Rows: "
                              "reference class; columns: predicted class; shading: share of "
                              "the reference row.</figcaption></figure>")
-        table = _confusion_table(matrix, [html.escape(n) for n in names])
+        table = _confusion_table(matrix, _class_labels(summary, len(matrix)))
         if table:
             parts.append("<p>Rows: reference class; columns: predicted class.</p>\n" + table)
     return parts
