@@ -16,9 +16,9 @@ from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
 from ..core.inference import ClassifyConfig, MaskSource
 from ..core.model_file import EXTENSION
-from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
-                     core_errors_as_processing_exceptions, has_raster_input,
-                     progress_callables, raster_inputs)
+from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
+                     add_raster_inputs, compute_settings, core_errors_as_processing_exceptions,
+                     has_raster_input, progress_callables, raster_inputs)
 
 #: Optional outputs: (parameter key, ClassifyConfig field, label, help).
 OPTIONAL_OUTPUTS = (
@@ -116,9 +116,11 @@ class ClassifyAlgorithm(MamolAlgorithm):
         add_parameter(self, QgsProcessingParameterString(
             self.DEVICE, self.tr("Device"), defaultValue="auto"),
             "auto, cpu, cuda or cuda:N.", advanced=True)
+        add_compute_parameters(self)
         add_parameter(self, QgsProcessingParameterNumber(
-            self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
-            defaultValue=512, minValue=1, maxValue=65536), "Pixels per model call.",
+            self.BATCH_SIZE, self.tr("Batch size (0 = automatic)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=65536),
+            "Pixels per model call. Automatic: from free GPU memory on a GPU, 512 on the CPU.",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.STRIDE, self.tr("Prediction stride"), QgsProcessingParameterNumber.Integer,
@@ -126,10 +128,10 @@ class ClassifyAlgorithm(MamolAlgorithm):
             "Classify every s-th pixel in each direction and fill its s×s cell (preview).",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
-            self.BLOCK_SIZE, self.tr("Block size (pixels)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=256, minValue=16,
-            maxValue=8192), "Pixels per side of a processing block; memory, not results.",
-            advanced=True)
+            self.BLOCK_SIZE, self.tr("Block size (pixels, 0 = automatic)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
+            maxValue=8192), "Pixels per side of a processing block (16 or more); memory, not "
+            "results. Automatic: 512 on a GPU, 256 on the CPU.", advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.MAX_MISSING_FRACTION, self.tr("Missing share of a window (-1 = model's)"),
             QgsProcessingParameterNumber.Double, defaultValue=-1.0, minValue=-1.0,
@@ -189,6 +191,7 @@ class ClassifyAlgorithm(MamolAlgorithm):
                 block_size=self.parameterAsInt(parameters, self.BLOCK_SIZE, context),
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+                **compute_settings(self, parameters, context),
                 **{field: self._output(parameters, key, context)
                    for key, field, _, _ in OPTIONAL_OUTPUTS})
             progress, is_cancelled = progress_callables(feedback)

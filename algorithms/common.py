@@ -6,7 +6,8 @@ from typing import Callable, Iterator, Optional, Tuple
 
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingFeedback,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterRasterLayer)
+                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingParameterRasterLayer)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -154,3 +155,39 @@ def polygon_source(algorithm, parameters, context, feedback, polygons_key: str,
             styled[value] = (category.label() or str(value), category.symbol().color().name())
     return PolygonSource(path=path, class_field=class_field, layer=layer_name or None,
                          name_field=name_field, styled_classes=styled or None)
+
+
+#: Options of the "Precision" and "Compile" parameters, in enum order (core names).
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+COMPILE_CHOICES = ("off", "default", "max-autotune")
+PRECISION = "PRECISION"
+COMPILE = "COMPILE"
+
+
+def add_compute_parameters(algorithm, with_compile: bool = True) -> None:
+    """The advanced "Precision" (and "Compile encoder") parameters, after "Device"."""
+    add_parameter(algorithm, QgsProcessingParameterEnum(
+        PRECISION, algorithm.tr("Precision of the frozen backbone"),
+        options=[algorithm.tr("Automatic (bf16 on a GPU, fp32 on the CPU)"), "fp32", "bf16"],
+        defaultValue=0),
+        "Number format of the frozen CLIP tower and its activations; trainable weights, "
+        "gates and class scores are always fp32. bf16 is about twice as fast on a GPU; on "
+        "a CPU it is slower and only useful for checking results.", advanced=True)
+    if with_compile:
+        add_parameter(algorithm, QgsProcessingParameterEnum(
+            COMPILE, algorithm.tr("Compile the encoder (torch.compile)"),
+            options=[algorithm.tr("Off"), algorithm.tr("Default"),
+                     algorithm.tr("Max-autotune")], defaultValue=0),
+            "Compiles the encoder once per run before the first batch (minutes; "
+            "max-autotune longer). Pays off on a GPU for long runs only (see the README).",
+            advanced=True)
+
+
+def compute_settings(algorithm, parameters, context, with_compile: bool = True):
+    """``{"precision": ..., "compile_mode": ...}`` for the core config."""
+    settings = {"precision": PRECISION_CHOICES[
+        algorithm.parameterAsEnum(parameters, PRECISION, context)]}
+    if with_compile:
+        settings["compile_mode"] = COMPILE_CHOICES[
+            algorithm.parameterAsEnum(parameters, COMPILE, context)]
+    return settings

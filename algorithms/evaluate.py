@@ -15,9 +15,10 @@ from qgis.core import (QgsProcessing, QgsProcessingException,
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.labels import LabelRasterSource
-from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_parameter,
-                     add_raster_inputs, core_errors_as_processing_exceptions,
-                     has_raster_input, polygon_source, progress_callables, raster_inputs)
+from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_compute_parameters,
+                     add_parameter, add_raster_inputs, compute_settings,
+                     core_errors_as_processing_exceptions, has_raster_input, polygon_source,
+                     progress_callables, raster_inputs)
 
 #: Modalities that can be forced absent, in the enum's order.
 MODALITY_CHOICES = tuple(name for _, name, _ in RASTER_INPUTS)
@@ -107,12 +108,14 @@ class EvaluateAlgorithm(MamolAlgorithm):
             "A modality counts as missing at a pixel when more of its window than this is "
             "missing.", advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
-            self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
-            defaultValue=256, minValue=1, maxValue=65536), "Samples per model call.",
+            self.BATCH_SIZE, self.tr("Batch size (0 = automatic)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=65536),
+            "Samples per model call. Automatic: from free GPU memory on a GPU, 512 on the CPU.",
             advanced=True)
         add_parameter(self, QgsProcessingParameterString(
             self.DEVICE, self.tr("Device"), defaultValue="auto"),
             "auto, cpu, cuda or cuda:N.", advanced=True)
+        add_compute_parameters(self, with_compile=False)
         add_parameter(self, QgsProcessingParameterNumber(
             self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
             defaultValue=0, minValue=0),
@@ -182,6 +185,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
                 max_missing_fraction=None if fraction < 0 else fraction,
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+                **compute_settings(self, parameters, context, with_compile=False),
                 seed=seed)
             progress, is_cancelled = progress_callables(feedback)
             result = evaluate(config, progress, is_cancelled,

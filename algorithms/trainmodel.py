@@ -24,9 +24,9 @@ from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.labels import SplitConfig
 from ..training.missing import MissingSimulation, SimulationMode
-from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_parameter, add_raster_inputs,
-                     core_errors_as_processing_exceptions, has_raster_input, polygon_source,
-                     progress_callables, raster_inputs)
+from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
+                     add_raster_inputs, compute_settings, core_errors_as_processing_exceptions,
+                     has_raster_input, polygon_source, progress_callables, raster_inputs)
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
 MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY)
@@ -148,7 +148,8 @@ class TrainModelAlgorithm(MamolAlgorithm):
             self.MICRO_BATCH_SIZE, self.tr("Micro-batch size (0 = automatic)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=65536),
             "Samples per forward/backward pass; gradients are accumulated over the batch. "
-            "Automatic: the whole batch on a GPU, 16 on the CPU for ViT-B and larger.",
+            "Automatic: the whole batch on a GPU when its free memory holds it, 16 on the CPU "
+            "for ViT-B and larger.",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.LEARNING_RATE, self.tr("Learning rate"), QgsProcessingParameterNumber.Double,
@@ -192,6 +193,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
         add_parameter(self, QgsProcessingParameterString(
             self.DEVICE, self.tr("Device"), defaultValue="auto"),
             "auto, cpu, cuda or cuda:N.", advanced=True)
+        add_compute_parameters(self)
         add_parameter(self, QgsProcessingParameterNumber(
             self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
             defaultValue=0, minValue=0), "Same seed and inputs give the same model file.",
@@ -239,6 +241,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
                     max_train_per_class=self._int(parameters, self.MAX_SAMPLES_PER_CLASS,
                                                   context)),
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+                **compute_settings(self, parameters, context),
                 seed=self._int(parameters, self.SEED, context))
             simulation = self._simulation(parameters, context, config.modality_names,
                                           config.seed)

@@ -1,8 +1,29 @@
-"""Which torch device a run uses (auto | cpu | cuda | cuda:N), and its autocast."""
-import contextlib
+"""Where and how a run computes: the torch device (auto | cpu | cuda | cuda:N), the
+precision of the frozen tower (auto | fp32 | bf16), optional ``torch.compile``, and batch
+and block sizes chosen from free GPU memory.
+
+There is no autocast anywhere: the model's dtypes are explicit (see
+:mod:`core.mamol_model`), so the CPU and CUDA run the same code with the same casts, and a
+CPU test with ``precision="bf16"`` takes the path a GPU takes.
+"""
+import enum
+import logging
+from typing import Optional
 
 from . import torch_compat
 from .errors import MamolInputError
+
+LOG = logging.getLogger(__name__)
+
+
+class Precision(str, enum.Enum):
+    """dtype of the frozen tower and its activations. ``auto`` = bf16 on CUDA, fp32 on the
+    CPU. Trainable tensors, the optimiser state, the router's gates and the logits are fp32
+    in every case."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
 def resolve_device(name: str):
@@ -27,9 +48,127 @@ def resolve_device(name: str):
     raise MamolInputError(f"Unknown device '{name}'. Use auto, cpu, cuda or cuda:N.")
 
 
-def autocast(device):
-    """bf16 autocast on CUDA (DESIGN §4, §5); full precision on the CPU."""
+def parse_precision(name: str) -> Precision:
+    try:
+        return Precision((name or "auto").strip().lower())
+    except ValueError:
+        raise MamolInputError(f"Unknown precision '{name}'. Use auto, fp32 or bf16.") from None
+
+
+def resolve_precision(name: str, device):
+    """The frozen tower's torch dtype for ``name`` on ``device``."""
     torch = torch_compat.import_torch()
+    precision = parse_precision(name)
+    if precision is Precision.AUTO:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if precision is Precision.BF16 else torch.float32
+
+
+def parse_compile_mode(name: str):
+    from .mamol_model import CompileMode
+    try:
+        return CompileMode((name or "off").strip().lower())
+    except ValueError:
+        raise MamolInputError(
+            f"Unknown compile mode '{name}'. Use off, default or max-autotune.") from None
+
+
+def prepare_model(model, device, precision: str = "auto", compile_mode: str = "off"):
+    """Move ``model`` to ``device``, hold its frozen tower in the run's precision and
+    optionally compile its encoder. Returns the model."""
+    dtype = resolve_precision(precision, device)
+    model = model.to(device).set_compute_dtype(dtype)
+    mode = parse_compile_mode(compile_mode)
+    if mode.value != "off":
+        LOG.info("Compiling the encoder with torch.compile (mode %s); the first batches "
+                 "wait for it.", mode.value)
+        model.encoder.compile(mode)
+    return model
+
+
+def free_gpu_bytes(device) -> Optional[int]:
+    """Free memory of a CUDA device in bytes (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    torch = torch_compat.import_torch()
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+#: Bytes of activations one sequence of 197 tokens of width 768 needs in a forward pass
+#: without gradients, in bf16, with room for the MLP's 4x expansion, the stacked experts
+#: and the allocator's slack (a generous estimate: it only sizes batches).
+_INFERENCE_BYTES_197x768_BF16 = 12 * 2 ** 20
+#: The same for training, where every block keeps its activations for the backward pass
+#: (measured on the CPU: about 160 MB per ViT-B-16 sample in fp32).
+_TRAINING_BYTES_197x768_BF16 = 96 * 2 ** 20
+
+
+def _sequence_bytes(reference: int, tokens: int, width: int, blocks: int,
+                    element_bytes: int) -> float:
+    return reference * (tokens / 197) * (width / 768) * (blocks / 12) * (element_bytes / 2)
+
+
+def auto_inference_batch(free_bytes: Optional[int], tokens: int, width: int, blocks: int,
+                         element_bytes: int, share: float = 0.5, cpu_default: int = 512,
+                         largest: int = 4096) -> int:
+    """Samples per inference batch: with ``free_bytes`` of GPU memory (None = the CPU) as
+    many as ``share`` of it holds (a power of two, at most ``largest``); on the CPU
+    ``cpu_default``."""
+    if free_bytes is None:
+        return cpu_default
+    per_sample = _sequence_bytes(_INFERENCE_BYTES_197x768_BF16, tokens, width, blocks,
+                                 element_bytes)
+    return _power_of_two(free_bytes * share / per_sample, 16, largest)
+
+
+def model_inference_batch(model, device, patch_size: int) -> int:
+    """:func:`auto_inference_batch` for a prepared MaMOL model on ``device``."""
+    encoder = model.encoder
+    return auto_inference_batch(free_gpu_bytes(device), patch_size ** 2 + 1, encoder.width,
+                                len(encoder.visual.transformer.resblocks),
+                                model.compute_dtype.itemsize)
+
+
+def auto_training_micro_batch(free_bytes: Optional[int], batch_size: int, tokens: int,
+                              width: int, blocks: int, element_bytes: int, modalities: int,
+                              share: float = 0.6) -> int:
+    """Samples per forward/backward pass with ``free_bytes`` of GPU memory: the whole batch
+    when ``share`` of it holds the batch with every modality encoded, else the largest
+    power of two that fits. None (the CPU) gives the whole batch."""
+    if free_bytes is None:
+        return batch_size
+    per_sample = modalities * _sequence_bytes(_TRAINING_BYTES_197x768_BF16, tokens, width,
+                                              blocks, element_bytes)
+    if per_sample * batch_size <= free_bytes * share:
+        return batch_size
+    return _power_of_two(free_bytes * share / per_sample, 1, batch_size)
+
+
+def auto_block_size(device, cpu_default: int = 256, gpu_default: int = 512) -> int:
+    """Pixels per side of a classification block: larger on a GPU so that each block holds
+    many batches and the GPU waits less on reading and writing."""
+    return gpu_default if device.type == "cuda" else cpu_default
+
+
+def _power_of_two(value: float, smallest: int, largest: int) -> int:
+    result = smallest
+    while result * 2 <= min(value, largest):
+        result *= 2
+    return max(smallest, min(result, largest))
+
+
+def to_device(tensor, device):
+    """Copy a host tensor to ``device`` without making the host wait for the GPU (pinned
+    memory, asynchronous copy); a no-op on the CPU."""
+    if tensor.device == device or device.type == "cpu":
+        return tensor.to(device)
+    if tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device, non_blocking=True)
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (for timing; a no-op on the CPU)."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        torch_compat.import_torch().cuda.synchronize(device)

@@ -13,15 +13,20 @@
   of P/2 (mirrored at the grid's edges), so results do not depend on the block size and
   nothing is stitched. Blocks are written as they finish; memory is bounded by one block.
 * **Compute.** A block's normalised bands go to the device once; windows are gathered
-  there with tensor indexing (no per-pixel Python loop) and classified in batches, bf16
-  autocast on CUDA. The model runs the encoder only for (pixel, modality) pairs present.
-  With a stride s only the centre pixel of each s×s cell is classified and the cell takes
-  its result (nearest upsampling), for fast previews.
+  there with tensor indexing (no per-pixel Python loop) and classified in batches; the
+  block's probabilities stay on the device until the block is done, so the host waits for
+  the GPU once per block, not once per batch. The next block is read and prepared in a
+  background thread while the device works on the current one. On CUDA the frozen tower
+  holds bf16 weights (``precision``); batch and block sizes follow free GPU memory unless
+  given. The model runs the encoder only for (pixel, modality) pairs present. With a
+  stride s only the centre pixel of each s×s cell is classified and the cell takes its
+  result (nearest upsampling), for fast previews.
 
 All outputs are written under hidden names and moved into place only when complete.
 """
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -31,6 +36,8 @@ from osgeo import gdal, osr
 
 from . import torch_compat
 from .class_style import apply_legend, qml_path, write_qml
+from .devices import (auto_block_size, model_inference_batch, parse_compile_mode,
+                      parse_precision, prepare_model, resolve_device, to_device)
 from .errors import MamolInputError
 from .feedback import CancelCheck, ProgressCallback, Reporter
 from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
@@ -71,9 +78,11 @@ class ClassifyConfig:
     mask: Optional[MaskSource] = None
     max_missing_fraction: Optional[float] = None  # None = the value the model was trained with
     stride: int = 1
-    block_size: int = 256
-    batch_size: int = 512
+    block_size: int = 0                        # pixels per block side; 0 = automatic
+    batch_size: int = 0                        # pixels per model call; 0 = automatic
     device: str = "auto"
+    precision: str = "auto"                    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    compile_mode: str = "off"                  # torch.compile: off | default | max-autotune
 
     def validate(self) -> None:
         if not self.rasters:
@@ -83,10 +92,12 @@ class ClassifyConfig:
             raise MamolInputError(f"Each modality may be given once, got {names}.")
         if self.stride < 1:
             raise MamolInputError(f"The stride must be at least 1, got {self.stride}.")
-        if self.block_size < 16:
-            raise MamolInputError(f"The block size must be at least 16, got {self.block_size}.")
-        if self.batch_size < 1:
-            raise MamolInputError(f"The batch size must be at least 1, got {self.batch_size}.")
+        if self.block_size != 0 and self.block_size < 16:
+            raise MamolInputError(
+                f"The block size must be 0 (automatic) or at least 16, got {self.block_size}.")
+        if self.batch_size < 0:
+            raise MamolInputError(
+                f"The batch size must be 0 (automatic) or positive, got {self.batch_size}.")
         if self.pixel_size < 0:
             raise MamolInputError("The pixel size must be 0 (the raster's) or positive.")
         if self.max_missing_fraction is not None and not 0 <= self.max_missing_fraction <= 1:
@@ -95,6 +106,8 @@ class ClassifyConfig:
             raise MamolInputError(
                 f"The reference grid comes from '{self.reference}', but no such raster was "
                 "given.")
+        parse_precision(self.precision)
+        parse_compile_mode(self.compile_mode)
 
 
 @dataclass
@@ -265,6 +278,103 @@ def _anchors(start: int, length: int, stride: int, limit: int) -> np.ndarray:
     return np.minimum(index - index % stride + stride // 2, limit - 1)
 
 
+@dataclass
+class _Block:
+    """One block read and prepared on the host: where it lies, each pixel's modality
+    pattern, its anchors and each modality's normalised bands with the halo."""
+
+    col0: int
+    row0: int
+    width: int
+    height: int
+    pattern: np.ndarray                  # (height, width) int64 bitmask per pixel
+    anchor_rows: np.ndarray              # grid row classified for each block row
+    anchor_cols: np.ndarray
+    bands: Dict[str, np.ndarray]         # name -> (bands, height + P - 1, width + P - 1)
+
+
+class _BlockReader:
+    """Reads and prepares blocks (GDAL reads, window rule, normalisation, mask) — the host
+    work that runs in a background thread, one block ahead of the device."""
+
+    def __init__(self, config: ClassifyConfig, header: ModelHeader, grid: ReferenceGrid,
+                 aligned: Dict[str, AlignedRaster], order: Sequence[str], crop: Tuple[int, int],
+                 threshold: float, mask_layer) -> None:
+        self.grid = grid
+        self.aligned = aligned
+        self.order = order
+        self.crop = crop
+        self.threshold = threshold
+        self.mask_layer = mask_layer
+        self.stride = config.stride
+        self.patch = header.patch_size
+        self.bits = {m.name: bit for bit, m in enumerate(header.modalities)}
+        self.stats = {m.name: (np.asarray(m.mean, np.float32)[:, None, None],
+                               np.asarray(m.std, np.float32)[:, None, None])
+                      for m in header.modalities}
+
+    def read(self, col0: int, row0: int, width: int, height: int) -> _Block:
+        patch, offset = self.patch, window_offset(self.patch)
+        pattern = np.zeros((height, width), dtype=np.int64)
+        bands = {}
+        for name in self.order:
+            raw = self.aligned[name].read(self.crop[0] + col0 - offset,
+                                          self.crop[1] + row0 - offset,
+                                          width + patch - 1, height + patch - 1)
+            present = window_presence(np.isnan(raw).any(axis=0), patch, self.threshold)
+            pattern |= present.astype(np.int64) << self.bits[name]
+            mean, std = self.stats[name]
+            bands[name] = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.mask_layer is not None:
+            inside = _mask_block(self.mask_layer, self.grid, col0, row0, width, height)
+            pattern[~inside] = 0
+        # Anchor pixels (the ones classified) of this block, in grid coords; with stride 1
+        # every pixel is its own anchor. Anchors lie inside the block because blocks are
+        # whole multiples of the stride.
+        return _Block(col0, row0, width, height, pattern,
+                      _anchors(row0, height, self.stride, self.grid.height),
+                      _anchors(col0, width, self.stride, self.grid.width), bands)
+
+
+def _classify_block(model, block: _Block, device, batch_size: int, patch: int,
+                    class_count: int, reporter: Reporter, torch):
+    """(probabilities (K, h, w) float32 with NaN where not classified, pattern of the
+    anchors (h, w), number classified) for one block. The device is waited for once."""
+    height, width, pattern = block.height, block.width, block.pattern
+    row0, col0 = block.row0, block.col0
+    selectable = np.zeros((height, width), dtype=bool)
+    selectable[np.ix_(np.unique(block.anchor_rows) - row0,
+                      np.unique(block.anchor_cols) - col0)] = True
+    selectable &= pattern > 0
+    a_rows = (block.anchor_rows - row0)[:, None]
+    a_cols = (block.anchor_cols - col0)[None, :]
+    anchor_pattern = np.where(selectable, pattern, 0)[a_rows, a_cols]
+    todo_r, todo_c = np.nonzero(selectable)
+    probabilities = np.full((class_count, height, width), np.nan, dtype=np.float32)
+    if todo_r.size == 0:
+        return probabilities[:, a_rows, a_cols], anchor_pattern, 0
+    tensors = {name: to_device(torch.from_numpy(bands), device)
+               for name, bands in block.bands.items()}
+    rows_all = to_device(torch.from_numpy(todo_r), device)
+    cols_all = to_device(torch.from_numpy(todo_c), device)
+    codes_all = torch.from_numpy(pattern[todo_r, todo_c])
+    ramp = torch.arange(patch, device=device)
+    results = []
+    with torch.no_grad():
+        for start in range(0, todo_r.size, batch_size):
+            reporter.check()
+            stop = start + batch_size
+            window_rows = (rows_all[start:stop, None] + ramp[None, :])[:, :, None]
+            window_cols = (cols_all[start:stop, None] + ramp[None, :])[:, None, :]
+            windows = {name: tensor[:, window_rows, window_cols].permute(1, 0, 2, 3)
+                       for name, tensor in tensors.items()}
+            logits = model(windows, codes_all[start:stop])
+            results.append(torch.softmax(logits, dim=1))
+    result = torch.cat(results).cpu().numpy()     # the one wait for the device per block
+    probabilities[:, todo_r, todo_c] = result.T
+    return probabilities[:, a_rows, a_cols], anchor_pattern, int(todo_r.size)
+
+
 def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None,
              is_cancelled: Optional[CancelCheck] = None,
              log: Optional[Callable[[str], None]] = None) -> ClassifyResult:
@@ -272,8 +382,6 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     docstring). Raises :class:`MamolInputError` for bad input before any heavy work, and
     :class:`Cancelled` (nothing written) when ``is_cancelled`` turns true."""
     import time
-
-    from .devices import autocast, resolve_device
 
     torch = torch_compat.import_torch()
     reporter = Reporter(progress, is_cancelled)
@@ -288,93 +396,55 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     device = resolve_device(config.device)
     grid, full_grid, crop_col, crop_row = _resolve_grid(config, infos, order)
     stride = config.stride
-    block = max(stride, config.block_size - config.block_size % stride)
+    block_size = config.block_size or auto_block_size(device)
+    block = max(stride, block_size - block_size % stride)
     threshold = (config.max_missing_fraction if config.max_missing_fraction is not None
                  else float(header.training.get("max_missing_fraction",
                                                 DEFAULT_MAX_MISSING_FRACTION)))
     paths = _output_paths(config)
-    say(f"Grid: {grid.width} × {grid.height} pixels of {grid.pixel_width:g} × "
-        f"{grid.pixel_height:g} ({crs_label(grid.crs_wkt)}), blocks of {block} px, "
-        f"device {device}" + (f", stride {stride}" if stride > 1 else ""))
-    if missing_modalities:
-        say("Not given (missing everywhere): " + ", ".join(missing_modalities))
 
     model, header = load_model(Path(config.model_path))
-    model = model.to(device).eval()
+    model = prepare_model(model, device, config.precision, config.compile_mode).eval()
     patch = header.patch_size
-    offset = window_offset(patch)
-    bits = {m.name: bit for bit, m in enumerate(header.modalities)}
-    stats = {m.name: (np.asarray(m.mean, np.float32)[:, None, None],
-                      np.asarray(m.std, np.float32)[:, None, None]) for m in header.modalities}
+    batch_size = config.batch_size or model_inference_batch(model, device, patch)
+    say(f"Grid: {grid.width} × {grid.height} pixels of {grid.pixel_width:g} × "
+        f"{grid.pixel_height:g} ({crs_label(grid.crs_wkt)}), blocks of {block} px, "
+        f"batches of {batch_size}, device {device} "
+        f"({str(model.compute_dtype).replace('torch.', '')})"
+        + (f", stride {stride}" if stride > 1 else ""))
+    if missing_modalities:
+        say("Not given (missing everywhere): " + ", ".join(missing_modalities))
     values = np.array([c.value for c in header.classes])
     class_count = len(values)
     log_k = math.log(class_count)
-    ramp = torch.arange(patch, device=device)
     mask_handle = _open_mask(config.mask, grid) if config.mask else (None, None)
     class_counts = np.zeros(class_count, dtype=np.int64)
     pattern_counts = np.zeros(2 ** len(header.modalities), dtype=np.int64)
     classified = 0
     started = time.perf_counter()
     aligned = {name: AlignedRaster(infos[name], full_grid) for name in order}
+    reader = _BlockReader(config, header, grid, aligned, order, (crop_col, crop_row),
+                          threshold, mask_handle[1])
     blocks = list(_blocks(grid, block))
+    # One thread reads block n + 1 while the device classifies block n; it alone touches
+    # the GDAL datasets and the mask layer.
+    prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamol-read")
     try:
         with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
             outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
             try:
-                for number, (col0, row0, width, height) in enumerate(blocks):
+                pending = prefetch.submit(reader.read, *blocks[0]) if blocks else None
+                for number in range(len(blocks)):
                     reporter.check()
-                    # Anchor pixels (the ones classified) of this block, in grid coords;
-                    # with stride 1 every pixel is its own anchor. Anchors lie inside the
-                    # block because blocks are whole multiples of the stride.
-                    anchor_rows = _anchors(row0, height, stride, grid.height)
-                    anchor_cols = _anchors(col0, width, stride, grid.width)
-                    pattern = np.zeros((height, width), dtype=np.int64)  # per pixel
-                    tensors = {}
-                    for name in order:
-                        raw = aligned[name].read(crop_col + col0 - offset,
-                                                 crop_row + row0 - offset,
-                                                 width + patch - 1, height + patch - 1)
-                        present = window_presence(np.isnan(raw).any(axis=0), patch, threshold)
-                        pattern |= present.astype(np.int64) << bits[name]
-                        mean, std = stats[name]
-                        normalised = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0,
-                                                   neginf=0.0)
-                        tensors[name] = torch.from_numpy(normalised).to(device)
-                    if mask_handle[1] is not None:
-                        inside = _mask_block(mask_handle[1], grid, col0, row0, width, height)
-                        pattern[~inside] = 0
-                    # Classify the anchors that have at least one modality.
-                    selectable = np.zeros((height, width), dtype=bool)
-                    selectable[np.ix_(np.unique(anchor_rows) - row0,
-                                      np.unique(anchor_cols) - col0)] = True
-                    selectable &= pattern > 0
-                    a_rows = (anchor_rows - row0)[:, None]
-                    a_cols = (anchor_cols - col0)[None, :]
-                    anchor_pattern = np.where(selectable, pattern, 0)[a_rows, a_cols]
-                    todo_r, todo_c = np.nonzero(selectable)
-                    probabilities = np.full((class_count, height, width), np.nan,
-                                            dtype=np.float32)
-                    for start in range(0, todo_r.size, config.batch_size):
-                        reporter.check()
-                        rows = torch.from_numpy(todo_r[start:start + config.batch_size]).to(
-                            device)
-                        cols = torch.from_numpy(todo_c[start:start + config.batch_size]).to(
-                            device)
-                        codes = torch.from_numpy(
-                            pattern[todo_r[start:start + config.batch_size],
-                                    todo_c[start:start + config.batch_size]]).to(device)
-                        window_rows = (rows[:, None] + ramp[None, :])[:, :, None]
-                        window_cols = (cols[:, None] + ramp[None, :])[:, None, :]
-                        windows = {name: tensor[:, window_rows, window_cols].permute(1, 0, 2, 3)
-                                   for name, tensor in tensors.items()}
-                        with torch.no_grad(), autocast(device):
-                            logits = model(windows, codes)
-                        result = torch.softmax(logits.float(), dim=1).cpu().numpy()
-                        probabilities[:, todo_r[start:start + config.batch_size],
-                                      todo_c[start:start + config.batch_size]] = result.T
+                    current = pending.result()
+                    pending = (prefetch.submit(reader.read, *blocks[number + 1])
+                               if number + 1 < len(blocks) else None)
+                    pixel_probabilities, anchor_pattern, count = _classify_block(
+                        model, current, device, batch_size, patch, class_count, reporter,
+                        torch)
+                    col0, row0 = current.col0, current.row0
                     # Upsample anchors to pixels; nodata where the pixel has no modality.
-                    pixel_probabilities = probabilities[:, a_rows, a_cols]
-                    valid = (pattern > 0) & (anchor_pattern > 0)
+                    valid = (current.pattern > 0) & (anchor_pattern > 0)
                     index = np.argmax(np.nan_to_num(pixel_probabilities, nan=-1.0), axis=0)
                     classes = np.where(valid, values[index], outputs.nodata).astype(
                         outputs.dtype)
@@ -397,12 +467,14 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                     class_counts += np.bincount(index[valid], minlength=class_count)
                     pattern_counts += np.bincount(used.ravel(),
                                                   minlength=pattern_counts.size)
-                    classified += int(todo_r.size)
+                    classified += count
                     reporter.report(100 * (number + 1) / len(blocks))
             finally:
+                prefetch.shutdown(wait=True, cancel_futures=True)
                 outputs.close()
             write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
     finally:
+        prefetch.shutdown(wait=True, cancel_futures=True)
         for raster in aligned.values():
             raster.close()
     seconds = time.perf_counter() - started

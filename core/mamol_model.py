@@ -25,6 +25,19 @@ pre-norm, so the next block's ``ln_1`` already normalises and Δh joins the resi
 Decision: the top-k gates are the router's softmax probabilities, not renormalised over the
 selected experts; with k = 1 renormalising would make every gate 1 and cut the router off
 from the gradient.
+
+Precision (one rule book for the CPU and CUDA, no autocast): the frozen tower holds its
+weights in the *compute dtype* (fp32, or bf16 via :meth:`MamolModel.set_compute_dtype`)
+and every activation of the tower is in that dtype. Trainable tensors stay fp32 and are
+cast to the compute dtype where they meet an activation (token embeddings' output, LoRA
+A/B, the router's first layer). The router's second layer and its softmax, the gates, the
+pooled features entering the head and the logits are always fp32.
+
+Speed (DESIGN §4): all LoRA experts of a block run as one matmul into the stacked A's and
+one out of the stacked B's, with per-expert weights (routed gates, zero outside a token's
+top-k; 1 for the shared and the encoded modality's expert); nothing in the forward waits
+for the GPU (no ``torch.nonzero``/``index_add`` on device tensors). The frozen attention
+runs through ``F.scaled_dot_product_attention`` with the block's own weights.
 """
 import dataclasses
 import enum
@@ -36,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import to_device
 from .errors import MamolInputError
 
 
@@ -109,7 +123,8 @@ class LoRAExperts(nn.Module):
 
     A is Kaiming-initialised, B is zero, so every expert starts as the zero map and the
     adapted model starts as the frozen CLIP. Experts are never merged into frozen weights:
-    which expert applies depends on the input.
+    which expert applies depends on the input. :class:`MamolAdapter` evaluates the experts
+    of a block together; :meth:`forward` applies one of them (the per-token reference).
     """
 
     def __init__(self, count: int, width: int, rank: int, alpha: float) -> None:
@@ -121,8 +136,10 @@ class LoRAExperts(nn.Module):
             nn.init.kaiming_uniform_(self.lora_A.data[index], a=math.sqrt(5))
 
     def forward(self, z: torch.Tensor, index: int) -> torch.Tensor:
-        """Expert ``index`` applied to ``z`` (..., width)."""
-        return F.linear(F.linear(z, self.lora_A[index]), self.lora_B[index]) * self.scale
+        """Expert ``index`` applied to ``z`` (..., width), in z's dtype."""
+        a = self.lora_A[index].to(z.dtype)
+        b = self.lora_B[index].to(z.dtype)
+        return F.linear(F.linear(z, a), b) * self.scale
 
 
 class Router(nn.Module):
@@ -130,6 +147,9 @@ class Router(nn.Module):
 
     The concatenation is computed as a sum of three products with slices of one weight,
     which is the same linear map without materialising a (tokens, D + 2E) tensor.
+
+    Precision: the token part of f_t runs in z's dtype (the wide product); the hidden layer,
+    W_t and the softmax run in fp32, so the gates are fp32 whatever the compute dtype.
     """
 
     def __init__(self, width: int, embedding_dim: int, hidden: int, experts: int) -> None:
@@ -141,12 +161,13 @@ class Router(nn.Module):
 
     def forward(self, z: torch.Tensor, pattern_embedding: torch.Tensor,
                 modality_embedding: torch.Tensor) -> torch.Tensor:
-        """Gates (batch, tokens, experts) for z (batch, tokens, width)."""
+        """fp32 gates (batch, tokens, experts) for z (batch, tokens, width)."""
         weight = self.f_t.weight
         d, e = self.width, self.embedding_dim
-        hidden = F.linear(z, weight[:, :d], self.f_t.bias)
-        hidden = hidden + F.linear(pattern_embedding, weight[:, d:d + e])[:, None, :]
-        hidden = hidden + F.linear(modality_embedding, weight[:, d + e:])
+        token_part = F.linear(z, weight[:, :d].to(z.dtype))
+        context = (F.linear(pattern_embedding.float(), weight[:, d:d + e], self.f_t.bias)
+                   + F.linear(modality_embedding.float(), weight[:, d + e:]))
+        hidden = token_part.float() + context[:, None, :]
         return torch.softmax(self.W_t(F.gelu(hidden)), dim=-1)
 
 
@@ -160,7 +181,17 @@ class RoutingContext:
 
 
 class MamolAdapter(nn.Module):
-    """Δh for one transformer block: dynamic (routed) + static (shared, modality) experts."""
+    """Δh for one transformer block: dynamic (routed) + static (shared, modality) experts.
+
+    All experts that can act in a pass — the N_d routed ones, the shared one and the encoded
+    modality's one — are evaluated together: one matmul of z with their stacked A's (E·r
+    outputs), a per-expert weight on each rank-r group, one matmul with their stacked B's.
+    The weights are the routed gates where the expert is among the token's top-k and 0
+    elsewhere, and 1 for the static experts, so a token's Δh holds exactly its top-k routed
+    experts (gate-weighted), the shared expert and its modality's expert (paper eqs. 4–8).
+    Experts outside a token's top-k get zero weight, hence zero contribution and zero
+    gradient from that token.
+    """
 
     def __init__(self, width: int, modality_count: int, config: AdapterConfig) -> None:
         super().__init__()
@@ -173,32 +204,40 @@ class MamolAdapter(nn.Module):
         self.shared = LoRAExperts(1, width, config.rank, config.alpha) if experts.shared else None
         self.modality_specific = (LoRAExperts(modality_count, width, config.rank, config.alpha)
                                   if experts.modality_specific else None)
+        self.scale = config.alpha / config.rank
 
-    def forward(self, z: torch.Tensor, context: RoutingContext) -> torch.Tensor:
-        delta = torch.zeros_like(z)
-        if self.dynamic is not None:
-            delta = delta + self._dynamic(z, context)
-        if self.shared is not None:
-            delta = delta + self.shared(z, 0)
-        if self.modality_specific is not None:
-            delta = delta + self.modality_specific(z, context.modality_index)
-        return delta
-
-    def _dynamic(self, z: torch.Tensor, context: RoutingContext) -> torch.Tensor:
-        """Sparse top-k mixture: each expert runs only on the tokens that selected it."""
+    def expert_weights(self, z: torch.Tensor, context: "RoutingContext") -> torch.Tensor:
+        """fp32 (batch, tokens, N_d): the routed gates on each token's top-k experts, 0 on
+        the others."""
         gates = self.router(z, context.pattern_embedding, context.modality_embedding)
         top_gates, top_index = gates.topk(self.top_k, dim=-1)
-        flat_z = z.reshape(-1, z.shape[-1])
-        flat_gates = top_gates.reshape(-1, self.top_k)
-        flat_index = top_index.reshape(-1, self.top_k)
-        out = torch.zeros_like(flat_z)
-        for expert in range(self.dynamic.lora_A.shape[0]):
-            token, slot = torch.nonzero(flat_index == expert, as_tuple=True)
-            if token.numel() == 0:
-                continue
-            contribution = self.dynamic(flat_z[token], expert)
-            out = out.index_add(0, token, contribution * flat_gates[token, slot, None])
-        return out.reshape(z.shape)
+        return torch.zeros_like(gates).scatter(-1, top_index, top_gates)
+
+    def forward(self, z: torch.Tensor, context: "RoutingContext") -> torch.Tensor:
+        """Δh (batch, tokens, width) in z's dtype."""
+        a_parts, b_parts = [], []
+        if self.dynamic is not None:
+            a_parts.append(self.dynamic.lora_A)
+            b_parts.append(self.dynamic.lora_B)
+        if self.shared is not None:
+            a_parts.append(self.shared.lora_A)
+            b_parts.append(self.shared.lora_B)
+        if self.modality_specific is not None:
+            index = context.modality_index
+            a_parts.append(self.modality_specific.lora_A[index:index + 1])
+            b_parts.append(self.modality_specific.lora_B[index:index + 1])
+        # fp32 trainable tensors -> the activations' dtype, written out (no autocast).
+        lora_a = torch.cat(a_parts).to(z.dtype)                # (E, r, D)
+        lora_b = torch.cat(b_parts).to(z.dtype)                # (E, D, r)
+        experts, rank, width = lora_a.shape
+        hidden = F.linear(z, lora_a.reshape(experts * rank, width))  # (batch, tokens, E·r)
+        if self.dynamic is not None:
+            routed = self.expert_weights(z, context)
+            static = routed.new_ones(routed.shape[:-1] + (experts - routed.shape[-1],))
+            weights = torch.cat([routed, static], dim=-1).to(z.dtype)   # (batch, tokens, E)
+            hidden = (hidden.unflatten(-1, (experts, rank)) * weights[..., None]).flatten(-2)
+        stacked_b = lora_b.permute(1, 0, 2).reshape(width, experts * rank) * self.scale
+        return F.linear(hidden, stacked_b)
 
 
 class ModalityTokenEmbedding(nn.Module):
@@ -213,6 +252,41 @@ class ModalityTokenEmbedding(nn.Module):
         """(batch, bands, P, P) -> (batch, P², width), row-major like ViT patches."""
         tokens = self.project(F.gelu(self.spatial(window)))
         return tokens.flatten(2).transpose(1, 2)
+
+
+def frozen_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's frozen self-attention on x (batch, tokens, width) through
+    ``F.scaled_dot_product_attention`` with the block's own weights (flash / memory-efficient
+    kernels on CUDA). Equal to open_clip's ``block.attention(x)`` up to rounding; blocks
+    whose attention is not a plain batch-first ``nn.MultiheadAttention`` use their own."""
+    attention = block.attn
+    if not (isinstance(attention, nn.MultiheadAttention) and attention.batch_first
+            and attention.in_proj_weight is not None):
+        return block.attention(q_x=x)
+    batch, tokens, width = x.shape
+    heads = attention.num_heads
+    qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
+    q, k, v = qkv.view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v)               # (batch, heads, tokens, hd)
+    out = out.transpose(1, 2).reshape(batch, tokens, width)
+    return F.linear(out, attention.out_proj.weight, attention.out_proj.bias)
+
+
+def _pools_class_token(visual: nn.Module) -> bool:
+    """True when open_clip's pooling is "ln_post over the tokens, take token 0", which
+    equals ln_post of token 0 alone (LayerNorm is per token)."""
+    return (getattr(visual, "attn_pool", None) is None
+            and not getattr(visual, "final_ln_after_pool", False)
+            and getattr(visual, "pool_type", None) == "tok")
+
+
+class CompileMode(str, enum.Enum):
+    """``torch.compile`` of the encoder: off, inductor's default, or max-autotune (longer
+    compile, faster kernels)."""
+
+    OFF = "off"
+    DEFAULT = "default"
+    MAX_AUTOTUNE = "max-autotune"
 
 
 class MamolEncoder(nn.Module):
@@ -234,6 +308,7 @@ class MamolEncoder(nn.Module):
         self.adapters = nn.ModuleList(adapters)
         self.grid = int(round(math.sqrt(visual.positional_embedding.shape[0] - 1)))
         self._position_cache: Dict[tuple, torch.Tensor] = {}
+        self._compiled = None
         self.freeze_backbone()
 
     def freeze_backbone(self) -> None:
@@ -246,6 +321,26 @@ class MamolEncoder(nn.Module):
         super().train(mode)
         self.visual.eval()     # frozen parts never switch to training behaviour
         return self
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the frozen tower's weights, which all its activations take."""
+        return self.visual.positional_embedding.dtype
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Hold the frozen tower in ``dtype`` (e.g. bf16 on CUDA); trainable tensors stay
+        fp32."""
+        self.visual.to(dtype)
+        self._position_cache.clear()
+
+    def compile(self, mode: CompileMode) -> None:
+        """Compile the encoder pass with ``torch.compile`` (once; later calls with the same
+        model reuse it). ``off`` undoes it."""
+        mode = CompileMode(mode)
+        if mode is CompileMode.OFF:
+            self._compiled = None
+            return
+        self._compiled = torch.compile(self._encode, mode=mode.value)
 
     def position_embedding(self, patch: int) -> torch.Tensor:
         """Frozen CLS + grid position embedding for a P x P token grid (interpolated)."""
@@ -261,23 +356,34 @@ class MamolEncoder(nn.Module):
             self._position_cache[key] = torch.cat([table[:1], resized], dim=0).detach()
         return self._position_cache[key]
 
-    def forward(self, tokens: torch.Tensor, context: RoutingContext) -> torch.Tensor:
-        """Encode (batch, P², D) tokens of one modality into (batch, output_dim) features."""
-        batch, count, _ = tokens.shape
-        patch = int(round(math.sqrt(count)))
+    def forward(self, tokens: torch.Tensor, context: "RoutingContext") -> torch.Tensor:
+        """Encode (batch, P², D) tokens of one modality into (batch, output_dim) features in
+        the compute dtype. ``tokens`` are cast to the compute dtype first."""
+        patch = int(round(math.sqrt(tokens.shape[1])))
+        position = self.position_embedding(patch)  # outside the compiled region: cached
+        run = self._compiled or self._encode
+        return run(tokens.to(self.compute_dtype), position, context.pattern_embedding,
+                   context.modality_embedding, context.modality_index)
+
+    def _encode(self, tokens: torch.Tensor, position: torch.Tensor,
+                pattern_embedding: Optional[torch.Tensor],
+                modality_embedding: Optional[torch.Tensor], modality_index: int) -> torch.Tensor:
+        context = RoutingContext(pattern_embedding, modality_embedding, modality_index)
         visual = self.visual
-        cls = visual.class_embedding.to(tokens.dtype).expand(batch, 1, -1)
-        x = torch.cat([cls, tokens], dim=1) + self.position_embedding(patch).to(tokens.dtype)
-        x = visual.ln_pre(x)
+        batch = tokens.shape[0]
+        cls = visual.class_embedding.expand(batch, 1, -1)
+        x = visual.ln_pre(torch.cat([cls, tokens], dim=1) + position)
         for index, block in enumerate(visual.transformer.resblocks):
-            if index < self.first_adapted or not self.adapters:
-                x = block(x)
-                continue
-            adapter = self.adapters[index - self.first_adapted]
-            x = x + block.ls_1(block.attention(q_x=block.ln_1(x)))
+            x = x + block.ls_1(frozen_attention(block, block.ln_1(x)))
             z = block.ln_2(x)
-            x = x + block.ls_2(block.mlp(z)) + adapter(z, context)
-        pooled, _ = visual._pool(x)
+            update = block.ls_2(block.mlp(z))
+            if index >= self.first_adapted and self.adapters:
+                update = update + self.adapters[index - self.first_adapted](z, context)
+            x = x + update
+        if _pools_class_token(visual):
+            pooled = visual.ln_post(x[:, 0])
+        else:
+            pooled, _ = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
         return pooled
@@ -315,8 +421,18 @@ class MamolModel(nn.Module):
         """The pattern code with every modality present."""
         return 2 ** len(self.modalities) - 1
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.encoder.compute_dtype
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> "MamolModel":
+        """Hold the frozen tower in ``dtype`` (its activations follow); trainable tensors and
+        hence the optimiser state stay fp32. Returns the model."""
+        self.encoder.set_compute_dtype(dtype)
+        return self
+
     def encode(self, index: int, window: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-        """Feature f_m of modality ``index`` for samples that have it."""
+        """Feature f_m (compute dtype) of modality ``index`` for samples that have it."""
         context = RoutingContext(
             pattern_embedding=(self.pattern_embedding(pattern)
                                if self.pattern_embedding is not None else None),
@@ -327,27 +443,40 @@ class MamolModel(nn.Module):
         return self.encoder(tokens, context)
 
     def forward(self, windows: Mapping[str, torch.Tensor], pattern: torch.Tensor) -> torch.Tensor:
-        """Class logits (batch, K).
+        """fp32 class logits (batch, K).
 
         Args:
-            windows: modality name -> (batch, bands, P, P) normalised windows. A modality
-                absent from every sample may be left out; values of samples where the
-                pattern marks it missing are never read.
-            pattern: (batch,) int64 bitmask, bit m set = modality m present.
+            windows: modality name -> (batch, bands, P, P) normalised fp32 windows. A
+                modality absent from every sample may be left out; values of samples where
+                the pattern marks it missing are never read.
+            pattern: (batch,) int64 bitmask, bit m set = modality m present. Pass it on the
+                CPU: which samples each modality encodes is then decided on the host and the
+                forward never waits for the GPU (a pattern on the GPU is copied back once).
         """
-        batch = pattern.shape[0]
+        device = self.head.weight.device
+        on_host = pattern.cpu()
+        pattern_device = to_device(on_host, device)
+        batch = on_host.shape[0]
         features: List[torch.Tensor] = []
         for index, spec in enumerate(self.modalities):
-            present = torch.nonzero((pattern >> index) & 1, as_tuple=True)[0]
+            present = ((on_host >> index) & 1).bool()
+            count = int(present.sum())
+            if count == 0:
+                features.append(self.head.weight.new_zeros(batch, self.encoder.output_dim))
+                continue
+            if spec.name not in windows:
+                raise MamolInputError(
+                    f"The pattern marks modality '{spec.name}' present but no window was "
+                    "given for it.")
+            window = windows[spec.name]
+            if count == batch:
+                features.append(self.encode(index, window, pattern_device).float())
+                continue
+            rows = to_device(torch.nonzero(present, as_tuple=True)[0], device)
+            encoded = self.encode(index, window.index_select(0, rows),
+                                  pattern_device.index_select(0, rows))
             feature = self.head.weight.new_zeros(batch, self.encoder.output_dim)
-            if present.numel():
-                if spec.name not in windows:
-                    raise MamolInputError(
-                        f"The pattern marks modality '{spec.name}' present but no window was "
-                        "given for it.")
-                encoded = self.encode(index, windows[spec.name][present], pattern[present])
-                feature = feature.index_copy(0, present, encoded.to(feature.dtype))
-            features.append(feature)
+            features.append(feature.index_copy(0, rows, encoded.float()))
         return self.head(torch.cat(features, dim=1))
 
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
@@ -357,3 +486,4 @@ class MamolModel(nn.Module):
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+

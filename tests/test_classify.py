@@ -277,4 +277,4 @@ def test_cuda_bf16_agrees_with_the_cpu(whole, tiny_model, small_scene, tmp_path)
     _, on_gpu = run(tiny_model, small_scene, tmp_path, "cuda", device="cuda")
     assert np.array_equal(read(on_cpu.output_modalities), read(on_gpu.output_modalities))
     agreement = (read(on_cpu.output_classes) == read(on_gpu.output_classes)).mean()
-    assert agreement > 0.98  # bf16 autocast may flip near-ties
+    assert agreement >= 0.99  # bf16 weights and activations may flip near-ties

@@ -13,6 +13,7 @@ import torch
 from osgeo import gdal, ogr
 
 from mamol.core.backbone import TINY_ARCH, BackboneSpec
+from mamol.core.devices import auto_inference_batch
 from mamol.core.errors import Cancelled, MamolInputError
 from mamol.core.model_file import load_model, read_header
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
@@ -162,12 +163,26 @@ def test_micro_batches_give_the_same_model_as_whole_batches(small_scene, tmp_pat
 
 
 def test_micro_batch_is_automatic_only_for_wide_backbones_on_the_cpu():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpu = torch.device("cpu")
     assert resolve_micro_batch(0, 128, 768, cpu) == 16
     assert resolve_micro_batch(0, 128, 64, cpu) == 128
-    assert resolve_micro_batch(0, 128, 768, cuda) == 128
-    assert resolve_micro_batch(40, 128, 768, cuda) == 40
     assert resolve_micro_batch(400, 128, 64, cpu) == 128
+
+
+def test_gpu_micro_batch_and_inference_batch_follow_free_memory():
+    cuda = torch.device("cuda")  # only its type is read; the free memory is given
+    gib = 2 ** 30
+    # ViT-B-16 in bf16, three modalities: 80 GB hold the whole batch, 8 GB do not.
+    assert resolve_micro_batch(0, 128, 768, cuda, free_bytes=80 * gib) == 128
+    small = resolve_micro_batch(0, 128, 768, cuda, free_bytes=8 * gib)
+    assert 1 <= small < 128 and small & (small - 1) == 0
+    assert resolve_micro_batch(40, 128, 768, cuda, free_bytes=gib) == 40
+    assert auto_inference_batch(None, 197, 768, 12, 2) == 512
+    large = auto_inference_batch(100 * gib, 197, 768, 12, 2)
+    assert large == 4096
+    assert 16 <= auto_inference_batch(4 * gib, 197, 768, 12, 2) < large
+    assert auto_inference_batch(4 * gib, 197, 768, 12, 4) <= \
+        auto_inference_batch(4 * gib, 197, 768, 12, 2)
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_zero():

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="do not balance classes per epoch")
     optimiser.add_argument("--seed", type=int, default=0)
     optimiser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    optimiser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                           help="frozen backbone's number format: auto = bf16 on CUDA, fp32 "
+                                "on the CPU (trainable weights stay fp32)")
+    optimiser.add_argument("--compile", choices=["off", "default", "max-autotune"],
+                           default="off", help="torch.compile the encoder once per run")
     missing = parser.add_argument_group("missing-modality simulation (paper §4.1)")
     missing.add_argument("--missing-rate", type=float,
                          help="η: share of incomplete samples, all incomplete patterns equally")
@@ -140,7 +145,8 @@ def config_from_args(args):
                           max_validation_per_class=args.max_validation_per_class),
         balance_classes=not args.no_balance, simulation=simulation,
         validation_simulation=simulation if args.simulate_validation else MissingSimulation(),
-        device=args.device, seed=args.seed)
+        device=args.device, precision=args.precision, compile_mode=args.compile,
+        seed=args.seed)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -29,7 +29,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from ..core import metrics, torch_compat
-from ..core.devices import resolve_device
+from ..core.devices import (model_inference_batch, parse_precision, prepare_model,
+                            resolve_device)
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
@@ -62,8 +63,9 @@ class EvaluationConfig:
     simulation_seed: int = 0                      # chooses the samples that lose a modality
     max_samples_per_class: int = 0                # 0 = every labelled pixel
     max_missing_fraction: Optional[float] = None  # None = the model's
-    batch_size: int = 256
+    batch_size: int = 0                           # samples per model call; 0 = automatic
     device: str = "auto"
+    precision: str = "auto"                       # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
     seed: int = 0                                 # for the per-class sample cap
 
     def validate(self) -> None:
@@ -73,13 +75,15 @@ class EvaluationConfig:
                 "Give at least one raster (hyperspectral, SAR or LiDAR) to evaluate on.")
         if len(set(names)) != len(names):
             raise MamolInputError(f"Each modality may be given once, got {names}.")
-        if self.batch_size < 1:
-            raise MamolInputError(f"The batch size must be at least 1, got {self.batch_size}.")
+        if self.batch_size < 0:
+            raise MamolInputError(
+                f"The batch size must be 0 (automatic) or positive, got {self.batch_size}.")
         if self.max_samples_per_class < 0:
             raise MamolInputError("The samples-per-class cap must be 0 (no cap) or positive.")
         if self.max_missing_fraction is not None and not 0 <= self.max_missing_fraction <= 1:
             raise MamolInputError("The missing fraction of a window must be in [0, 1].")
         resolve_device(self.device)
+        parse_precision(self.precision)
 
 
 @dataclass
@@ -217,16 +221,18 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
 
         device = resolve_device(config.device)
         model, _ = load_model(model_path)
-        model = model.to(device)
+        model = prepare_model(model, device, config.precision).eval()
+        batch_size = config.batch_size or model_inference_batch(model, device,
+                                                                header.patch_size)
         statistics = {m.name: Normalisation(np.asarray(m.mean, dtype=np.float64),
                                             np.asarray(m.std, dtype=np.float64))
                       for m in header.modalities}
         batches = _Batches(samples, model_names, statistics, device)
         predicted = np.empty(len(samples), dtype=np.int64)
-        chunk = PREDICTION_CHUNK * config.batch_size
+        chunk = PREDICTION_CHUNK * batch_size
         for start in range(0, len(samples), chunk):
             index = np.arange(start, min(start + chunk, len(samples)))
-            predicted[index] = predict(model, batches, patterns, config.batch_size,
+            predicted[index] = predict(model, batches, patterns, batch_size,
                                        reporter, samples=index)
             reporter.report(25 + 70 * index[-1] / len(samples))
         reference = samples.class_index
@@ -241,7 +247,9 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
             f"({record['samples']} samples)")
     summary = _summary(config, header, infos, used, simulation, forcing, result, real,
                        patterns, warnings,
-                       {"device": str(device), "seconds": seconds,
+                       {"device": str(device),
+                        "precision": str(model.compute_dtype).replace("torch.", ""),
+                        "seconds": seconds,
                         "samples_per_second": len(samples) / max(seconds, 1e-9)})
     reporter.report(97)
     html = Path(config.report_html) if config.report_html else None
@@ -307,7 +315,7 @@ def _summary(config, header, infos, used, simulation, forcing, result, real, pat
         "max samples per class": config.max_samples_per_class or "all",
         "max missing fraction of a window": config.max_missing_fraction
         if config.max_missing_fraction is not None else "model's",
-        "batch size": config.batch_size, "seed": config.seed,
+        "batch size": config.batch_size or "automatic", "seed": config.seed,
     }
     return {
         "title": "MaMOL evaluation report", "model_file": str(config.model_path),

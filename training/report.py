@@ -717,8 +717,11 @@ def _evaluation(summary: Mapping[str, Any]) -> str:
 # Timing, warnings, page
 # ---------------------------------------------------------------------------------------
 
-_TIMING_LABELS = {"device": "Device", "training_seconds": "Training time (s)",
-                  "samples_per_second": "Samples per second",
+_TIMING_LABELS = {"device": "Device", "precision": "Frozen tower precision",
+                  "training_seconds": "Training time (s)",
+                  "samples_per_second": "Samples per second (all epochs)",
+                  "steady_samples_per_second": "Samples per second, steady (after epoch 1)",
+                  "validation_seconds": "Validation time (s)",
                   "train_samples_seen": "Training samples seen", "seconds": "Time (s)"}
 
 
@@ -727,8 +730,10 @@ def _timing(summary: Mapping[str, Any]) -> str:
     timing = _mapping(summary.get("timing"))
     if not timing:
         return ""
-    formatters = {"training_seconds": lambda v: _fixed(v, 1), "seconds": lambda v: _fixed(v, 1),
-                  "samples_per_second": lambda v: _fixed(v, 1), "train_samples_seen": _count}
+    one_decimal = lambda v: _fixed(v, 1)  # noqa: E731
+    formatters = {"training_seconds": one_decimal, "seconds": one_decimal,
+                  "validation_seconds": one_decimal, "samples_per_second": one_decimal,
+                  "steady_samples_per_second": one_decimal, "train_samples_seen": _count}
     keys = [k for k in _TIMING_LABELS if k in timing] + [k for k in timing
                                                          if k not in _TIMING_LABELS]
     rows = [[_esc(_TIMING_LABELS.get(k, k)), formatters.get(k, _general)(timing[k])]

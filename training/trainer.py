@@ -23,7 +23,9 @@ import numpy as np
 
 from ..core import metrics, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
-from ..core.devices import autocast, resolve_device
+from ..core.devices import (auto_training_micro_batch, free_gpu_bytes, parse_compile_mode,
+                            parse_precision, prepare_model, resolve_device, synchronize,
+                            to_device)
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import (AlignedRaster, RasterInfo, inspect_raster, modality_label,
@@ -81,6 +83,8 @@ class TrainingConfig:
     validation_simulation: MissingSimulation = MissingSimulation()  # on validation samples
     max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
     device: str = "auto"                      # auto | cpu | cuda | cuda:N
+    precision: str = "auto"                   # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    compile_mode: str = "off"                 # torch.compile: off | default | max-autotune
     seed: int = 0
 
     @property
@@ -117,6 +121,8 @@ class TrainingConfig:
         self.simulation.validate(names)
         self.validation_simulation.validate(names)
         resolve_device(self.device)
+        parse_precision(self.precision)
+        parse_compile_mode(self.compile_mode)
 
 
 @dataclass
@@ -134,13 +140,19 @@ CPU_MICRO_BATCH = 16
 WIDE_BACKBONE = 512
 
 
-def resolve_micro_batch(requested: int, batch_size: int, width: int, device) -> int:
-    """Samples per forward/backward pass. ``requested`` 0 = automatic: the whole batch on a
-    GPU or with a narrow backbone, :data:`CPU_MICRO_BATCH` on the CPU for backbones of
-    width >= 512 (ViT-B and larger)."""
+def resolve_micro_batch(requested: int, batch_size: int, width: int, device,
+                        free_bytes: Optional[int] = None, blocks: int = 12,
+                        element_bytes: int = 2, modalities: int = 3) -> int:
+    """Samples per forward/backward pass. ``requested`` 0 = automatic: on CUDA (with
+    ``free_bytes`` of GPU memory) the whole batch when it fits, else the largest power of
+    two that does; on the CPU the whole batch with a narrow backbone and
+    :data:`CPU_MICRO_BATCH` for backbones of width >= 512 (ViT-B and larger)."""
     if requested > 0:
         return min(requested, batch_size)
-    if device.type == "cpu" and width >= WIDE_BACKBONE:
+    if device.type == "cuda":
+        return auto_training_micro_batch(free_bytes, batch_size, 197, width, blocks,
+                                         element_bytes, modalities)
+    if width >= WIDE_BACKBONE:
         return min(CPU_MICRO_BATCH, batch_size)
     return batch_size
 
@@ -180,8 +192,21 @@ def epoch_order(class_index: np.ndarray, class_count: int, balance: bool,
     return rng.permutation(np.concatenate(parts))
 
 
+#: Normalised training windows up to this size are held in memory (CPU) ...
+RESIDENT_CPU_BYTES = 2 * 2 ** 30
+#: ... and on a GPU up to this share of its free memory, so batches are gathered where the
+#: model runs instead of being read, normalised and copied per step.
+RESIDENT_GPU_SHARE = 0.25
+
+
 class _Batches:
-    """Builds normalised torch batches from a :class:`SampleSet`."""
+    """Builds normalised torch batches from a :class:`SampleSet`.
+
+    When the normalised windows fit (:data:`RESIDENT_CPU_BYTES`, :data:`RESIDENT_GPU_SHARE`)
+    they are normalised once and kept on the run's device, and a batch is one index_select
+    there; otherwise each batch is read from the memory-mapped windows, normalised and
+    copied (from pinned memory, without waiting, on CUDA). Both give the same values.
+    """
 
     def __init__(self, samples: SampleSet, names: Sequence[str],
                  statistics: Dict[str, Normalisation], device) -> None:
@@ -190,19 +215,43 @@ class _Batches:
         self.statistics = statistics
         self.device = device
         self.torch = torch_compat.import_torch()
+        self.resident: Optional[Dict[str, object]] = None
+        size = sum(int(np.prod(w.shape)) * 4 for w in samples.windows.values())
+        free = free_gpu_bytes(device)
+        budget = RESIDENT_CPU_BYTES if free is None else RESIDENT_GPU_SHARE * free
+        if size <= budget:
+            self.resident = {name: self._load(name) for name in self.names
+                             if name in samples.windows}
+
+    def _load(self, name: str):
+        torch = self.torch
+        source = self.samples.windows[name]
+        target = torch.empty(source.shape, dtype=torch.float32, device=self.device)
+        for start in range(0, source.shape[0], 4096):
+            chunk = normalise(source[start:start + 4096], self.statistics[name])
+            target[start:start + chunk.shape[0]] = to_device(torch.from_numpy(chunk),
+                                                             self.device)
+        return target
 
     def windows(self, index: np.ndarray, pattern: np.ndarray) -> Dict[str, object]:
         torch = self.torch
         result = {}
+        device_index = None
         # Sorted reads are faster on a memory map; the order is restored after.
-        order = np.argsort(index, kind="stable")
+        order = None if self.resident is not None else np.argsort(index, kind="stable")
         for bit, name in enumerate(self.names):
             if not ((pattern >> bit) & 1).any():
                 continue  # no sample of this batch has it: the model never reads it
+            if self.resident is not None:
+                if device_index is None:
+                    device_index = to_device(torch.from_numpy(np.ascontiguousarray(index)),
+                                             self.device)
+                result[name] = self.resident[name].index_select(0, device_index)
+                continue
             raw = np.empty((index.size,) + self.samples.windows[name].shape[1:], np.float32)
             raw[order] = self.samples.windows[name][index[order]]
-            result[name] = torch.from_numpy(normalise(raw, self.statistics[name])).to(
-                self.device, non_blocking=True)
+            result[name] = to_device(torch.from_numpy(normalise(raw, self.statistics[name])),
+                                     self.device)
         return result
 
 
@@ -210,10 +259,11 @@ def predict(model, batches: _Batches, patterns: np.ndarray, batch_size: int,
             reporter: Optional[Reporter] = None,
             samples: Optional[np.ndarray] = None) -> np.ndarray:
     """Predicted class index of ``samples`` (indices into ``batches.samples``; default all)
-    under ``patterns`` (one per sample of the set)."""
+    under ``patterns`` (one per sample of the set). Predictions stay on the device until
+    the end: the host waits for the GPU once, not once per batch."""
     torch = batches.torch
     samples = np.arange(patterns.size) if samples is None else samples
-    predictions = np.empty(samples.size, dtype=np.int64)
+    parts = []
     model.eval()
     with torch.no_grad():
         for start in range(0, samples.size, batch_size):
@@ -221,11 +271,11 @@ def predict(model, batches: _Batches, patterns: np.ndarray, batch_size: int,
                 reporter.check()
             index = samples[start:start + batch_size]
             pattern = patterns[index]
-            with autocast(batches.device):
-                logits = model(batches.windows(index, pattern),
-                               torch.from_numpy(pattern).to(batches.device))
-            predictions[start:start + index.size] = logits.float().argmax(dim=1).cpu().numpy()
-    return predictions
+            logits = model(batches.windows(index, pattern), torch.from_numpy(pattern))
+            parts.append(logits.argmax(dim=1))
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    return torch.cat(parts).cpu().numpy().astype(np.int64)
 
 
 def pattern_metrics(reference: np.ndarray, predicted: np.ndarray, patterns: np.ndarray,
@@ -389,18 +439,24 @@ def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_coun
     torch.manual_seed(config.seed)
     model = MamolModel([ModalitySpec(name, info.bands) for (name, _), info in
                         zip(config.modalities, infos)], class_count, visual, adapter)
-    return model.to(device), spec_fingerprint
+    return prepare_model(model, device, config.precision, config.compile_mode), \
+        spec_fingerprint
 
 
 def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
          validation_patterns, statistics, class_count, device, reporter: Reporter, say):
+    """The training loop. Per step the host only enqueues work: batches are gathered on the
+    device (:class:`_Batches`), labels live there, the loss is summed there and read once
+    per epoch, so the GPU never waits for the host between steps."""
     torch = torch_compat.import_torch()
     names = config.modality_names
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
+    # Trainable tensors and the optimiser state are fp32 whatever the tower's precision.
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay,
+                                  fused=device.type == "cuda" or None)
     epoch_size = epoch_length(train.class_index, class_count, config.balance_classes)
     steps_per_epoch = -(-epoch_size // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -408,14 +464,16 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
         if config.warmup_fraction > 0 else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps))
-    micro_batch = resolve_micro_batch(config.micro_batch_size, config.batch_size,
-                                      model.encoder.width, device)
+    micro_batch = resolve_micro_batch(
+        config.micro_batch_size, config.batch_size, model.encoder.width, device,
+        free_gpu_bytes(device), len(model.encoder.visual.transformer.resblocks),
+        model.compute_dtype.itemsize, len(names))
     if micro_batch < config.batch_size:
         say(f"Each batch of {config.batch_size} runs as micro-batches of {micro_batch} "
             "(gradients accumulated; the same optimiser step, less memory).")
     train_batches = _Batches(train, names, statistics, device)
     validation_batches = _Batches(validation, names, statistics, device)
-    labels = torch.from_numpy(train.class_index)
+    labels = to_device(torch.from_numpy(train.class_index), device)
     history: List[Dict[str, object]] = []
     best_key, best_epoch, best_state = None, None, None
     seen, busy = 0, 0.0
@@ -424,36 +482,38 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
         started = time.perf_counter()
         order = epoch_order(train.class_index, class_count, config.balance_classes, rng)
         model.train()
-        loss_sum, loss_count = 0.0, 0
+        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        loss_count = 0
         for start in range(0, order.size, config.batch_size):
             reporter.check()
             index = order[start:start + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            batch_loss = 0.0
             # Gradients of micro-batches add up to the whole batch's mean-loss gradient.
             for part in range(0, index.size, micro_batch):
                 chunk = index[part:part + micro_batch]
                 pattern = train_patterns[chunk]
                 windows = train_batches.windows(chunk, pattern)
-                with autocast(device):
-                    logits = model(windows, torch.from_numpy(pattern).to(device))
-                loss = torch.nn.functional.cross_entropy(
-                    logits.float(), labels[chunk].to(device), reduction="sum") / index.size
+                logits = model(windows, torch.from_numpy(pattern))
+                targets = labels.index_select(0, to_device(torch.from_numpy(chunk), device))
+                loss = torch.nn.functional.cross_entropy(logits, targets,
+                                                         reduction="sum") / index.size
                 loss.backward()
-                batch_loss += float(loss.detach())
+                loss_sum += loss.detach() * index.size
                 reporter.check()
             optimizer.step()
             scheduler.step()
             step += 1
-            loss_sum += batch_loss * index.size
             loss_count += index.size
             reporter.report(10 + 85 * step / total_steps)
+        train_loss = float(loss_sum) / max(1, loss_count)   # the one wait per epoch
+        synchronize(device)
         train_seconds = time.perf_counter() - started
         seen += loss_count
         busy += train_seconds
-        record = {"epoch": epoch, "train_loss": loss_sum / max(1, loss_count),
+        record = {"epoch": epoch, "train_loss": train_loss,
                   "learning_rate": optimizer.param_groups[0]["lr"],
                   "validation_oa": None, "validation_kappa": None,
+                  "samples": loss_count, "train_seconds": train_seconds,
                   "samples_per_second": loss_count / max(train_seconds, 1e-9)}
         if len(validation):
             predicted = predict(model, validation_batches, validation_patterns,
@@ -472,9 +532,22 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
             best_state = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
         history.append(record)
         say(_epoch_line(record, config.epochs, best_epoch == epoch))
-    timing = {"device": str(device), "training_seconds": busy, "train_samples_seen": seen,
-              "samples_per_second": seen / max(busy, 1e-9)}
+    timing = {"device": str(device), "precision": str(model.compute_dtype).replace("torch.", ""),
+              "training_seconds": busy, "train_samples_seen": seen,
+              "samples_per_second": seen / max(busy, 1e-9),
+              "steady_samples_per_second": steady_rate(history),
+              "validation_seconds": sum(r["seconds"] - r["train_seconds"] for r in history)}
     return history, best_epoch, best_state, timing
+
+
+def steady_rate(history: Sequence[Dict[str, object]]) -> Optional[float]:
+    """Training samples/s after the first epoch (which pays for warm-up: allocations,
+    kernel selection, compilation); None with a single epoch."""
+    steady = history[1:]
+    seconds = sum(r["train_seconds"] for r in steady)
+    if not steady or seconds <= 0:
+        return None
+    return sum(r["samples"] for r in steady) / seconds
 
 
 def _epoch_line(record: Dict[str, object], epochs: int, best: bool) -> str:
