@@ -3,6 +3,7 @@
 #   make demo      set up everything, then run the main job on the built-in sample scene
 #   make test      set up everything, then run the whole test suite
 #   make package   build dist/mamol-<version>.zip for QGIS's "Install from ZIP"
+#   make gpu-wheels  fetch what the bare GPU machine lacks into .whl/ and .peer/ (ignored)
 #
 # Each target installs only what is missing, so running it again is cheap.
 
@@ -29,7 +30,7 @@ QGIS_ENV = QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$(BUILD)/xdg-runtime \
 # Debian's /usr/bin/qgis_process wrapper is broken (qgis/QGIS#57683): call the binary.
 QGIS_PROCESS = $(QGIS_ENV) qgis_process.bin
 
-.PHONY: demo test test-fast package setup clean
+.PHONY: demo test test-fast package setup clean gpu-wheels
 
 # ---- 1. Debian packages: QGIS 3.22 with its Python bindings, GDAL, venv support.
 QGIS_STAMP := $(BUILD)/.qgis-installed
@@ -95,6 +96,17 @@ test-fast: setup
 # ---- A zip for QGIS's "Install from ZIP": top folder mamol/, no tests or dev files.
 package: $(QGIS_STAMP)
 	/usr/bin/python3 packaging/build_zip.py --version $(VERSION) --out dist/mamol-$(VERSION).zip
+
+# ---- For the lent GPU machine (no QGIS, Python 3.12, no network): the wheels it lacks and
+# the peer script, in ignored folders that the device tool carries; bench/gpu_machine.sh
+# installs them there and runs the GPU tests and bench/gpu_suite.py.
+GPU_WHEELS := gdal-wheel==3.13.3 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
+gpu-wheels:
+	@mkdir -p .whl .peer
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 -d .whl $(GPU_WHEELS)
+	install -m 644 ../shared/bench/naive_peer.py .peer/naive_peer.py
 
 clean:
 	rm -rf $(BUILD) dist

@@ -53,24 +53,26 @@ def make_model(arch: str, patch: int, path: Path) -> None:
     save_model(path, model, header)
 
 
-def backbone_rate(arch: str, patch: int, batch: int, device: str, seconds: float = 20.0):
-    """Plain frozen backbone samples/s on random tokens of the run's shape."""
+def backbone_rate(arch: str, patch: int, batch: int, device: str, precision: str,
+                  seconds: float = 20.0):
+    """Plain frozen backbone samples/s on random tokens of the run's shape (the same SDPA
+    blocks and precision as the product, no adapters)."""
     import torch
 
     from mamol.core.backbone import BackboneSpec, build_visual_tower
-    from mamol.core.devices import autocast, resolve_device
+    from mamol.core.devices import resolve_device, resolve_precision, synchronize
     from mamol.core.mamol_model import AdapterConfig, ExpertSet, MamolEncoder, RoutingContext
     target = resolve_device(device)
     encoder = MamolEncoder(build_visual_tower(BackboneSpec(arch=arch)), 1,
                            AdapterConfig(experts=ExpertSet.NONE)).to(target).eval()
+    encoder.set_compute_dtype(resolve_precision(precision, target))
     tokens = torch.randn(batch, patch * patch, encoder.width, device=target)
     context = RoutingContext(None, None, 0)
     done, started = 0, time.perf_counter()
-    with torch.no_grad(), autocast(target):
+    with torch.no_grad():
         while True:
             encoder(tokens, context)
-            if target.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(target)
             done += batch
             if time.perf_counter() - started > seconds and done >= 2 * batch:
                 break
@@ -88,9 +90,11 @@ def single(args) -> None:
         rasters=tuple((n, str(folder / f"{n}.tif")) for n in ("hs", "sar", "lidar")),
         output_classes=str(folder / "classes.tif"),
         output_modalities=str(folder / "used.tif"), stride=args.stride,
-        batch_size=args.batch_size, device=args.device)
+        batch_size=args.batch_size, device=args.device, precision=args.precision)
+    lines = []
     started = time.perf_counter()
-    result = classify(config, log=lambda line: None)
+    result = classify(config, log=lines.append)
+    batch = int(lines[0].split("batches of ")[1].split(",")[0])
     wall = time.perf_counter() - started
     used = gdal.Open(config.output_modalities).ReadAsArray()
     anchors = used[args.stride // 2::args.stride, args.stride // 2::args.stride]
@@ -103,8 +107,9 @@ def single(args) -> None:
         record["peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     else:
         record["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record["batch"] = batch
     record["backbone_samples_per_second"] = backbone_rate(
-        args.arch, args.patch_size, args.batch_size, args.device)
+        args.arch, args.patch_size, batch, args.device, args.precision)
     print(json.dumps(record))
 
 
@@ -112,8 +117,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mamol-tiny-vit")
     parser.add_argument("--patch-size", type=int, default=14)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=0, help="0 = automatic")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16")
     parser.add_argument("--runs", nargs="+", default=["512:4", "2048:16"],
                         help="SIZE:STRIDE pairs")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
@@ -125,10 +131,11 @@ def main() -> None:
         return
     from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene
     print(f"host {platform.node()} ({os.cpu_count()} CPUs), device {args.device}, "
-          f"arch {args.arch}, P={args.patch_size}, batch {args.batch_size}")
-    print("| scene | stride | classified px | px/s | encoder passes/s | backbone samples/s "
-          "| ratio | peak MiB | wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"arch {args.arch}, P={args.patch_size}, batch {args.batch_size or 'automatic'}, "
+          f"precision {args.precision}")
+    print("| scene | stride | batch | classified px | px/s | encoder passes/s "
+          "| backbone samples/s | ratio | peak MiB | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in args.runs:
         size, stride = (int(v) for v in run.split(":"))
         with tempfile.TemporaryDirectory() as folder:
@@ -137,11 +144,12 @@ def main() -> None:
             done = subprocess.run(
                 [sys.executable, __file__, "--single", "--folder", folder, "--stride",
                  str(stride), "--arch", args.arch, "--patch-size", str(args.patch_size),
-                 "--batch-size", str(args.batch_size), "--device", args.device],
+                 "--batch-size", str(args.batch_size), "--device", args.device,
+                 "--precision", args.precision],
                 capture_output=True, text=True, check=True)
             record = json.loads(done.stdout.strip().splitlines()[-1])
         ratio = record["encoder_passes_per_second"] / record["backbone_samples_per_second"]
-        print(f"| {size}² | {stride} | {record['classified']} | "
+        print(f"| {size}² | {stride} | {record['batch']} | {record['classified']} | "
               f"{record['pixels_per_second']:.1f} | {record['encoder_passes_per_second']:.1f} | "
               f"{record['backbone_samples_per_second']:.1f} | {ratio:.2f} | "
               f"{record['peak_mib']:.0f} | {record['seconds']:.1f} |", flush=True)

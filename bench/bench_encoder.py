@@ -8,9 +8,9 @@ For each batch size, one modality's windows (HS, 48 bands, P x P) are encoded th
 * ``mamol+embed``: the window through the modality token embedding and the MaMOL encoder,
   i.e. what one (sample, modality) pair costs in the full model.
 
-Throughput is modality-samples per second (inference mode; fp32 on the CPU, bf16 autocast
-on CUDA). Peak memory is the process's peak RSS (CPU; reset between runs through
-/proc/self/clear_refs) or the peak CUDA allocation.
+Throughput is modality-samples per second (inference mode; frozen tower in fp32 on the CPU
+and bf16 on CUDA unless ``--precision`` says otherwise). Peak memory is the process's peak
+RSS (CPU; reset between runs through /proc/self/clear_refs) or the peak CUDA allocation.
 
 Usage:
     .venv/bin/python bench/bench_encoder.py --device cpu --batch-sizes 32 128
@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from mamol.core import backbone as bb  # noqa: E402
 from mamol.core import mamol_model as mm  # noqa: E402
+from mamol.core.devices import prepare_model  # noqa: E402
 
 
 def reset_peak_rss() -> None:
@@ -46,7 +47,8 @@ def peak_rss_mib() -> float:
 def plain_backbone(encoder: mm.MamolEncoder, tokens: torch.Tensor) -> torch.Tensor:
     visual = encoder.visual
     patch = int(round(tokens.shape[1] ** 0.5))
-    cls = visual.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+    tokens = tokens.to(encoder.compute_dtype)
+    cls = visual.class_embedding.expand(tokens.shape[0], 1, -1)
     x = visual.ln_pre(torch.cat([cls, tokens], 1) + encoder.position_embedding(patch))
     pooled, _ = visual._pool(visual.transformer(x))
     return pooled @ visual.proj
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per measurement (default: 3 on CUDA, 1 on CPU)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16")
     args = parser.parse_args()
     device = torch.device(args.device)
     repeats = args.repeats or (3 if device.type == "cuda" else 1)
@@ -91,16 +94,16 @@ def main() -> None:
     visual = bb.build_visual_tower(bb.BackboneSpec(arch=args.arch, seed=0))
     modalities = [mm.ModalitySpec("hs", args.bands), mm.ModalitySpec("sar", 2),
                   mm.ModalitySpec("lidar", 1)]
-    model = mm.MamolModel(modalities, 7, visual).to(device).eval()
+    model = prepare_model(mm.MamolModel(modalities, 7, visual), device,
+                          args.precision).eval()
     encoder = model.encoder
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
-    dtype = "bf16 autocast" if device.type == "cuda" else "fp32"
+    dtype = str(model.compute_dtype).replace("torch.", "")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     print(f"# {args.arch}, P={args.patch}, {args.bands}-band modality, {dtype} on {device} "
           f"({name or platform.machine()}, {torch.get_num_threads()} CPU threads), "
           f"torch {torch.__version__}, L_e={model.config.layers}, "
           f"trainable={model.trainable_parameter_count():,}")
+    print("(backbone = open_clip's own blocks; mamol = ours: SDPA attention, fused experts)")
     print("| batch | backbone samples/s | mamol samples/s | mamol+embed samples/s | "
           "adapter time ratio | backbone peak MiB | mamol+embed peak MiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -110,7 +113,7 @@ def main() -> None:
         warm = device.type == "cuda" or position == 0
         window = torch.randn(batch, args.bands, args.patch, args.patch, device=device)
         pattern = torch.full((batch,), model.full_pattern, device=device)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             tokens = model.token_embeddings["hs"](window)
             context = mm.RoutingContext(model.pattern_embedding(pattern),
                                         model.modality_embedding.weight[0], 0)

@@ -611,15 +611,16 @@ def _write_reference(path: Path, labels: np.ndarray) -> None:
                              srs_from_epsg(HS_EPSG), nodata=REFERENCE_NODATA,
                              band_names=["reference land cover"])
     band = dataset.GetRasterBand(1)
-    band.WriteArray(labels)
     colours = gdal.ColorTable()
     names = [""] * (max(LandCover) + 1)
     for land_cover, (name, colour) in CLASS_STYLE.items():
         rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
         colours.SetColorEntry(int(land_cover), rgb + (255,))
         names[int(land_cover)] = name
+    # Colour table before pixels: GDAL >= 3.10 (libtiff 4.7) refuses it after them.
     band.SetRasterColorTable(colours)
     band.SetCategoryNames(names)
+    band.WriteArray(labels)
     dataset = None
 
 
