@@ -56,25 +56,34 @@ def small_scene(tmp_path_factory):
     return write_sample_scene(SampleSceneConfig(size=128, seed=3), folder)
 
 
+def tiny_training_config(scene, output, **changes):
+    """Quick training settings on a sample scene: tiny random backbone, P = 5, 2 epochs,
+    η = 50 %, CPU; ``changes`` override any field."""
+    from dataclasses import replace
+
+    from mamol.core.backbone import TINY_ARCH, BackboneSpec
+    from mamol.training.labels import PolygonSource, SplitConfig
+    from mamol.training.missing import MissingSimulation, SimulationMode
+    from mamol.training.trainer import TrainingConfig
+    config = TrainingConfig(
+        modalities=(("hs", str(scene.hs)), ("sar", str(scene.sar)),
+                    ("lidar", str(scene.lidar))),
+        polygons=PolygonSource(str(scene.training_polygons), "class_id",
+                               name_field="class_name"),
+        output_model=str(output), backbone=BackboneSpec(arch=TINY_ARCH),
+        patch_size=5, epochs=2, split=SplitConfig(max_train_per_class=40,
+                                                  max_validation_per_class=20),
+        simulation=MissingSimulation(SimulationMode.RATE, 0.5, seed=2), device="cpu")
+    return replace(config, **changes)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(small_scene, tmp_path_factory):
     """A quickly trained model (tiny random backbone, P = 5, 2 epochs, η = 50 %) on the
     small scene, for the classification tests."""
-    from mamol.core.backbone import TINY_ARCH, BackboneSpec
-    from mamol.training.labels import PolygonSource, SplitConfig
-    from mamol.training.missing import MissingSimulation, SimulationMode
-    from mamol.training.trainer import TrainingConfig, train_model
+    from mamol.training.trainer import train_model
     folder = tmp_path_factory.mktemp("tiny-model")
-    config = TrainingConfig(
-        modalities=(("hs", str(small_scene.hs)), ("sar", str(small_scene.sar)),
-                    ("lidar", str(small_scene.lidar))),
-        polygons=PolygonSource(str(small_scene.training_polygons), "class_id",
-                               name_field="class_name"),
-        output_model=str(folder / "tiny.mamol"), backbone=BackboneSpec(arch=TINY_ARCH),
-        patch_size=5, epochs=2, split=SplitConfig(max_train_per_class=40,
-                                                  max_validation_per_class=20),
-        simulation=MissingSimulation(SimulationMode.RATE, 0.5, seed=2), device="cpu")
-    return train_model(config).model_path
+    return train_model(tiny_training_config(small_scene, folder / "tiny.mamol")).model_path
 
 
 def cancelling_feedback(after_percent: float):

@@ -12,17 +12,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_training_config
 from osgeo import gdal
 
 from mamol.core import backbone as bb
 from mamol.core import mamol_model as mm
-from mamol.core.backbone import TINY_ARCH, BackboneSpec
 from mamol.core.devices import prepare_model, resolve_device, resolve_precision
 from mamol.core.errors import MamolInputError
 from mamol.core.inference import ClassifyConfig, classify
-from mamol.training.labels import PolygonSource, SplitConfig
-from mamol.training.missing import MissingSimulation, SimulationMode
-from mamol.training.trainer import TrainingConfig, train_model
+from mamol.training.trainer import train_model
 
 MODALITIES = [mm.ModalitySpec("hs", 6), mm.ModalitySpec("sar", 2), mm.ModalitySpec("lidar", 1)]
 
@@ -118,16 +116,7 @@ def test_classify_in_bf16_agrees_with_fp32_on_the_sample_scene(tiny_model, small
 
 
 def test_training_runs_with_a_bf16_tower(small_scene, tmp_path):
-    config = TrainingConfig(
-        modalities=(("hs", str(small_scene.hs)), ("sar", str(small_scene.sar)),
-                    ("lidar", str(small_scene.lidar))),
-        polygons=PolygonSource(str(small_scene.training_polygons), "class_id",
-                               name_field="class_name"),
-        output_model=str(tmp_path / "bf16.mamol"), backbone=BackboneSpec(arch=TINY_ARCH),
-        patch_size=5, epochs=2, split=SplitConfig(max_train_per_class=30,
-                                                  max_validation_per_class=15),
-        simulation=MissingSimulation(SimulationMode.RATE, 0.5, seed=2), device="cpu",
-        precision="bf16")
+    config = tiny_training_config(small_scene, tmp_path / "bf16.mamol", precision="bf16")
     result = train_model(config)
     epochs = result.summary["epochs"]
     assert all(np.isfinite(e["train_loss"]) for e in epochs)
