@@ -133,6 +133,8 @@ def test_cuda_forward_never_waits_for_the_gpu():
     model = prepare_model(random_tiny_model(), device, "bf16").eval()
     windows, pattern, _ = sample_batch()
     windows = {k: v.to(device) for k, v in windows.items()}
+    with torch.no_grad():
+        model(windows, pattern)  # warm-up: library handles and kernels are set up once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -23,9 +23,9 @@ import numpy as np
 
 from ..core import metrics, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
-from ..core.devices import (auto_training_micro_batch, free_gpu_bytes, parse_compile_mode,
-                            parse_precision, prepare_model, resolve_device, synchronize,
-                            to_device)
+from ..core.devices import (auto_training_micro_batch, free_gpu_bytes, model_inference_batch,
+                            parse_compile_mode, parse_precision, prepare_model,
+                            resolve_device, synchronize, to_device)
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import (AlignedRaster, RasterInfo, inspect_raster, modality_label,
@@ -473,6 +473,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
             "(gradients accumulated; the same optimiser step, less memory).")
     train_batches = _Batches(train, names, statistics, device)
     validation_batches = _Batches(validation, names, statistics, device)
+    validation_batch = _validation_batch(config, model, device)
     labels = to_device(torch.from_numpy(train.class_index), device)
     history: List[Dict[str, object]] = []
     best_key, best_epoch, best_state = None, None, None
@@ -517,7 +518,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
                   "samples_per_second": loss_count / max(train_seconds, 1e-9)}
         if len(validation):
             predicted = predict(model, validation_batches, validation_patterns,
-                                2 * config.batch_size, reporter)
+                                validation_batch, reporter)
             matrix = metrics.confusion_matrix(validation.class_index, predicted, class_count)
             record["validation_oa"] = _finite(metrics.overall_accuracy(matrix))
             record["validation_kappa"] = _finite(metrics.cohen_kappa(matrix))
@@ -550,6 +551,14 @@ def steady_rate(history: Sequence[Dict[str, object]]) -> Optional[float]:
     return sum(r["samples"] for r in steady) / seconds
 
 
+def _validation_batch(config: TrainingConfig, model, device) -> int:
+    """Samples per validation call: validation is inference, so on a GPU as many as free
+    memory allows; on the CPU twice the training batch."""
+    if device.type == "cuda":
+        return model_inference_batch(model, device, config.patch_size)
+    return 2 * config.batch_size
+
+
 def _epoch_line(record: Dict[str, object], epochs: int, best: bool) -> str:
     text = (f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, "
             f"lr {record['learning_rate']:.2e}, {record['samples_per_second']:.0f} samples/s")
@@ -568,7 +577,7 @@ def _final_evaluation(config, model, validation: SampleSet, validation_patterns,
     if not len(validation):
         return {}
     batches = _Batches(validation, names, statistics, device)
-    batch = 2 * config.batch_size
+    batch = _validation_batch(config, model, device)
     predicted = predict(model, batches, validation_patterns, batch, reporter)
     matrix = metrics.confusion_matrix(validation.class_index, predicted, class_count)
     result = metrics.summarise(matrix, [c.name for c in classes])
