@@ -93,7 +93,7 @@ def encoder_rows(args, device, seconds: float, compile_mode: str = "off"):
             backbone = rate(lambda: plain(tokens, context), batch, device, seconds)
             del plain, tokens
         else:
-            encoder.compile(compile_mode)
+            encoder.set_compile_mode(compile_mode)
             started = time.perf_counter()
             model.encode(0, windows, pattern)
             synchronize(device)

@@ -82,7 +82,7 @@ def prepare_model(model, device, precision: str = "auto", compile_mode: str = "o
     if mode.value != "off":
         LOG.info("Compiling the encoder with torch.compile (mode %s); the first batches "
                  "wait for it.", mode.value)
-        model.encoder.compile(mode)
+        model.encoder.set_compile_mode(mode)
     return model
 
 

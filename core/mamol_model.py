@@ -333,14 +333,13 @@ class MamolEncoder(nn.Module):
         self.visual.to(dtype)
         self._position_cache.clear()
 
-    def compile(self, mode: CompileMode) -> None:
-        """Compile the encoder pass with ``torch.compile`` (once; later calls with the same
-        model reuse it). ``off`` undoes it."""
+    def set_compile_mode(self, mode: CompileMode) -> None:
+        """Run the encoder pass through ``torch.compile`` in ``mode`` (compiled on the first
+        call, then reused by every call of this model; new batch shapes may recompile once
+        with a dynamic batch size). ``off`` runs it eagerly again."""
         mode = CompileMode(mode)
-        if mode is CompileMode.OFF:
-            self._compiled = None
-            return
-        self._compiled = torch.compile(self._encode, mode=mode.value)
+        self._compiled = (None if mode is CompileMode.OFF
+                          else torch.compile(self._encode, mode=mode.value))
 
     def position_embedding(self, patch: int) -> torch.Tensor:
         """Frozen CLS + grid position embedding for a P x P token grid (interpolated)."""
