@@ -111,9 +111,9 @@ def write_labels(path: Path, labels: np.ndarray, epsg: int, pixel: float,
                              _geotransform(pixel), srs_from_epsg(epsg), nodata=0,
                              band_names=["class"])
     band = dataset.GetRasterBand(1)
-    band.WriteArray(labels)
-    if classes:
+    if classes:  # before the pixels: GDAL >= 3.10 (libtiff 4.7) refuses a colour table after
         apply_legend(band, [ClassInfo(value, name, colour) for value, name, colour in classes])
+    band.WriteArray(labels)
     band = dataset = None
     return path
 

@@ -43,7 +43,7 @@ from .feedback import CancelCheck, ProgressCallback, Reporter
 from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
                    inspect_raster, modality_label, reference_grid, srs_from_wkt)
 from .model_file import ModelHeader, check_inputs, load_model, read_header
-from .raster_io import create_geotiff
+from .raster_io import VECTOR_MEMORY_DRIVER, create_geotiff
 from .staging import staged_files
 from .windows import DEFAULT_MAX_MISSING_FRACTION, window_offset
 
@@ -245,7 +245,7 @@ def _open_mask(mask: MaskSource, grid: ReferenceGrid):
     except RuntimeError as exc:
         raise MamolInputError(f"Cannot read the mask layer '{mask.path}' ({exc}).") from exc
     options = gdal.VectorTranslateOptions(
-        format="Memory", dstSRS=grid.crs_wkt, layers=[mask.layer] if mask.layer else None,
+        format=VECTOR_MEMORY_DRIVER, dstSRS=grid.crs_wkt, layers=[mask.layer] if mask.layer else None,
         geometryType="PROMOTE_TO_MULTI")
     memory = gdal.VectorTranslate("", source, options=options)
     layer = memory.GetLayer(0)

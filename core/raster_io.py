@@ -16,6 +16,10 @@ _GDAL_TYPES = {
     np.dtype(np.float32): gdal.GDT_Float32,
 }
 
+#: GDAL's in-memory vector driver: "MEM" since GDAL 3.11, which deprecates the old
+#: "Memory" name; GDAL 3.6 (Debian 12) knows only "Memory".
+VECTOR_MEMORY_DRIVER = "MEM" if int(gdal.VersionInfo()) >= 3110000 else "Memory"
+
 #: Tiled, compressed GeoTIFF, as every output of the plugin is written (DESIGN §4).
 GEOTIFF_OPTIONS = ("TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256",
                    "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")

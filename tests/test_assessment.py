@@ -20,9 +20,9 @@ def write(path, array, nodata=None, classes=None, bits=None):
     dataset = create_geotiff(path, array.shape[1], array.shape[0], 1, array.dtype, GT,
                              srs_from_epsg(32632), nodata=nodata)
     band = dataset.GetRasterBand(1)
-    band.WriteArray(array)
-    if classes:
+    if classes:  # colour table before pixels, as GDAL >= 3.10 requires
         apply_legend(band, classes)
+    band.WriteArray(array)
     if bits:
         band.SetMetadata({f"BIT_{i}": name for i, name in enumerate(bits)})
     dataset = None

@@ -16,6 +16,7 @@ from osgeo import gdal, ogr, osr
 from ..core.errors import MamolInputError
 from ..core.grid import (AlignedRaster, ReferenceGrid, crs_label, inspect_raster,
                          srs_from_wkt)
+from ..core.raster_io import VECTOR_MEMORY_DRIVER
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -233,7 +234,7 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
 def _burn(geometries: Sequence[ogr.Geometry], grid: ReferenceGrid) -> np.ndarray:
     """int32 (height, width): 1-based polygon number at each pixel centre, 0 elsewhere.
     Where polygons overlap the later one wins."""
-    memory = ogr.GetDriverByName("Memory").CreateDataSource("")
+    memory = ogr.GetDriverByName(VECTOR_MEMORY_DRIVER).CreateDataSource("")
     layer = memory.CreateLayer("polygons", srs_from_wkt(grid.crs_wkt), ogr.wkbUnknown)
     layer.CreateField(ogr.FieldDefn("number", ogr.OFTInteger))
     definition = layer.GetLayerDefn()
