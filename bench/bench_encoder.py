@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from mamol.core import backbone as bb  # noqa: E402
 from mamol.core import mamol_model as mm  # noqa: E402
-from mamol.core.devices import prepare_model  # noqa: E402
+from mamol.core.devices import dtype_name, prepare_model  # noqa: E402
 
 
 def reset_peak_rss() -> None:
@@ -97,7 +97,7 @@ def main() -> None:
     model = prepare_model(mm.MamolModel(modalities, 7, visual), device,
                           args.precision).eval()
     encoder = model.encoder
-    dtype = str(model.compute_dtype).replace("torch.", "")
+    dtype = dtype_name(model.compute_dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     print(f"# {args.arch}, P={args.patch}, {args.bands}-band modality, {dtype} on {device} "
           f"({name or platform.machine()}, {torch.get_num_threads()} CPU threads), "

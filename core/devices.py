@@ -16,6 +16,15 @@ from .errors import MamolInputError
 LOG = logging.getLogger(__name__)
 
 
+class CompileMode(str, enum.Enum):
+    """``torch.compile`` of the encoder: off, inductor's default, or max-autotune (longer
+    compile, faster kernels)."""
+
+    OFF = "off"
+    DEFAULT = "default"
+    MAX_AUTOTUNE = "max-autotune"
+
+
 class Precision(str, enum.Enum):
     """dtype of the frozen tower and its activations. ``auto`` = bf16 on CUDA, fp32 on the
     CPU. Trainable tensors, the optimiser state, the router's gates and the logits are fp32
@@ -64,8 +73,12 @@ def resolve_precision(name: str, device):
     return torch.bfloat16 if precision is Precision.BF16 else torch.float32
 
 
-def parse_compile_mode(name: str):
-    from .mamol_model import CompileMode
+def dtype_name(dtype) -> str:
+    """'float32', 'bfloat16', … for reports and logs."""
+    return str(dtype).replace("torch.", "")
+
+
+def parse_compile_mode(name: str) -> CompileMode:
     try:
         return CompileMode((name or "off").strip().lower())
     except ValueError:
@@ -79,7 +92,7 @@ def prepare_model(model, device, precision: str = "auto", compile_mode: str = "o
     dtype = resolve_precision(precision, device)
     model = model.to(device).set_compute_dtype(dtype)
     mode = parse_compile_mode(compile_mode)
-    if mode.value != "off":
+    if mode is not CompileMode.OFF:
         LOG.info("Compiling the encoder with torch.compile (mode %s); the first batches "
                  "wait for it.", mode.value)
         model.encoder.set_compile_mode(mode)

@@ -36,8 +36,9 @@ from osgeo import gdal, osr
 
 from . import torch_compat
 from .class_style import apply_legend, qml_path, write_qml
-from .devices import (auto_block_size, model_inference_batch, parse_compile_mode,
-                      parse_precision, prepare_model, resolve_device, to_device)
+from .devices import (auto_block_size, dtype_name, model_inference_batch,
+                      parse_compile_mode, parse_precision, prepare_model, resolve_device,
+                      to_device)
 from .errors import MamolInputError
 from .feedback import CancelCheck, ProgressCallback, Reporter
 from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
@@ -245,8 +246,8 @@ def _open_mask(mask: MaskSource, grid: ReferenceGrid):
     except RuntimeError as exc:
         raise MamolInputError(f"Cannot read the mask layer '{mask.path}' ({exc}).") from exc
     options = gdal.VectorTranslateOptions(
-        format=VECTOR_MEMORY_DRIVER, dstSRS=grid.crs_wkt, layers=[mask.layer] if mask.layer else None,
-        geometryType="PROMOTE_TO_MULTI")
+        format=VECTOR_MEMORY_DRIVER, dstSRS=grid.crs_wkt,
+        layers=[mask.layer] if mask.layer else None, geometryType="PROMOTE_TO_MULTI")
     memory = gdal.VectorTranslate("", source, options=options)
     layer = memory.GetLayer(0)
     if layer is None or layer.GetFeatureCount() == 0:
@@ -337,9 +338,10 @@ class _BlockReader:
 
 
 def _classify_block(model, block: _Block, device, batch_size: int, patch: int,
-                    class_count: int, reporter: Reporter, torch):
+                    class_count: int, reporter: Reporter):
     """(probabilities (K, h, w) float32 with NaN where not classified, pattern of the
     anchors (h, w), number classified) for one block. The device is waited for once."""
+    torch = torch_compat.import_torch()
     height, width, pattern = block.height, block.width, block.pattern
     row0, col0 = block.row0, block.col0
     selectable = np.zeros((height, width), dtype=bool)
@@ -383,7 +385,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     :class:`Cancelled` (nothing written) when ``is_cancelled`` turns true."""
     import time
 
-    torch = torch_compat.import_torch()
+    torch_compat.import_torch()  # fail before any work if PyTorch is missing
     reporter = Reporter(progress, is_cancelled)
     say = log or LOG.info
     config.validate()
@@ -410,7 +412,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     say(f"Grid: {grid.width} × {grid.height} pixels of {grid.pixel_width:g} × "
         f"{grid.pixel_height:g} ({crs_label(grid.crs_wkt)}), blocks of {block} px, "
         f"batches of {batch_size}, device {device} "
-        f"({str(model.compute_dtype).replace('torch.', '')})"
+        f"({dtype_name(model.compute_dtype)})"
         + (f", stride {stride}" if stride > 1 else ""))
     if missing_modalities:
         say("Not given (missing everywhere): " + ", ".join(missing_modalities))
@@ -440,8 +442,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                     pending = (prefetch.submit(reader.read, *blocks[number + 1])
                                if number + 1 < len(blocks) else None)
                     pixel_probabilities, anchor_pattern, count = _classify_block(
-                        model, current, device, batch_size, patch, class_count, reporter,
-                        torch)
+                        model, current, device, batch_size, patch, class_count, reporter)
                     col0, row0 = current.col0, current.row0
                     # Upsample anchors to pixels; nodata where the pixel has no modality.
                     valid = (current.pattern > 0) & (anchor_pattern > 0)
@@ -470,7 +471,6 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                     classified += count
                     reporter.report(100 * (number + 1) / len(blocks))
             finally:
-                prefetch.shutdown(wait=True, cancel_futures=True)
                 outputs.close()
             write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
     finally:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import to_device
+from .devices import CompileMode, to_device
 from .errors import MamolInputError
 
 
@@ -123,23 +123,16 @@ class LoRAExperts(nn.Module):
 
     A is Kaiming-initialised, B is zero, so every expert starts as the zero map and the
     adapted model starts as the frozen CLIP. Experts are never merged into frozen weights:
-    which expert applies depends on the input. :class:`MamolAdapter` evaluates the experts
-    of a block together; :meth:`forward` applies one of them (the per-token reference).
+    which expert applies depends on the input. The experts hold parameters only;
+    :class:`MamolAdapter` evaluates those of a block together.
     """
 
-    def __init__(self, count: int, width: int, rank: int, alpha: float) -> None:
+    def __init__(self, count: int, width: int, rank: int) -> None:
         super().__init__()
-        self.scale = alpha / rank
         self.lora_A = nn.Parameter(torch.empty(count, rank, width))
         self.lora_B = nn.Parameter(torch.zeros(count, width, rank))
         for index in range(count):
             nn.init.kaiming_uniform_(self.lora_A.data[index], a=math.sqrt(5))
-
-    def forward(self, z: torch.Tensor, index: int) -> torch.Tensor:
-        """Expert ``index`` applied to ``z`` (..., width), in z's dtype."""
-        a = self.lora_A[index].to(z.dtype)
-        b = self.lora_B[index].to(z.dtype)
-        return F.linear(F.linear(z, a), b) * self.scale
 
 
 class Router(nn.Module):
@@ -197,14 +190,14 @@ class MamolAdapter(nn.Module):
         super().__init__()
         self.top_k = config.top_k
         experts = config.experts
-        self.dynamic = (LoRAExperts(config.dynamic_experts, width, config.rank, config.alpha)
+        self.dynamic = (LoRAExperts(config.dynamic_experts, width, config.rank)
                         if experts.dynamic else None)
         self.router = (Router(width, config.embedding_dim, config.router_hidden,
                               config.dynamic_experts) if experts.dynamic else None)
-        self.shared = LoRAExperts(1, width, config.rank, config.alpha) if experts.shared else None
-        self.modality_specific = (LoRAExperts(modality_count, width, config.rank, config.alpha)
+        self.shared = LoRAExperts(1, width, config.rank) if experts.shared else None
+        self.modality_specific = (LoRAExperts(modality_count, width, config.rank)
                                   if experts.modality_specific else None)
-        self.scale = config.alpha / config.rank
+        self.scale = config.alpha / config.rank   # LoRA scale of every expert
 
     def expert_weights(self, z: torch.Tensor, context: "RoutingContext") -> torch.Tensor:
         """fp32 (batch, tokens, N_d): the routed gates on each token's top-k experts, 0 on
@@ -280,15 +273,6 @@ def _pools_class_token(visual: nn.Module) -> bool:
             and getattr(visual, "pool_type", None) == "tok")
 
 
-class CompileMode(str, enum.Enum):
-    """``torch.compile`` of the encoder: off, inductor's default, or max-autotune (longer
-    compile, faster kernels)."""
-
-    OFF = "off"
-    DEFAULT = "default"
-    MAX_AUTOTUNE = "max-autotune"
-
-
 class MamolEncoder(nn.Module):
     """The frozen open_clip image tower with MaMOL adapters in its last ``L_e`` blocks."""
 
@@ -308,6 +292,7 @@ class MamolEncoder(nn.Module):
         self.adapters = nn.ModuleList(adapters)
         self.grid = int(round(math.sqrt(visual.positional_embedding.shape[0] - 1)))
         self._position_cache: Dict[tuple, torch.Tensor] = {}
+        self._pool_class_token = _pools_class_token(visual)
         self._compiled = None
         self.freeze_backbone()
 
@@ -379,7 +364,7 @@ class MamolEncoder(nn.Module):
             if index >= self.first_adapted and self.adapters:
                 update = update + self.adapters[index - self.first_adapted](z, context)
             x = x + update
-        if _pools_class_token(visual):
+        if self._pool_class_token:
             pooled = visual.ln_post(x[:, 0])
         else:
             pooled, _ = visual._pool(x)

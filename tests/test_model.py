@@ -142,6 +142,10 @@ def test_eval_does_not_merge_or_change_outputs(tiny_visual):
 def reference_delta(adapter, z, context):
     """Δh written out token by token in fp32: the router's top-k experts with their gates,
     the shared expert and the encoded modality's expert, each as its own B A z."""
+    def expert(experts, index, token):
+        product = F.linear(F.linear(token, experts.lora_A[index]), experts.lora_B[index])
+        return product * adapter.scale
+
     out = torch.zeros_like(z)
     gates = None
     if adapter.router is not None:
@@ -157,12 +161,13 @@ def reference_delta(adapter, z, context):
             total = torch.zeros_like(token)
             if gates is not None:
                 top_gates, top_index = gates[b, t].topk(adapter.top_k)
-                for gate, expert in zip(top_gates, top_index.tolist()):
-                    total = total + gate * adapter.dynamic(token, expert)
+                for gate, index in zip(top_gates, top_index.tolist()):
+                    total = total + gate * expert(adapter.dynamic, index, token)
             if adapter.shared is not None:
-                total = total + adapter.shared(token, 0)
+                total = total + expert(adapter.shared, 0, token)
             if adapter.modality_specific is not None:
-                total = total + adapter.modality_specific(token, context.modality_index)
+                total = total + expert(adapter.modality_specific, context.modality_index,
+                                       token)
             out[b, t] = total
     return out
 

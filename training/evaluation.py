@@ -29,8 +29,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from ..core import metrics, torch_compat
-from ..core.devices import (model_inference_batch, parse_precision, prepare_model,
-                            resolve_device)
+from ..core.devices import (dtype_name, model_inference_batch, parse_precision,
+                            prepare_model, resolve_device)
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
@@ -248,7 +248,7 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
     summary = _summary(config, header, infos, used, simulation, forcing, result, real,
                        patterns, warnings,
                        {"device": str(device),
-                        "precision": str(model.compute_dtype).replace("torch.", ""),
+                        "precision": dtype_name(model.compute_dtype),
                         "seconds": seconds,
                         "samples_per_second": len(samples) / max(seconds, 1e-9)})
     reporter.report(97)

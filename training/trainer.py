@@ -23,9 +23,9 @@ import numpy as np
 
 from ..core import metrics, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
-from ..core.devices import (auto_training_micro_batch, free_gpu_bytes, model_inference_batch,
-                            parse_compile_mode, parse_precision, prepare_model,
-                            resolve_device, synchronize, to_device)
+from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_bytes,
+                            model_inference_batch, parse_compile_mode, parse_precision,
+                            prepare_model, resolve_device, synchronize, to_device)
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import (AlignedRaster, RasterInfo, inspect_raster, modality_label,
@@ -142,7 +142,8 @@ WIDE_BACKBONE = 512
 
 def resolve_micro_batch(requested: int, batch_size: int, width: int, device,
                         free_bytes: Optional[int] = None, blocks: int = 12,
-                        element_bytes: int = 2, modalities: int = 3) -> int:
+                        element_bytes: int = 2, modalities: int = 3,
+                        tokens: int = 197) -> int:
     """Samples per forward/backward pass. ``requested`` 0 = automatic: on CUDA (with
     ``free_bytes`` of GPU memory) the whole batch when it fits, else the largest power of
     two that does; on the CPU the whole batch with a narrow backbone and
@@ -150,7 +151,7 @@ def resolve_micro_batch(requested: int, batch_size: int, width: int, device,
     if requested > 0:
         return min(requested, batch_size)
     if device.type == "cuda":
-        return auto_training_micro_batch(free_bytes, batch_size, 197, width, blocks,
+        return auto_training_micro_batch(free_bytes, batch_size, tokens, width, blocks,
                                          element_bytes, modalities)
     if width >= WIDE_BACKBONE:
         return min(CPU_MICRO_BATCH, batch_size)
@@ -467,7 +468,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     micro_batch = resolve_micro_batch(
         config.micro_batch_size, config.batch_size, model.encoder.width, device,
         free_gpu_bytes(device), len(model.encoder.visual.transformer.resblocks),
-        model.compute_dtype.itemsize, len(names))
+        model.compute_dtype.itemsize, len(names), config.patch_size ** 2 + 1)
     if micro_batch < config.batch_size:
         say(f"Each batch of {config.batch_size} runs as micro-batches of {micro_batch} "
             "(gradients accumulated; the same optimiser step, less memory).")
@@ -533,7 +534,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
             best_state = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
         history.append(record)
         say(_epoch_line(record, config.epochs, best_epoch == epoch))
-    timing = {"device": str(device), "precision": str(model.compute_dtype).replace("torch.", ""),
+    timing = {"device": str(device), "precision": dtype_name(model.compute_dtype),
               "training_seconds": busy, "train_samples_seen": seen,
               "samples_per_second": seen / max(busy, 1e-9),
               "steady_samples_per_second": steady_rate(history),
