@@ -30,7 +30,7 @@ QGIS_ENV = QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$(BUILD)/xdg-runtime \
 # Debian's /usr/bin/qgis_process wrapper is broken (qgis/QGIS#57683): call the binary.
 QGIS_PROCESS = $(QGIS_ENV) qgis_process.bin
 
-.PHONY: demo test test-fast package setup clean gpu-wheels
+.PHONY: demo test test-fast test-debian13 bench-host package setup clean gpu-wheels
 
 # ---- 1. Debian packages: QGIS 3.22 with its Python bindings, GDAL, venv support.
 QGIS_STAMP := $(BUILD)/.qgis-installed
@@ -46,12 +46,17 @@ $(QGIS_STAMP):
 	@touch $@
 
 # ---- 2. The venv: Debian's python3 with system site-packages, plus pinned requirements.
+# NumPy is pinned to the system's own version: Debian's osgeo and QGIS are built against it
+# (1.24 on Debian 12, 2.2 on Debian 13), so the venv must never bring another one.
+# torch 2.13.0 is a local CPU wheel on Debian 12's Python 3.11; on Python 3.13 (Debian 13)
+# pip takes PyPI's CUDA build (about 4.7 GB), which runs on a CPU as well.
 VENV_STAMP := $(VENV)/.installed
 $(VENV_STAMP): requirements.txt $(QGIS_STAMP)
 	@echo ">> creating the venv in $(VENV)"
 	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	@$(PY) -m pip install -q torch==2.13.0
-	@$(PY) -m pip install -q -r requirements.txt
+	@$(PY) -m pip install -q -r requirements.txt \
+	  "numpy==$$(/usr/bin/python3 -c 'import numpy; print(numpy.__version__)')"
 	@touch $@
 
 # ---- 3. The plugin linked as 'mamol' and enabled in an isolated QGIS profile.
@@ -60,7 +65,8 @@ $(PROFILE_STAMP): $(VENV_STAMP) metadata.txt
 	@mkdir -p $(PLUGINS_DIR) $(PROFILE_DIR) $(BUILD)/xdg-runtime
 	@chmod 700 $(BUILD)/xdg-runtime
 	@ln -sfn $(ROOT) $(PLUGINS_DIR)/mamol
-	@$(QGIS_PROCESS) plugins enable mamol >/dev/null
+	@out=$$($(QGIS_PROCESS) plugins enable mamol 2>&1) || grep -q "already enabled" <<<"$$out" \
+	  || { echo "$$out"; exit 1; }
 	@touch $@
 
 setup: $(PROFILE_STAMP)
@@ -92,6 +98,16 @@ test: setup
 
 test-fast: setup
 	$(QGIS_ENV) $(PY) -m pytest -m "not slow"
+
+# ---- Training throughput of one run in plain Python and inside qgis_process (see
+# bench/bench_host.py); `.ci/debian13 bench-host` measures it on Debian 13.
+bench-host: setup
+	$(QGIS_ENV) $(PY) bench/bench_host.py
+
+# ---- The same suite on Debian 13 (QGIS 3.40 LTR, GDAL 3.10, Python 3.13, NumPy 2), in a
+# root made with debootstrap and kept in ~/.cache/mamol/debian13 (needs root or sudo).
+test-debian13:
+	.ci/debian13 test
 
 # ---- A zip for QGIS's "Install from ZIP": top folder mamol/, no tests or dev files.
 package: $(QGIS_STAMP)

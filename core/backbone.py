@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import hashlib
 import logging
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,12 @@ def read_checkpoint(path: Path) -> Dict[str, object]:
             return load_file(str(path))
         if _is_torchscript(path):
             # OpenAI's CLIP releases are TorchScript archives: code is TorchScript, not pickle.
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            # torch.jit.load is their only reader; its deprecation (torch >= 2.10) is not
+            # something a user of those files can act on, so it is not passed on.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated",
+                                        category=DeprecationWarning)
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         return _unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
     except MamolInputError:
         raise

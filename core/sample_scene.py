@@ -22,13 +22,14 @@ and a river crossing the scene. Output is deterministic for a (size, seed) pair.
 import dataclasses
 import enum
 import json
+import math
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from osgeo import gdal, ogr
+from osgeo import gdal, ogr, osr
 
 from .errors import MamolInputError
 from .feedback import CancelCheck, ProgressCallback, Reporter
@@ -561,6 +562,28 @@ def _write_sar(path: Path, layout: Layout, seed: int) -> None:
     dataset = None
 
 
+def lidar_grid(size: int) -> Tuple[float, float, int, int]:
+    """The LiDAR grid for a scene of ``size`` HS pixels: (west, north, width, height) in
+    LIDAR_EPSG, 1.5 m pixels on multiples of 1.5 m, enclosing the whole HS footprint.
+
+    Computed here rather than left to ``gdal.Warp(targetAlignedPixels=True)``: that option's
+    output extent comes from GDAL's own edge sampling, which changed between GDAL 3.6 and
+    3.10 (88 x 87 pixels against 86 x 86 for 128 HS pixels, the smaller one leaving HS edge
+    pixels without LiDAR). The footprint is transformed with its edges densified (21 points
+    per edge) and snapped outwards, so every HS pixel lies under LiDAR pixels on any GDAL.
+    """
+    x0, pixel, _, y0, _, _ = hs_geotransform()
+    transform = osr.CoordinateTransformation(srs_from_epsg(HS_EPSG), srs_from_epsg(LIDAR_EPSG))
+    west, south, east, north = transform.TransformBounds(
+        x0, y0 - size * pixel, x0 + size * pixel, y0, 21)
+    west = math.floor(west / LIDAR_PIXEL_M) * LIDAR_PIXEL_M
+    south = math.floor(south / LIDAR_PIXEL_M) * LIDAR_PIXEL_M
+    east = math.ceil(east / LIDAR_PIXEL_M) * LIDAR_PIXEL_M
+    north = math.ceil(north / LIDAR_PIXEL_M) * LIDAR_PIXEL_M
+    return (west, north, int(round((east - west) / LIDAR_PIXEL_M)),
+            int(round((north - south) / LIDAR_PIXEL_M)))
+
+
 def _write_lidar(path: Path, layout: Layout, seed: int) -> None:
     """Warp the DSM from the HS grid to the LiDAR grid (another CRS, 1.5 m) with GDAL."""
     surface = dsm(layout, seed)
@@ -569,10 +592,11 @@ def _write_lidar(path: Path, layout: Layout, seed: int) -> None:
     source.SetGeoTransform(hs_geotransform())
     source.SetSpatialRef(srs_from_epsg(HS_EPSG))
     source.GetRasterBand(1).WriteArray(surface)
+    west, north, width, height = lidar_grid(size)
     options = gdal.WarpOptions(
-        format="GTiff", dstSRS=srs_from_epsg(LIDAR_EPSG), xRes=LIDAR_PIXEL_M,
-        yRes=LIDAR_PIXEL_M, targetAlignedPixels=True, resampleAlg="average",
-        dstNodata=LIDAR_NODATA, outputType=gdal.GDT_Float32,
+        format="GTiff", dstSRS=srs_from_epsg(LIDAR_EPSG), width=width, height=height,
+        outputBounds=(west, north - height * LIDAR_PIXEL_M, west + width * LIDAR_PIXEL_M, north),
+        resampleAlg="average", dstNodata=LIDAR_NODATA, outputType=gdal.GDT_Float32,
         creationOptions=list(GEOTIFF_OPTIONS) + ["PREDICTOR=3"])
     dataset = gdal.Warp(str(path), source, options=options)
     dataset.GetRasterBand(1).SetDescription("DSM")

@@ -1,6 +1,7 @@
 """Shared fixtures. The plugin is imported as the package ``mamol`` (its install name), from
-``.build/plugins/mamol``, a link to the repository that ``make setup`` creates; this file
-creates it too so that a bare ``pytest`` works after the venv exists."""
+``<plugins folder>/mamol``, a link to the repository that ``make setup`` creates in
+QGIS_PLUGINPATH (``.build/plugins`` unless the Makefile is told another build folder); this
+file creates it too so that a bare ``pytest`` works after the venv exists."""
 import os
 import sys
 from pathlib import Path
@@ -8,11 +9,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PLUGINS_DIR = REPO / ".build" / "plugins"
+PLUGINS_DIR = Path(os.environ.get("QGIS_PLUGINPATH", "").split(os.pathsep)[0]
+                   or REPO / ".build" / "plugins")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 PLUGINS_DIR.mkdir(parents=True, exist_ok=True)
 if not (PLUGINS_DIR / "mamol").exists():
+    if (PLUGINS_DIR / "mamol").is_symlink():   # a link made elsewhere (another root)
+        (PLUGINS_DIR / "mamol").unlink()
     os.symlink(REPO, PLUGINS_DIR / "mamol")
 if str(PLUGINS_DIR) not in sys.path:
     sys.path.insert(0, str(PLUGINS_DIR))

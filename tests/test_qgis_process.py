@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -139,3 +140,21 @@ def test_evaluate_runs_headless(qgis_env, tiny_model, small_scene, tmp_path):
     assert results["OA"] == pytest.approx(written["evaluation"]["oa"])
     assert written["forcing"]["absent"] == ["sar"]
     assert not any("sar" in p for p in written["missing_patterns"]["evaluated"])
+
+
+@pytest.mark.slow
+def test_host_benchmark_trains_in_both_hosts(qgis_env):
+    """bench/bench_host.py (plain Python vs qgis_process, the Debian 13 BLAS gap) runs and
+    reports a rate for both hosts; a benchmark, so no speed is asserted."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "bench_host.py"),
+         "--scene-size", "128", "--epochs", "2", "--samples-per-class", "10",
+         "--patch-size", "5"],
+        env=qgis_env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| plain Python |")
+            or line.startswith("| qgis_process |")]
+    assert len(rows) == 2, done.stdout
+    for row in rows:
+        assert float(row.split("|")[2]) > 0, row
+    assert "qgis_process / plain Python:" in done.stdout
