@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".build" / "plugins"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
 
 
 def make_model(arch: str, patch: int, path: Path) -> None:

@@ -27,9 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PLUGINS = Path(os.environ.get("QGIS_PLUGINPATH")
-               or Path(__file__).resolve().parents[1] / ".build" / "plugins")
-sys.path.insert(0, str(PLUGINS))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
 
 from mamol.core.backbone import BackboneSpec  # noqa: E402
 from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene  # noqa: E402

@@ -36,8 +36,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / ".build" / "plugins"))
 sys.path.insert(0, str(ROOT / "bench"))
+import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
 
 import torch  # noqa: E402
 

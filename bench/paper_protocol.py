@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".build" / "plugins"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
 
 from mamol.core.backbone import TINY_ARCH, BackboneSpec, WeightsSource  # noqa: E402
 from mamol.core.errors import MamolInputError  # noqa: E402

@@ -8,6 +8,10 @@ CPU test with ``precision="bf16"`` takes the path a GPU takes.
 """
 import enum
 import logging
+import os
+import shutil
+import sysconfig
+from pathlib import Path
 from typing import Optional
 
 from . import torch_compat
@@ -86,12 +90,37 @@ def parse_compile_mode(name: str) -> CompileMode:
             f"Unknown compile mode '{name}'. Use off, default or max-autotune.") from None
 
 
+def missing_compiler(device) -> Optional[str]:
+    """What ``torch.compile`` lacks on this machine to compile for ``device`` (None when
+    nothing): on the CPU, inductor builds C++ kernels with $CXX or g++; on CUDA, Triton
+    builds its launchers with $CC or a C compiler. Both need Python's headers."""
+    if device.type == "cpu":
+        compilers, what = [os.environ.get("CXX") or "g++"], "a C++ compiler (g++)"
+    else:
+        compilers = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+        what = "a C compiler (gcc)"
+    if not any(shutil.which(name) for name in compilers):
+        return what
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return f"Python's headers (Python.h of Python {sysconfig.get_python_version()})"
+    return None
+
+
 def prepare_model(model, device, precision: str = "auto", compile_mode: str = "off"):
     """Move ``model`` to ``device``, hold its frozen tower in the run's precision and
     optionally compile its encoder. Returns the model."""
+    mode = parse_compile_mode(compile_mode)
+    if mode is not CompileMode.OFF:
+        lacking = missing_compiler(device)
+        if lacking:
+            raise MamolInputError(
+                f"Compiling the model (torch.compile) needs {lacking}, which this machine "
+                f"lacks. Install it (on Debian: apt install "
+                f"{'g++' if device.type == 'cpu' else 'gcc'} python3-dev), or turn "
+                "compiling off (the algorithm's 'Compile the encoder' setting; --compile "
+                "off on the command line): the results are the same, only slower.")
     dtype = resolve_precision(precision, device)
     model = model.to(device).set_compute_dtype(dtype)
-    mode = parse_compile_mode(compile_mode)
     if mode is not CompileMode.OFF:
         LOG.info("Compiling the encoder with torch.compile (mode %s); the first batches "
                  "wait for it.", mode.value)

@@ -17,7 +17,8 @@ from osgeo import gdal
 
 from mamol.core import backbone as bb
 from mamol.core import mamol_model as mm
-from mamol.core.devices import prepare_model, resolve_device, resolve_precision
+from mamol.core.devices import (missing_compiler, prepare_model, resolve_device,
+                                resolve_precision)
 from mamol.core.errors import MamolInputError
 from mamol.core.inference import ClassifyConfig, classify
 from mamol.training.trainer import train_model
@@ -146,6 +147,11 @@ def test_cuda_forward_never_waits_for_the_gpu():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(missing_compiler(resolve_device("cpu")) is not None,
+                    reason="torch.compile on the CPU needs g++ and Python's headers")
+# Inside torch 2.13: importing inductor imports torch.utils.mkldnn, whose classes use the
+# deprecated torch.jit.script_method.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_encoder_gives_the_same_logits():
     """``torch.compile`` (default mode; inductor compiles C++ on the CPU) changes speed,
     not results."""
@@ -161,3 +167,16 @@ def test_compiled_encoder_gives_the_same_logits():
     assert torch.equal(compiled, again)
     with pytest.raises(MamolInputError, match="Unknown compile mode"):
         prepare_model(model, resolve_device("cpu"), "fp32", "fastest")
+
+
+def test_compiling_without_a_compiler_says_what_to_install_or_turn_off(monkeypatch, tmp_path):
+    """Without g++ torch.compile fails deep inside inductor at the first batch; the run
+    must stop before that and name both remedies."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    assert missing_compiler(resolve_device("cpu")) == "a C++ compiler (g++)"
+    model = random_tiny_model().eval()
+    with pytest.raises(MamolInputError, match=r"needs a C\+\+ compiler \(g\+\+\).*apt install "
+                       r"g\+\+ python3-dev.*'Compile the encoder'.*--compile off"):
+        prepare_model(model, resolve_device("cpu"), "fp32", "default")
+    assert model.encoder._compiled is None
