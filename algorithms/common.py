@@ -153,8 +153,12 @@ def polygon_source(algorithm, parameters, context, feedback, polygons_key: str,
             except (TypeError, ValueError):
                 continue
             styled[value] = (category.label() or str(value), category.symbol().color().name())
+    choice = None
+    if name_field_key:
+        choice = f"a '{algorithm.parameterDefinition(name_field_key).description()}'"
     return PolygonSource(path=path, class_field=class_field, layer=layer_name or None,
-                         name_field=name_field, styled_classes=styled or None)
+                         name_field=name_field, styled_classes=styled or None,
+                         name_field_choice=choice)
 
 
 #: Options of the "Precision" and "Compile" parameters, in enum order (core names).

@@ -179,6 +179,19 @@ def test_algorithm_with_polygons(mamol_provider, tiny_model, small_scene, tmp_pa
     assert "class field class_id" in written["config"]["label source"]
 
 
+def test_text_class_field_advice_is_one_evaluate_offers(mamol_provider, tiny_model,
+                                                          small_scene, tmp_path):
+    """Evaluate has no class-name field, so its error must not advise choosing one."""
+    with pytest.raises(QgsProcessingException) as raised:
+        run({"MODEL": str(tiny_model), "HS": str(small_scene.hs), "DEVICE": "cpu",
+             "POLYGONS": str(small_scene.training_polygons), "CLASS_FIELD": "class_name",
+             "OUTPUT_REPORT": str(tmp_path / "e.html")})
+    message = str(raised.value)
+    assert "'class_name' is not numeric. Choose a numeric class field" in message
+    assert "name field" not in message.lower()
+    assert not list(tmp_path.iterdir())
+
+
 def test_algorithm_needs_exactly_one_label_source(mamol_provider, tiny_model, small_scene,
                                                   tmp_path):
     base = {"MODEL": str(tiny_model), "HS": str(small_scene.hs), "DEVICE": "cpu",

@@ -92,7 +92,8 @@ def test_needs_at_least_one_raster(mamol_provider, small_scene, tmp_path):
 
 
 def test_bad_class_field_is_reported(mamol_provider, small_scene, tmp_path):
-    with pytest.raises(QgsProcessingException, match="not numeric"):
+    with pytest.raises(QgsProcessingException,
+                       match="not numeric.* or also give a 'Class-name field'"):
         run(quick_parameters(small_scene, tmp_path, CLASS_FIELD="class_name",
                              CLASS_NAME_FIELD=None))
     assert list(tmp_path.iterdir()) == []

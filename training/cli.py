@@ -114,7 +114,7 @@ def _label_source(args):
     if not args.class_field:
         raise MamolInputError("--polygons needs --class-field.")
     return PolygonSource(path=args.polygons, class_field=args.class_field, layer=args.layer,
-                         name_field=args.name_field)
+                         name_field=args.name_field, name_field_choice="--name-field")
 
 
 def config_from_args(args):

@@ -70,6 +70,10 @@ class PolygonSource:
     name_field: Optional[str] = None     # optional class-name field
     # value -> (name, colour) from a categorised style; overrides names/colours from data.
     styled_classes: Optional[Mapping[int, Tuple[str, str]]] = None
+    # How the caller's user gives a class-name field, in the caller's words (the Toolbox's
+    # parameter, the command line's option); None where there is no such choice, so that
+    # errors never advise one.
+    name_field_choice: Optional[str] = None
 
 
 def _open_layer(source: PolygonSource):
@@ -121,10 +125,11 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
     if source.name_field:
         _field_type(layer, source.name_field, "class-name", source.path)
     if not numeric and not source.name_field:
+        remedy = (f", or also give {source.name_field_choice}: text classes are then "
+                  "numbered 1..K in alphabetical order" if source.name_field_choice else "")
         raise MamolInputError(
             f"The class field '{source.class_field}' is not numeric. Choose a numeric class "
-            "field (integer class values), or also choose a class-name field: text classes "
-            "are then numbered 1..K in alphabetical order.")
+            f"field (integer class values){remedy}.")
     layer_srs = layer.GetSpatialRef()
     # GeoPackage reports a layer without CRS as "Undefined geographic/Cartesian SRS".
     if layer_srs is None or (layer_srs.GetName() or "").startswith("Undefined"):
