@@ -23,11 +23,33 @@ def ensure_writable_folder(folder: Path) -> Path:
         probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".mamol-probe-", delete=True)
         probe.close()
     except OSError as exc:
-        reason = exc.strerror or exc.__class__.__name__
         raise MamolInputError(
-            f"Cannot write to the output folder '{folder}' ({reason}). "
+            f"Cannot write to the output folder '{folder}': {_why_not_writable(folder, exc)}. "
             "Choose a folder you have write access to.") from exc
     return folder
+
+
+def _why_not_writable(folder: Path, exc: OSError) -> str:
+    """What is true about a folder that refused a file: the operating system's own message
+    can mislead (a folder under /proc exists, yet creating a file there says "No such file
+    or directory")."""
+    detail = exc.strerror or exc.__class__.__name__
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return "the folder exists, but you have no permission to write in it"
+        return f"the folder exists, but its file system refuses new files there ({detail})"
+    if folder.exists():
+        return "it is a file, not a folder"
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"'{parent}' is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return (f"the folder does not exist, and you have no permission to create it in "
+                f"'{parent}'")
+    return (f"the folder does not exist, and the file system of '{parent}' refuses to create "
+            f"it ({detail})")
 
 
 @contextlib.contextmanager

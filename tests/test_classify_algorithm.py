@@ -76,3 +76,12 @@ def test_cancel_leaves_nothing(mamol_provider, tiny_model, small_scene, tmp_path
         run(parameters(tiny_model, small_scene, tmp_path, BLOCK_SIZE=32),
             feedback=cancelling_feedback(20))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs /proc")
+def test_output_where_files_cannot_be_made_says_so(mamol_provider, tiny_model, small_scene,
+                                                   tmp_path):
+    with pytest.raises(QgsProcessingException,
+                       match="'/proc': the folder exists, but its file system refuses new "
+                             "files there"):
+        run(parameters(tiny_model, small_scene, tmp_path, OUTPUT="/proc/land_cover.tif"))
