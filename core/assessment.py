@@ -108,7 +108,7 @@ def assess(classes_path, reference_path, modalities_path=None) -> Dict[str, obje
         result["per_pattern"] = [
             dict(pattern=pattern_name(code, modality_names), code=code,
                  **{k: v for k, v in metrics.summarise(matrix, names).items()
-                    if k in ("samples", "oa", "kappa")})
+                    if k in ("samples", "oa", "kappa", "reference_classes")})
             for code, matrix in sorted(per_pattern.items(), reverse=True)]
     return result
 
@@ -154,7 +154,7 @@ def format_report(result: Dict[str, object]) -> str:
     for row in result.get("per_pattern", []):
         kappa = "—" if row["kappa"] is None else format(row["kappa"], ".4f")
         lines.append(f"  {row['pattern']:<14} OA {_percent(row['oa']):>9}, kappa {kappa:>7} "
-                     f"({row['samples']} px)")
+                     f"({row['samples']} px){metrics.one_class_flag(row)}")
     lines.append("Per class (producer's / user's accuracy):")
     for row in result["per_class"]:
         lines.append(f"  {row['name']:<12} {_percent(row['producers_accuracy']):>9} / "

@@ -71,13 +71,12 @@ def overall_accuracy(matrix: np.ndarray) -> float:
 
 
 def cohen_kappa(matrix: np.ndarray) -> float:
-    """Cohen's kappa ``(p_o - p_e) / (1 - p_e)`` (unitless, <= 1); ``nan`` with no sample.
+    """Cohen's kappa ``(p_o - p_e) / (1 - p_e)`` (unitless, <= 1); ``nan`` where undefined.
 
-    ``p_e = sum_i(row_i * col_i) / n**2`` is the agreement expected by chance. When
-    ``p_e == 1`` the formula is 0/0: that happens only when every reference sample and every
-    prediction fall in one single class. We return 1.0 then if the agreement is perfect
-    (``p_o == 1``, which it always is in exact arithmetic) and 0.0 otherwise, rather than
-    ``nan``, so that a perfectly classified one-class set does not look like a failure.
+    ``p_e = sum_i(row_i * col_i) / n**2`` is the agreement expected by chance. Kappa is
+    undefined (``nan``) with no sample, and when ``p_e == 1``: every reference sample and
+    every prediction fall in one single class, so agreement cannot be told from chance and
+    the formula is 0/0. A perfectly classified one-class set is not evidence of skill.
     """
     array = _checked(matrix)
     # exact integer arithmetic (Python ints): no rounding in the p_e == 1 test, no overflow
@@ -90,8 +89,23 @@ def cohen_kappa(matrix: np.ndarray) -> float:
     chance = sum(r * c for r, c in zip(rows, cols))        # p_e * n**2
     denominator = total * total - chance                   # (1 - p_e) * n**2
     if denominator == 0:
-        return 1.0 if agree == total else 0.0
+        return float("nan")
     return (total * agree - chance) / denominator
+
+
+#: How reports flag a result whose reference holds a single class.
+ONE_CLASS_NOTE = "one reference class only: OA is no measure of skill here, kappa undefined or 0"
+
+
+def one_class_flag(record) -> str:
+    """`` [<note>]`` for a metrics record (with ``reference_classes``) of one class, else ''."""
+    return f" [{ONE_CLASS_NOTE}]" if record.get("reference_classes") == 1 else ""
+
+
+def reference_class_count(matrix: np.ndarray) -> int:
+    """How many classes have reference samples (rows of ``matrix`` that are not empty).
+    With one, OA measures nothing but that class and kappa is 0 or undefined."""
+    return int(np.count_nonzero(_checked(matrix).sum(axis=1)))
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -155,5 +169,6 @@ def summarise(matrix: np.ndarray, class_names: Sequence[str]) -> Dict[str, objec
     return {"samples": int(array.sum()),
             "oa": _or_none(overall_accuracy(array)),
             "kappa": _or_none(cohen_kappa(array)),
+            "reference_classes": reference_class_count(array),
             "confusion_matrix": array.tolist(),
             "per_class": per_class}

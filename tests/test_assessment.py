@@ -57,6 +57,10 @@ def test_overall_and_per_pattern_against_hand_counts(rasters):
     assert by_pattern["hs+sar+lidar"]["oa"] == pytest.approx(0.5)
     assert by_pattern["hs+lidar"]["oa"] == pytest.approx(1.0)   # (0,2)(0,3)(1,2)
     assert by_pattern["sar+lidar"]["samples"] == 3 and by_pattern["sar+lidar"]["oa"] == 1.0
+    # sar+lidar's reference is trees only: kappa is undefined there, and the row says so
+    assert by_pattern["sar+lidar"]["kappa"] is None
+    assert by_pattern["sar+lidar"]["reference_classes"] == 1
+    assert by_pattern["hs+lidar"]["reference_classes"] == 2
     assert "none" not in by_pattern
 
 
@@ -68,6 +72,12 @@ def test_command_line_prints_and_writes(rasters, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "OA 80.00 %" in printed and "hs+lidar" in printed
+    one_class = [line for line in printed.splitlines() if line.strip().startswith("sar+lidar")]
+    assert one_class and "kappa       —" in one_class[0]
+    assert one_class[0].endswith("[one reference class only: OA is no measure of skill here, "
+                                 "kappa undefined or 0]")
+    assert "one reference class" not in "".join(
+        line for line in printed.splitlines() if line.strip().startswith("hs+lidar"))
     assert json.loads((tmp_path / "a.json").read_text())["samples"] == 10
     image = gdal.Open(str(png))
     assert image.RasterCount >= 3 and image.RasterXSize == 800

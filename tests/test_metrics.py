@@ -104,12 +104,23 @@ def test_perfect_agreement_several_classes():
     assert metrics.f1_scores(matrix).tolist() == [1.0, 1.0, 1.0]
 
 
-def test_one_class_only_perfect_agreement():
-    # p_e = 1 makes the kappa formula 0/0; documented choice: perfect agreement gives 1
+def test_one_class_only_perfect_agreement_has_no_kappa():
+    # p_e = 1 makes the kappa formula 0/0: agreement cannot be told from chance
     matrix = metrics.confusion_matrix(np.zeros(7, int), np.zeros(7, int), 3)
     assert matrix[0, 0] == 7
     assert metrics.overall_accuracy(matrix) == 1.0
-    assert metrics.cohen_kappa(matrix) == 1.0
+    assert math.isnan(metrics.cohen_kappa(matrix))
+    summary = metrics.summarise(matrix, ["a", "b", "c"])
+    assert summary["kappa"] is None and summary["reference_classes"] == 1
+    assert metrics.one_class_flag(summary) == f" [{metrics.ONE_CLASS_NOTE}]"
+
+
+def test_one_reference_class_with_varied_predictions_is_flagged():
+    # reference all class 0, predictions 0,0,1: p_o = p_e = 2/3, kappa 0; still one class
+    matrix = metrics.confusion_matrix(np.zeros(3, int), np.array([0, 0, 1]), 2)
+    summary = metrics.summarise(matrix, ["a", "b"])
+    assert summary["kappa"] == pytest.approx(0.0) and summary["reference_classes"] == 1
+    assert metrics.one_class_flag(metrics.summarise(MATRIX, ["x"] * MATRIX.shape[0])) == ""
 
 
 def test_completely_wrong_predictions():

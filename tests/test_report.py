@@ -239,3 +239,18 @@ def test_evaluation_report_sections(tmp_path):
     assert "Missing patterns" in page and "hs 50%" in page
     assert page.count("<svg") == 1 and page.count("<details>") == 1
     assert "66.67" in page
+
+
+def test_pattern_rows_with_one_reference_class_are_flagged(tmp_path):
+    summary = make_summary()
+    summary["validation"]["per_pattern"] = [
+        {"pattern": "hs+sar+lidar", "samples": 90, "oa": 0.9, "kappa": 0.85,
+         "reference_classes": 3},
+        {"pattern": "lidar", "samples": 12, "oa": 1.0, "kappa": None, "reference_classes": 1}]
+    html_text, written = write(tmp_path, summary)
+    assert "<code>lidar</code> <sup>†</sup>" in html_text
+    assert "<code>hs+sar+lidar</code></td>" in html_text
+    assert "one reference class only: OA is no measure of skill here" in html_text
+    assert written["validation"]["per_pattern"][1]["kappa"] is None
+    html_text, _ = write(tmp_path, make_summary())
+    assert "†" not in html_text

@@ -244,7 +244,7 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
         f"{result['samples']} samples.")
     for record in result["per_pattern"]:
         say(f"  {record['pattern']}: OA {_pct(record['oa'])}, kappa {_num(record['kappa'])} "
-            f"({record['samples']} samples)")
+            f"({record['samples']} samples){metrics.one_class_flag(record)}")
     summary = _summary(config, header, infos, used, simulation, forcing, result, real,
                        patterns, warnings,
                        {"device": str(device),

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.metrics import ONE_CLASS_NOTE
 from ..core.staging import publish
 
 DASH = "—"
@@ -509,10 +510,16 @@ def _per_class_table(per_class: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _pattern_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """OA and kappa per modality pattern (``pattern``, ``samples``, ``oa``, ``kappa``)."""
-    rows = [[f"<code>{_esc(r.get('pattern'))}</code>", _count(r.get("samples")),
-             format_percent(r.get("oa")), format_percent(r.get("kappa"))] for r in records]
-    return _table(["Pattern", "Samples", "OA", "Kappa"], rows)
+    """OA and kappa per modality pattern (``pattern``, ``samples``, ``oa``, ``kappa``);
+    rows whose reference holds one class (``reference_classes`` 1) are flagged."""
+    rows = [[f"<code>{_esc(r.get('pattern'))}</code>"
+             + (" <sup>†</sup>" if r.get("reference_classes") == 1 else ""),
+             _count(r.get("samples")), format_percent(r.get("oa")),
+             format_percent(r.get("kappa"))] for r in records]
+    table = _table(["Pattern", "Samples", "OA", "Kappa"], rows)
+    if any(r.get("reference_classes") == 1 for r in records):
+        table += f'\n<p><sup>†</sup> {_esc(ONE_CLASS_NOTE)}.</p>'
+    return table
 
 
 def _cell_style(fraction: float) -> str:

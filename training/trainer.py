@@ -289,7 +289,8 @@ def pattern_metrics(reference: np.ndarray, predicted: np.ndarray, patterns: np.n
         rows.append({"pattern": pattern_name(code, names), "code": int(code),
                      "samples": int(members.sum()),
                      "oa": _finite(metrics.overall_accuracy(matrix)),
-                     "kappa": _finite(metrics.cohen_kappa(matrix))})
+                     "kappa": _finite(metrics.cohen_kappa(matrix)),
+                     "reference_classes": metrics.reference_class_count(matrix)})
     return rows
 
 
@@ -596,7 +597,8 @@ def _final_evaluation(config, model, validation: SampleSet, validation_patterns,
         forced.append({"pattern": pattern_name(subset, names), "code": subset,
                        "samples": int(usable.size),
                        "oa": _finite(metrics.overall_accuracy(sub_matrix)),
-                       "kappa": _finite(metrics.cohen_kappa(sub_matrix))})
+                       "kappa": _finite(metrics.cohen_kappa(sub_matrix)),
+                       "reference_classes": metrics.reference_class_count(sub_matrix)})
     result["forced_patterns"] = forced
     return result
 
