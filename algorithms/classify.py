@@ -203,7 +203,7 @@ class ClassifyAlgorithm(MamolAlgorithm):
         if feedback is not None:
             feedback.pushInfo(self.tr("Pixels per class:"))
             for value, count in result.class_counts.items():
-                feedback.pushInfo(f"  {value}: {count}")
+                feedback.pushInfo(f"  {value} {result.class_names[value]}: {count}")
         if context.willLoadLayerOnCompletion(config.output_classes):
             details = context.layerToLoadOnCompletionDetails(config.output_classes)
             post = _LoadClassStyle(str(qml_path(Path(config.output_classes))))

@@ -116,6 +116,7 @@ class ClassifyResult:
     outputs: Dict[str, Path]            # output key -> path
     grid: ReferenceGrid
     class_counts: Dict[int, int]        # class value -> pixels
+    class_names: Dict[int, str]         # class value -> name
     pattern_counts: Dict[int, int]      # modalities-used code -> pixels (0 = none)
     seconds: float
     pixels_per_second: float            # classified (target) pixels per second
@@ -485,5 +486,6 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     return ClassifyResult(
         outputs=outputs_written, grid=grid,
         class_counts={int(v): int(n) for v, n in zip(values, class_counts)},
+        class_names={c.value: c.name for c in header.classes},
         pattern_counts={code: int(n) for code, n in enumerate(pattern_counts) if n},
         seconds=seconds, pixels_per_second=classified / max(seconds, 1e-9))

@@ -85,3 +85,24 @@ def test_output_where_files_cannot_be_made_says_so(mamol_provider, tiny_model, s
                        match="'/proc': the folder exists, but its file system refuses new "
                              "files there"):
         run(parameters(tiny_model, small_scene, tmp_path, OUTPUT="/proc/land_cover.tif"))
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def pushInfo(self, info):  # noqa: N802 - QGIS API
+        self.lines.append(info)
+        super().pushInfo(info)
+
+
+def test_log_names_the_classes_it_counts(mamol_provider, tiny_model, small_scene, tmp_path):
+    feedback = RecordingFeedback()
+    run(parameters(tiny_model, small_scene, tmp_path), feedback=feedback)
+    start = feedback.lines.index("Pixels per class:")
+    counted = feedback.lines[start + 1:start + 8]
+    assert [line.split(":")[0] for line in counted] == [
+        "  1 Water", "  2 Shadow", "  3 Road", "  4 Building", "  5 Grass", "  6 Trees",
+        "  7 Bare soil"]
+    assert sum(int(line.split(":")[1]) for line in counted) == 128 * 128
