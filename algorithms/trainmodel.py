@@ -257,8 +257,10 @@ class TrainModelAlgorithm(MamolAlgorithm):
             "One modality given: there is nothing to hide, so no missing-modality "
             "simulation."))
             progress, is_cancelled = progress_callables(feedback)
-            result = train_model(config, progress, is_cancelled,
-                                 log=feedback.pushInfo if feedback is not None else None)
+            result = train_model(
+                config, progress, is_cancelled,
+                log=feedback.pushInfo if feedback is not None else None,
+                warn=feedback.pushWarning if feedback is not None else None)
         return {self.OUTPUT_MODEL: str(result.model_path),
                 self.OUTPUT_REPORT: str(result.report_html) if result.report_html else None,
                 self.OUTPUT_REPORT_JSON: str(result.report_json) if result.report_json

@@ -197,7 +197,8 @@ def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, s
 def _cell(record: Optional[Dict[str, object]]) -> str:
     if not record or record.get("oa") is None:
         return "—"
-    return f"{100 * record['oa']:.2f} / {100 * record['kappa']:.2f}"
+    kappa = "—" if record.get("kappa") is None else f"{100 * record['kappa']:.2f}"
+    return f"{100 * record['oa']:.2f} / {kappa}"
 
 
 def _pct(value: float) -> str:

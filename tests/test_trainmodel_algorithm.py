@@ -6,7 +6,7 @@ import sys
 
 import pytest
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProcessingException,
-                       QgsRendererCategory, QgsVectorLayer)
+                       QgsProcessingFeedback, QgsRendererCategory, QgsVectorLayer)
 
 from conftest import PLUGINS_DIR, cancelling_feedback
 from mamol.core.model_file import read_header
@@ -131,3 +131,67 @@ def test_command_line_trains_without_qgis(small_scene, tmp_path):
     assert bad.returncode == 2
     assert "no class field 'nope'" in bad.stderr
     assert not (tmp_path / "x.mamol").exists()
+
+
+def one_polygon_per_class(scene, path):
+    """The scene's training polygons, keeping only each class's first one."""
+    from osgeo import ogr
+    source = ogr.Open(str(scene.training_polygons))
+    layer = source.GetLayer(0)
+    target = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    out = target.CreateLayer("one_each", layer.GetSpatialRef(), ogr.wkbPolygon)
+    definition = layer.GetLayerDefn()
+    for index in range(definition.GetFieldCount()):
+        out.CreateField(definition.GetFieldDefn(index))
+    seen = set()
+    for feature in layer:
+        if feature.GetField("class_id") not in seen:
+            seen.add(feature.GetField("class_id"))
+            out.CreateFeature(feature.Clone())
+    target = source = None
+    return path
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.info, self.warnings = [], []
+
+    def pushInfo(self, info):  # noqa: N802 - QGIS API
+        self.info.append(info)
+        super().pushInfo(info)
+
+    def pushWarning(self, warning):  # noqa: N802 - QGIS API
+        self.warnings.append(warning)
+        super().pushWarning(warning)
+
+
+def test_no_validation_is_said_as_a_warning_and_the_last_epoch_kept(mamol_provider,
+                                                                    small_scene, tmp_path):
+    polygons = one_polygon_per_class(small_scene, tmp_path / "one_each.gpkg")
+    feedback = RecordingFeedback()
+    run(quick_parameters(small_scene, tmp_path, POLYGONS=str(polygons), EPOCHS=2),
+        feedback=feedback)
+    assert sum("has a single polygon, so it has no validation pixels" in w
+               for w in feedback.warnings) == 7
+    assert any(w.startswith("No validation pixels") and "the last one (2) is kept" in w
+               for w in feedback.warnings)
+    epochs = [line for line in feedback.info if line.startswith("epoch ")]
+    assert len(epochs) == 2 and not any("best so far" in line for line in epochs)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["best_epoch"] == 2
+    assert any(w.startswith("No validation pixels") for w in report["warnings"])
+
+
+def test_command_line_prints_warnings(small_scene, tmp_path):
+    polygons = one_polygon_per_class(small_scene, tmp_path / "one_each.gpkg")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from mamol.training.cli import main; "
+         "sys.exit(main())", "--hs", str(small_scene.hs), "--polygons", str(polygons),
+         "--class-field", "class_id", "--arch", "mamol-tiny-vit", "--weights", "random",
+         "--patch-size", "5", "--epochs", "1", "--max-train-per-class", "20", "--device",
+         "cpu", "--output", str(tmp_path / "m.mamol")],
+        capture_output=True, text=True, timeout=600,
+        env={"PYTHONPATH": str(PLUGINS_DIR), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning: No validation pixels" in done.stderr

@@ -160,7 +160,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         config = config_from_args(args)
-        train_model(config, show_progress, log=LOG.info)
+        train_model(config, show_progress, log=LOG.info,
+                    warn=lambda text: LOG.warning("warning: %s", text))
     except MamolInputError as exc:
         LOG.error("error: %s", exc)
         return 2

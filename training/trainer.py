@@ -317,7 +317,8 @@ def _wavelengths(info: RasterInfo) -> Tuple[float, ...]:
 
 def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = None,
                 is_cancelled: Optional[CancelCheck] = None,
-                log: Optional[Callable[[str], None]] = None) -> TrainingResult:
+                log: Optional[Callable[[str], None]] = None,
+                warn: Optional[Callable[[str], None]] = None) -> TrainingResult:
     """Train, validate, and write the model file (and reports). See the module docstring.
 
     Args:
@@ -326,10 +327,17 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
         is_cancelled: checked every batch; True stops the run with :class:`Cancelled` and
             nothing written.
         log: receives one line per stage and per epoch (default: this module's logger).
+        warn: receives each warning as it arises (default: this module's logger); the
+            reports list them too.
     """
     torch_compat.import_torch()  # fail before any work if PyTorch is missing
     reporter = Reporter(progress, is_cancelled)
     say = log or LOG.info
+    warnings: List[str] = []
+
+    def caution(text: str) -> None:
+        warnings.append(text)
+        (warn or LOG.warning)(text)
     config.validate()
     names = config.modality_names
     for name in names:
@@ -360,7 +368,8 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     for labelled, (tr, va, tp, vp) in zip(classes, split.class_counts):
         say(f"  class {labelled.value} {labelled.name}: {tr} training px from {tp} polygon(s),"
             f" {va} validation px from {vp} polygon(s)")
-    warnings = list(split.warnings)
+    for text in split.warnings:
+        caution(text)
     reporter.report(2)
 
     with scratch_folder() as scratch:
@@ -378,8 +387,16 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
                 raster.close()
         for dropped, side in ((dropped_train, "training"), (dropped_validation, "validation")):
             if dropped:
-                warnings.append(f"{dropped} {side} pixel(s) lie where no raster has valid "
-                                "data and were not used.")
+                caution(f"{dropped} {side} pixel(s) lie where no raster has valid data and "
+                        "were not used.")
+        if not len(validation) and config.split.validation_fraction == 0:
+            say(f"No validation (validation fraction 0): the last epoch ({config.epochs}) is "
+                "kept.")
+        elif not len(validation):
+            caution(f"No validation pixels (each class's polygons all went to training: the "
+                    f"split is by polygon, so a class needs at least 2 polygons to lend one to "
+                    f"validation). Nothing tells the epochs apart, so the last one "
+                    f"({config.epochs}) is kept, and the reports have no accuracy.")
         counts = np.bincount(train.class_index, minlength=class_count)
         for labelled, count in zip(classes, counts):
             if count == 0:
@@ -564,9 +581,11 @@ def _validation_batch(config: TrainingConfig, model, device) -> int:
 def _epoch_line(record: Dict[str, object], epochs: int, best: bool) -> str:
     text = (f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, "
             f"lr {record['learning_rate']:.2e}, {record['samples_per_second']:.0f} samples/s")
-    if record["validation_oa"] is not None:
-        text += (f", validation OA {100 * record['validation_oa']:.2f} % kappa "
-                 f"{record['validation_kappa']:.4f}")
+    if record["validation_oa"] is None:
+        return text   # nothing to compare: the last epoch is kept, as the log said before
+    kappa = record["validation_kappa"]
+    text += (f", validation OA {100 * record['validation_oa']:.2f} % kappa "
+             f"{'—' if kappa is None else format(kappa, '.4f')}")
     return text + (" (best so far)" if best else "")
 
 
