@@ -196,7 +196,8 @@ class ClassifyAlgorithm(MamolAlgorithm):
                    for key, field, _, _ in OPTIONAL_OUTPUTS})
             progress, is_cancelled = progress_callables(feedback)
             result = classify(config, progress, is_cancelled,
-                              log=feedback.pushInfo if feedback is not None else None)
+                              log=feedback.pushInfo if feedback is not None else None,
+                              warn=feedback.pushWarning if feedback is not None else None)
         results = {self.OUTPUT: config.output_classes}
         for key, field, _, _ in OPTIONAL_OUTPUTS:
             results[key] = getattr(config, field)

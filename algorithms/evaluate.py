@@ -189,7 +189,8 @@ class EvaluateAlgorithm(MamolAlgorithm):
                 seed=seed)
             progress, is_cancelled = progress_callables(feedback)
             result = evaluate(config, progress, is_cancelled,
-                              log=feedback.pushInfo if feedback is not None else None)
+                              log=feedback.pushInfo if feedback is not None else None,
+                              warn=feedback.pushWarning if feedback is not None else None)
         return {self.OUTPUT_REPORT: str(result.report_html),
                 self.OUTPUT_REPORT_JSON: str(result.report_json),
                 self.OA: result.oa, self.KAPPA: result.kappa}

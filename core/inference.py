@@ -21,6 +21,10 @@
   given. The model runs the encoder only for (pixel, modality) pairs present. With a
   stride s only the centre pixel of each s×s cell is classified and the cell takes its
   result (nearest upsampling), for fast previews.
+* **Unfamiliar input.** Per modality, the share of classified pixels whose values lie far
+  from the training data (:mod:`core.value_range`) is logged, written into the class
+  raster's metadata (``MAMOL_FAR_SHARE_<MODALITY>``) and warned about above 5 %; the run
+  never refuses.
 
 All outputs are written under hidden names and moved into place only when complete.
 """
@@ -46,6 +50,7 @@ from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
 from .model_file import ModelHeader, check_inputs, load_model, read_header
 from .raster_io import VECTOR_MEMORY_DRIVER, create_geotiff
 from .staging import staged_files
+from .value_range import FarTally
 from .windows import DEFAULT_MAX_MISSING_FRACTION, window_offset
 
 LOG = logging.getLogger(__name__)
@@ -117,6 +122,7 @@ class ClassifyResult:
     grid: ReferenceGrid
     class_counts: Dict[int, int]        # class value -> pixels
     class_names: Dict[int, str]         # class value -> name
+    far_shares: Dict[str, Optional[float]]  # modality -> share of its pixels far from training
     pattern_counts: Dict[int, int]      # modalities-used code -> pixels (0 = none)
     seconds: float
     pixels_per_second: float            # classified (target) pixels per second
@@ -207,6 +213,13 @@ class _Outputs:
             for band in range(array.shape[0]):
                 dataset.GetRasterBand(band + 1).WriteArray(array[band], col0, row0)
 
+    def record_far_shares(self, shares: Dict[str, Optional[float]]) -> None:
+        """Keep each modality's share of far pixels in the class raster's metadata."""
+        dataset = self.datasets["classes"]
+        for name, share in shares.items():
+            dataset.SetMetadataItem(f"MAMOL_FAR_SHARE_{name.upper()}",
+                                    "none" if share is None else f"{share:.6f}")
+
     def close(self) -> None:
         for key in list(self.datasets):
             self.datasets[key].FlushCache()
@@ -293,6 +306,7 @@ class _Block:
     anchor_rows: np.ndarray              # grid row classified for each block row
     anchor_cols: np.ndarray
     bands: Dict[str, np.ndarray]         # name -> (bands, height + P - 1, width + P - 1)
+    far: FarTally                        # the block's pixels against the training data
 
 
 class _BlockReader:
@@ -318,7 +332,7 @@ class _BlockReader:
     def read(self, col0: int, row0: int, width: int, height: int) -> _Block:
         patch, offset = self.patch, window_offset(self.patch)
         pattern = np.zeros((height, width), dtype=np.int64)
-        bands = {}
+        bands, valid = {}, {}
         for name in self.order:
             raw = self.aligned[name].read(self.crop[0] + col0 - offset,
                                           self.crop[1] + row0 - offset,
@@ -326,16 +340,24 @@ class _BlockReader:
             present = window_presence(np.isnan(raw).any(axis=0), patch, self.threshold)
             pattern |= present.astype(np.int64) << self.bits[name]
             mean, std = self.stats[name]
+            own = raw[:, offset:offset + height, offset:offset + width]
+            valid[name] = np.isfinite(own).all(axis=0)
             bands[name] = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
         if self.mask_layer is not None:
             inside = _mask_block(self.mask_layer, self.grid, col0, row0, width, height)
             pattern[~inside] = 0
+        far = FarTally(self.order)
+        for name, finite in valid.items():
+            # Pixels where the model uses this modality (present, inside the mask) count.
+            counted = finite & (((pattern >> self.bits[name]) & 1) > 0)
+            own = bands[name][:, offset:offset + height, offset:offset + width]
+            far.add(name, own[:, counted])
         # Anchor pixels (the ones classified) of this block, in grid coords; with stride 1
         # every pixel is its own anchor. Anchors lie inside the block because blocks are
         # whole multiples of the stride.
         return _Block(col0, row0, width, height, pattern,
                       _anchors(row0, height, self.stride, self.grid.height),
-                      _anchors(col0, width, self.stride, self.grid.width), bands)
+                      _anchors(col0, width, self.stride, self.grid.width), bands, far)
 
 
 def _classify_block(model, block: _Block, device, batch_size: int, patch: int,
@@ -380,15 +402,17 @@ def _classify_block(model, block: _Block, device, batch_size: int, patch: int,
 
 def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None,
              is_cancelled: Optional[CancelCheck] = None,
-             log: Optional[Callable[[str], None]] = None) -> ClassifyResult:
+             log: Optional[Callable[[str], None]] = None,
+             warn: Optional[Callable[[str], None]] = None) -> ClassifyResult:
     """Classify the scene ``config`` describes and write the outputs (see the module
-    docstring). Raises :class:`MamolInputError` for bad input before any heavy work, and
+    docstring); ``log`` receives progress lines, ``warn`` warnings. Raises :class:`MamolInputError` for bad input before any heavy work, and
     :class:`Cancelled` (nothing written) when ``is_cancelled`` turns true."""
     import time
 
     torch_compat.import_torch()  # fail before any work if PyTorch is missing
     reporter = Reporter(progress, is_cancelled)
     say = log or LOG.info
+    caution = warn or LOG.warning
     config.validate()
     header = read_header(Path(config.model_path))
     given = dict(config.rasters)
@@ -424,6 +448,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     class_counts = np.zeros(class_count, dtype=np.int64)
     pattern_counts = np.zeros(2 ** len(header.modalities), dtype=np.int64)
     classified = 0
+    tally = FarTally(order)
     started = time.perf_counter()
     aligned = {name: AlignedRaster(infos[name], full_grid) for name in order}
     reader = _BlockReader(config, header, grid, aligned, order, (crop_col, crop_row),
@@ -470,7 +495,9 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                     pattern_counts += np.bincount(used.ravel(),
                                                   minlength=pattern_counts.size)
                     classified += count
+                    tally.merge(current.far)
                     reporter.report(100 * (number + 1) / len(blocks))
+                outputs.record_far_shares(tally.shares())
             finally:
                 outputs.close()
             write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
@@ -481,11 +508,15 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     seconds = time.perf_counter() - started
     say(f"Classified {classified} pixels in {seconds:.1f} s "
         f"({classified / max(seconds, 1e-9):.0f} pixels/s).")
+    say(tally.line())
+    for message in tally.warnings():
+        caution(message)
     outputs_written = dict(paths)
     outputs_written["style"] = qml_path(paths["classes"])
     return ClassifyResult(
         outputs=outputs_written, grid=grid,
         class_counts={int(v): int(n) for v, n in zip(values, class_counts)},
         class_names={c.value: c.name for c in header.classes},
+        far_shares=tally.shares(),
         pattern_counts={code: int(n) for code, n in enumerate(pattern_counts) if n},
         seconds=seconds, pixels_per_second=classified / max(seconds, 1e-9))

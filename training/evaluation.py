@@ -17,7 +17,9 @@ Forced missingness answers "what does a missing sensor cost me?":
 
 Pixels where none of the evaluated modalities has valid data cannot be classified; they are
 counted and left out of the metrics (reported as a warning). Reference classes the model
-does not know are an error, since no prediction could ever match them.
+does not know are an error, since no prediction could ever match them. The share of
+reference pixels whose values lie far from the training data is reported per modality
+and warned about above 5 % (:mod:`core.value_range`).
 """
 import logging
 import tempfile
@@ -36,7 +38,8 @@ from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
 from ..core.model_file import check_inputs, load_model, read_header
 from ..core.staging import ensure_writable_folder
-from ..core.windows import pattern_name
+from ..core.value_range import FarTally, z_scores
+from ..core.windows import pattern_name, window_offset
 from .dataset import Normalisation, extract_samples, scratch_folder
 from .labels import (LabelledPixels, LabelRasterSource, PolygonSource, cap_indices,
                      labels_from_raster, rasterise_polygons)
@@ -145,12 +148,15 @@ def match_classes(pixels: LabelledPixels, header) -> np.ndarray:
 
 def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = None,
              is_cancelled: Optional[CancelCheck] = None,
-             log: Optional[Callable[[str], None]] = None) -> EvaluationResult:
+             log: Optional[Callable[[str], None]] = None,
+             warn: Optional[Callable[[str], None]] = None) -> EvaluationResult:
     """Score the model on the reference labels; write the reports if asked. See the module
-    docstring. A cancel or an error leaves no report behind."""
+    docstring. ``log`` receives progress lines, ``warn`` each warning (they are in the
+    reports too). A cancel or an error leaves no report behind."""
     torch_compat.import_torch()
     reporter = Reporter(progress, is_cancelled)
     say = log or LOG.info
+    caution = warn or LOG.warning
     config.validate()
     model_path = Path(config.model_path)
     header = read_header(model_path)
@@ -215,6 +221,9 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
                 "No reference pixel has valid data in the evaluated rasters; check that the "
                 "labels and rasters cover the same area.")
         real = remap_patterns(samples.pattern, used, model_names)
+        far = _far_from_training(samples, used, header)
+        say(far.line())
+        warnings.extend(far.warnings())
         patterns = apply_simulation(real, simulation, len(model_names))
         forcing = describe_forcing(config.absent, simulation, model_names)
         say("Forced missingness: " + forcing)
@@ -245,8 +254,10 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
     for record in result["per_pattern"]:
         say(f"  {record['pattern']}: OA {_pct(record['oa'])}, kappa {_num(record['kappa'])} "
             f"({record['samples']} samples){metrics.one_class_flag(record)}")
+    for message in warnings:
+        caution(message)
     summary = _summary(config, header, infos, used, simulation, forcing, result, real,
-                       patterns, warnings,
+                       patterns, warnings, far.shares(),
                        {"device": str(device),
                         "precision": dtype_name(model.compute_dtype),
                         "seconds": seconds,
@@ -303,8 +314,24 @@ def _counts_full_first(patterns: np.ndarray, names: Sequence[str]) -> Dict[str, 
     return dict(reversed(list(_pattern_counts(patterns, names).items())))
 
 
+def _far_from_training(samples, used: Sequence[str], header) -> FarTally:
+    """Valid and far reference pixels per evaluated modality (:mod:`core.value_range`),
+    judged on each sample's own pixel where the modality is present."""
+    tally = FarTally(used)
+    stats = {m.name: m for m in header.modalities}
+    for bit, name in enumerate(used):
+        present = np.flatnonzero((samples.pattern >> bit) & 1)
+        cube = samples.windows[name]
+        centre = window_offset(cube.shape[-1])
+        for start in range(0, present.size, 65536):
+            values = np.asarray(cube[present[start:start + 65536], :, centre, centre]).T
+            valid = np.isfinite(values).all(axis=0)
+            tally.add(name, z_scores(values[:, valid], stats[name].mean, stats[name].std))
+    return tally
+
+
 def _summary(config, header, infos, used, simulation, forcing, result, real, patterns,
-             warnings, timing) -> Dict[str, object]:
+             warnings, far_shares, timing) -> Dict[str, object]:
     names = header.modality_names
     settings = {
         "labels": config.labels.path,
@@ -321,7 +348,8 @@ def _summary(config, header, infos, used, simulation, forcing, result, real, pat
         "title": "MaMOL evaluation report", "model_file": str(config.model_path),
         "created_by": "mamol evaluation",
         "modalities": [{"name": n, "bands": infos[n].bands, "path": infos[n].path,
-                        "used": n in used} for n in names if n in infos],
+                        "used": n in used, "far_share": far_shares.get(n)}
+                       for n in names if n in infos],
         "classes": [{"value": c.value, "name": c.name, "colour": c.colour,
                      "reference_samples": row["reference_samples"]}
                     for c, row in zip(header.classes, result["per_class"])],

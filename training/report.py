@@ -205,6 +205,11 @@ def _modalities(summary: Mapping[str, Any]) -> str:
         headers.append("Used")
         for row, m in zip(rows, records):
             row.append("yes" if m.get("used", True) else "no (forced absent)")
+    if any("far_share" in m for m in records):
+        headers.append("Far from the training data")
+        for row, m in zip(rows, records):
+            share = m.get("far_share")
+            row.append(f"{100 * share:.1f} %" if isinstance(share, (int, float)) else DASH)
     return _section("Modalities", _table(headers, rows))
 
 
