@@ -16,9 +16,10 @@ from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
 from ..core.inference import ClassifyConfig, MaskSource
 from ..core.model_file import EXTENSION
+from ..core.raster_io import DEFAULT_GDAL_CACHE_MB
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
                      add_raster_inputs, compute_settings, core_errors_as_processing_exceptions,
-                     has_raster_input, progress_callables, raster_inputs)
+                     has_raster_input, FeedbackRelay, raster_inputs)
 
 #: Optional outputs: (parameter key, ClassifyConfig field, label, help).
 OPTIONAL_OUTPUTS = (
@@ -63,6 +64,7 @@ class ClassifyAlgorithm(MamolAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     STRIDE = "STRIDE"
     BLOCK_SIZE = "BLOCK_SIZE"
+    GDAL_CACHE = "GDAL_CACHE"
     MAX_MISSING_FRACTION = "MAX_MISSING_FRACTION"
     OUTPUT = "OUTPUT"
 
@@ -133,6 +135,14 @@ class ClassifyAlgorithm(MamolAlgorithm):
             maxValue=8192), "Pixels per side of a processing block (16 or more); memory, not "
             "results. Automatic: 512 on a GPU, 256 on the CPU.", advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
+            self.GDAL_CACHE, self.tr("GDAL block cache for the run (MiB)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_GDAL_CACHE_MB,
+            minValue=16, maxValue=65536),
+            "GDAL keeps the raster blocks it reads and writes in one cache; it is capped at "
+            "this size while the run lasts (QGIS's own setting is restored afterwards), so "
+            "memory does not grow with the scene. More rarely helps: blocks are read in "
+            "order.", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
             self.MAX_MISSING_FRACTION, self.tr("Missing share of a window (-1 = model's)"),
             QgsProcessingParameterNumber.Double, defaultValue=-1.0, minValue=-1.0,
             maxValue=1.0),
@@ -160,6 +170,7 @@ class ClassifyAlgorithm(MamolAlgorithm):
         return path
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        relay = FeedbackRelay(feedback)
         from ..core.inference import classify
 
         with core_errors_as_processing_exceptions():
@@ -189,22 +200,21 @@ class ClassifyAlgorithm(MamolAlgorithm):
                 max_missing_fraction=None if fraction < 0 else fraction,
                 stride=self.parameterAsInt(parameters, self.STRIDE, context),
                 block_size=self.parameterAsInt(parameters, self.BLOCK_SIZE, context),
+                gdal_cache_mb=self.parameterAsInt(parameters, self.GDAL_CACHE, context),
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
                 **compute_settings(self, parameters, context),
                 **{field: self._output(parameters, key, context)
                    for key, field, _, _ in OPTIONAL_OUTPUTS})
-            progress, is_cancelled = progress_callables(feedback)
-            result = classify(config, progress, is_cancelled,
-                              log=feedback.pushInfo if feedback is not None else None,
-                              warn=feedback.pushWarning if feedback is not None else None)
+            result = classify(config, relay.progress, relay.is_cancelled,
+                              log=relay.info, warn=relay.warning)
         results = {self.OUTPUT: config.output_classes}
         for key, field, _, _ in OPTIONAL_OUTPUTS:
             results[key] = getattr(config, field)
         if feedback is not None:
-            feedback.pushInfo(self.tr("Pixels per class:"))
+            relay.info(self.tr("Pixels per class:"))
             for value, count in result.class_counts.items():
-                feedback.pushInfo(f"  {value} {result.class_names[value]}: {count}")
+                relay.info(f"  {value} {result.class_names[value]}: {count}")
         if context.willLoadLayerOnCompletion(config.output_classes):
             details = context.layerToLoadOnCompletionDetails(config.output_classes)
             post = _LoadClassStyle(str(qml_path(Path(config.output_classes))))

@@ -1,10 +1,10 @@
 """What every MaMOL algorithm shares: core errors become ``QgsProcessingException`` and
-QGIS feedback becomes the core's plain progress/cancel callables."""
+QGIS feedback becomes the core's plain progress/cancel/log callables."""
 import contextlib
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
 
-from qgis.core import (QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
+from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingFeedback,
                        QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
                        QgsProcessingParameterRasterLayer)
@@ -50,12 +50,51 @@ def core_errors_as_processing_exceptions() -> Iterator[None]:
         raise QgsProcessingException(str(exc)) from exc
 
 
-def progress_callables(feedback: Optional[QgsProcessingFeedback]) -> Tuple[Optional[Callable],
-                                                                           Optional[Callable]]:
-    """``(progress, is_cancelled)`` for the core, forwarding to ``feedback`` (may be None)."""
-    if feedback is None:
-        return None, None
-    return feedback.setProgress, feedback.isCanceled
+class FeedbackRelay:
+    """The core's progress, cancel check, log lines and warnings, forwarded to a Processing
+    feedback (which may be None: then progress and lines go nowhere).
+
+    ``qgis_process`` prints progress as dots and tens on the current line ("0...10...20")
+    and each message as a line of its own, so a message after some dots ran into them
+    ("0...10Missing simulation"). There a message that follows dots starts on a new line;
+    the Toolbox (whose log shows no dots) and ``qgis_process --json`` get it unchanged.
+    """
+
+    def __init__(self, feedback: Optional[QgsProcessingFeedback]) -> None:
+        self.feedback = feedback
+        arguments = QCoreApplication.arguments()
+        self.console = (feedback is not None and QgsApplication.platform() == "qgis_process"
+                        and "--json" not in arguments)
+        self._tick = -1        # the console's last tick: 40 ticks per 100 %, "0" is the first
+        self._dots = False     # the console printed ticks since the last message
+
+    def progress(self, percent: float) -> None:
+        if self.feedback is None:
+            return
+        # the console's rule: a tick per 2.5 %, printed only when it passes the last one;
+        # the 40th ends the line itself (" - done.")
+        tick = min(40, max(0, int(percent * 0.4)))
+        if tick > self._tick:
+            self._tick = tick
+            self._dots = tick < 40
+        self.feedback.setProgress(percent)
+
+    def is_cancelled(self) -> bool:
+        return self.feedback is not None and self.feedback.isCanceled()
+
+    def _line(self, text: str) -> str:
+        if self.console and self._dots:
+            self._dots = False
+            return "\n" + text
+        return text
+
+    def info(self, text: str) -> None:
+        if self.feedback is not None:
+            self.feedback.pushInfo(self._line(text))
+
+    def warning(self, text: str) -> None:
+        if self.feedback is not None:
+            self.feedback.pushWarning(self._line(text))
 
 
 def as_whole_number(value):

@@ -7,7 +7,7 @@ from qgis.core import (QgsProcessing, QgsProcessingContext,
 from ..core import sample_scene
 from ..core.errors import MamolInputError
 from .common import (MamolAlgorithm, as_whole_number, core_errors_as_processing_exceptions,
-                     progress_callables)
+                     FeedbackRelay)
 
 
 class CreateSampleSceneAlgorithm(MamolAlgorithm):
@@ -98,21 +98,22 @@ class CreateSampleSceneAlgorithm(MamolAlgorithm):
         return super().checkParameterValues(parameters, context)
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback):  # noqa: N802
+        relay = FeedbackRelay(feedback)
         with core_errors_as_processing_exceptions():
             config = self._config(parameters)
             folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
-            progress, is_cancelled = progress_callables(feedback)
-            scene = sample_scene.write_sample_scene(config, folder, progress, is_cancelled)
+            scene = sample_scene.write_sample_scene(config, folder, relay.progress,
+                                                      relay.is_cancelled)
         manifest = sample_scene.read_manifest(scene.manifest)
         if feedback is not None:
-            feedback.pushInfo(self.tr(f"Sample scene written to {scene.folder}:"))
+            relay.info(self.tr(f"Sample scene written to {scene.folder}:"))
             for path in (scene.hs, scene.sar, scene.lidar, scene.training_polygons,
                          scene.reference_labels, scene.manifest):
-                feedback.pushInfo(f"  {path.name}")
-            feedback.pushInfo(self.tr("Classes (training polygons / training px / "
+                relay.info(f"  {path.name}")
+            relay.info(self.tr("Classes (training polygons / training px / "
                                       "reference px):"))
             for record in manifest["classes"]:
-                feedback.pushInfo(
+                relay.info(
                     f"  {record['value']} {record['name']}: {record['training_polygons']} / "
                     f"{record['training_pixels']} / {record['reference_pixels']}")
         results = {

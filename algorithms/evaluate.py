@@ -18,7 +18,7 @@ from ..training.labels import LabelRasterSource
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_compute_parameters,
                      add_parameter, add_raster_inputs, compute_settings,
                      core_errors_as_processing_exceptions, has_raster_input, polygon_source,
-                     progress_callables, raster_inputs)
+                     FeedbackRelay, raster_inputs)
 
 #: Modalities that can be forced absent, in the enum's order.
 MODALITY_CHOICES = tuple(name for _, name, _ in RASTER_INPUTS)
@@ -155,6 +155,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
         raise MamolInputError(NO_LABELS_MESSAGE)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        relay = FeedbackRelay(feedback)
         from ..training.evaluation import EvaluationConfig, evaluate
 
         with core_errors_as_processing_exceptions():
@@ -187,10 +188,8 @@ class EvaluateAlgorithm(MamolAlgorithm):
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
                 **compute_settings(self, parameters, context, with_compile=False),
                 seed=seed)
-            progress, is_cancelled = progress_callables(feedback)
-            result = evaluate(config, progress, is_cancelled,
-                              log=feedback.pushInfo if feedback is not None else None,
-                              warn=feedback.pushWarning if feedback is not None else None)
+            result = evaluate(config, relay.progress, relay.is_cancelled,
+                              log=relay.info, warn=relay.warning)
         return {self.OUTPUT_REPORT: str(result.report_html),
                 self.OUTPUT_REPORT_JSON: str(result.report_json),
                 self.OA: result.oa, self.KAPPA: result.kappa}

@@ -26,7 +26,7 @@ from ..training.labels import SplitConfig
 from ..training.missing import MissingSimulation, SimulationMode
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
                      add_raster_inputs, compute_settings, core_errors_as_processing_exceptions,
-                     has_raster_input, polygon_source, progress_callables, raster_inputs)
+                     has_raster_input, polygon_source, FeedbackRelay, raster_inputs)
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
 MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY)
@@ -217,6 +217,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
         return super().checkParameterValues(parameters, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        relay = FeedbackRelay(feedback)
         from ..training.trainer import TrainingConfig, train_model
 
         with core_errors_as_processing_exceptions():
@@ -253,14 +254,12 @@ class TrainModelAlgorithm(MamolAlgorithm):
                            if config.report_html else None)
             if feedback is not None and len(config.modality_names) == 1 and \
                     simulation.mode is SimulationMode.NONE:
-                feedback.pushInfo(self.tr(
+                relay.info(self.tr(
             "One modality given: there is nothing to hide, so no missing-modality "
             "simulation."))
-            progress, is_cancelled = progress_callables(feedback)
             result = train_model(
-                config, progress, is_cancelled,
-                log=feedback.pushInfo if feedback is not None else None,
-                warn=feedback.pushWarning if feedback is not None else None)
+                config, relay.progress, relay.is_cancelled,
+                log=relay.info, warn=relay.warning)
         return {self.OUTPUT_MODEL: str(result.model_path),
                 self.OUTPUT_REPORT: str(result.report_html) if result.report_html else None,
                 self.OUTPUT_REPORT_JSON: str(result.report_json) if result.report_json

@@ -9,10 +9,12 @@ RSS is that run's alone. Printed per run:
   encoder passes/s (target pixels × modalities present there),
 * the plain frozen backbone's samples/s on random tokens of the same count (P² + CLS) and
   batch, measured in the same process right after, and the ratio of the two,
-* peak RSS (CPU) or peak CUDA memory.
+* peak RSS (CPU) or peak CUDA memory. The runs' default sizes classify the same number of
+  pixels on ever larger scenes, so a peak that grows with the scene shows up; GDAL's
+  block cache is capped per run (``--gdal-cache-mb``, the product's default).
 
 Usage:
-    .venv/bin/python bench/bench_classify.py --arch mamol-tiny-vit --runs 512:4 2048:16
+    .venv/bin/python bench/bench_classify.py --arch mamol-tiny-vit --runs 512:4 2048:16 4096:32
     .venv/bin/python bench/bench_classify.py --arch ViT-B-16 --runs 512:32
     .venv/bin/python bench/bench_classify.py --arch ViT-B-16 --device cuda --runs 512:1 2048:1
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
+from mamol.core.raster_io import DEFAULT_GDAL_CACHE_MB  # noqa: E402
 
 
 def make_model(arch: str, patch: int, path: Path) -> None:
@@ -91,6 +94,7 @@ def single(args) -> None:
         rasters=tuple((n, str(folder / f"{n}.tif")) for n in ("hs", "sar", "lidar")),
         output_classes=str(folder / "classes.tif"),
         output_modalities=str(folder / "used.tif"), stride=args.stride,
+        gdal_cache_mb=args.gdal_cache_mb,
         batch_size=args.batch_size, device=args.device, precision=args.precision)
     lines = []
     started = time.perf_counter()
@@ -121,7 +125,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="0 = automatic")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16")
-    parser.add_argument("--runs", nargs="+", default=["512:4", "2048:16"],
+    parser.add_argument("--gdal-cache-mb", type=int, default=DEFAULT_GDAL_CACHE_MB,
+                        help="GDAL block cache of each run, MiB")
+    parser.add_argument("--runs", nargs="+", default=["512:4", "2048:16", "4096:32"],
                         help="SIZE:STRIDE pairs")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -133,7 +139,7 @@ def main() -> None:
     from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene
     print(f"host {platform.node()} ({os.cpu_count()} CPUs), device {args.device}, "
           f"arch {args.arch}, P={args.patch_size}, batch {args.batch_size or 'automatic'}, "
-          f"precision {args.precision}")
+          f"precision {args.precision}, GDAL cache {args.gdal_cache_mb} MiB")
     print("| scene | stride | batch | classified px | px/s | encoder passes/s "
           "| backbone samples/s | ratio | peak MiB | wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -146,7 +152,7 @@ def main() -> None:
                 [sys.executable, __file__, "--single", "--folder", folder, "--stride",
                  str(stride), "--arch", args.arch, "--patch-size", str(args.patch_size),
                  "--batch-size", str(args.batch_size), "--device", args.device,
-                 "--precision", args.precision],
+                 "--precision", args.precision, "--gdal-cache-mb", str(args.gdal_cache_mb)],
                 capture_output=True, text=True, check=True)
             record = json.loads(done.stdout.strip().splitlines()[-1])
         ratio = record["encoder_passes_per_second"] / record["backbone_samples_per_second"]

@@ -11,7 +11,9 @@
   :mod:`core.windows`). Pixels with no valid modality, or outside the mask, are nodata.
 * **Streaming.** The grid is processed in square blocks; each modality is read with a halo
   of P/2 (mirrored at the grid's edges), so results do not depend on the block size and
-  nothing is stitched. Blocks are written as they finish; memory is bounded by one block.
+  nothing is stitched. Blocks are written as they finish; memory is bounded by one block
+  plus GDAL's block cache, which is capped for the run (``gdal_cache_mb``, 256 MiB), so it
+  does not grow with the scene.
 * **Compute.** A block's normalised bands go to the device once; windows are gathered
   there with tensor indexing (no per-pixel Python loop) and classified in batches; the
   block's probabilities stay on the device until the block is done, so the host waits for
@@ -48,7 +50,8 @@ from .feedback import CancelCheck, ProgressCallback, Reporter
 from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
                    inspect_raster, modality_label, reference_grid, srs_from_wkt)
 from .model_file import ModelHeader, check_inputs, load_model, read_header
-from .raster_io import VECTOR_MEMORY_DRIVER, create_geotiff
+from .raster_io import (DEFAULT_GDAL_CACHE_MB, VECTOR_MEMORY_DRIVER, create_geotiff,
+                        gdal_cache_limit)
 from .staging import staged_files
 from .value_range import FarTally
 from .windows import DEFAULT_MAX_MISSING_FRACTION, window_offset
@@ -86,6 +89,7 @@ class ClassifyConfig:
     stride: int = 1
     block_size: int = 0                        # pixels per block side; 0 = automatic
     batch_size: int = 0                        # pixels per model call; 0 = automatic
+    gdal_cache_mb: int = DEFAULT_GDAL_CACHE_MB  # GDAL block cache for the run, MiB
     device: str = "auto"
     precision: str = "auto"                    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
     compile_mode: str = "off"                  # torch.compile: off | default | max-autotune
@@ -101,6 +105,9 @@ class ClassifyConfig:
         if self.block_size != 0 and self.block_size < 16:
             raise MamolInputError(
                 f"The block size must be 0 (automatic) or at least 16, got {self.block_size}.")
+        if self.gdal_cache_mb < 16:
+            raise MamolInputError(
+                f"GDAL's block cache needs at least 16 MiB, got {self.gdal_cache_mb}.")
         if self.batch_size < 0:
             raise MamolInputError(
                 f"The batch size must be 0 (automatic) or positive, got {self.batch_size}.")
@@ -405,8 +412,9 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
              log: Optional[Callable[[str], None]] = None,
              warn: Optional[Callable[[str], None]] = None) -> ClassifyResult:
     """Classify the scene ``config`` describes and write the outputs (see the module
-    docstring); ``log`` receives progress lines, ``warn`` warnings. Raises :class:`MamolInputError` for bad input before any heavy work, and
-    :class:`Cancelled` (nothing written) when ``is_cancelled`` turns true."""
+    docstring); ``log`` receives progress lines, ``warn`` warnings. Raises
+    :class:`MamolInputError` for bad input before any heavy work, and :class:`Cancelled`
+    (nothing written) when ``is_cancelled`` turns true."""
     import time
 
     torch_compat.import_torch()  # fail before any work if PyTorch is missing
@@ -450,61 +458,63 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     classified = 0
     tally = FarTally(order)
     started = time.perf_counter()
-    aligned = {name: AlignedRaster(infos[name], full_grid) for name in order}
-    reader = _BlockReader(config, header, grid, aligned, order, (crop_col, crop_row),
-                          threshold, mask_handle[1])
-    blocks = list(_blocks(grid, block))
-    # One thread reads block n + 1 while the device classifies block n; it alone touches
-    # the GDAL datasets and the mask layer.
-    prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamol-read")
-    try:
-        with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
-            outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
-            try:
-                pending = prefetch.submit(reader.read, *blocks[0]) if blocks else None
-                for number in range(len(blocks)):
-                    reporter.check()
-                    current = pending.result()
-                    pending = (prefetch.submit(reader.read, *blocks[number + 1])
-                               if number + 1 < len(blocks) else None)
-                    pixel_probabilities, anchor_pattern, count = _classify_block(
-                        model, current, device, batch_size, patch, class_count, reporter)
-                    col0, row0 = current.col0, current.row0
-                    # Upsample anchors to pixels; nodata where the pixel has no modality.
-                    valid = (current.pattern > 0) & (anchor_pattern > 0)
-                    index = np.argmax(np.nan_to_num(pixel_probabilities, nan=-1.0), axis=0)
-                    classes = np.where(valid, values[index], outputs.nodata).astype(
-                        outputs.dtype)
-                    outputs.write("classes", classes, col0, row0)
-                    if "probabilities" in outputs.datasets:
-                        outputs.write("probabilities", np.where(
-                            valid[None], pixel_probabilities, FLOAT_NODATA).astype(np.float32),
-                            col0, row0)
-                    if "confidence" in outputs.datasets:
-                        outputs.write("confidence", np.where(
-                            valid, pixel_probabilities.max(axis=0, initial=0.0),
-                            FLOAT_NODATA).astype(np.float32), col0, row0)
-                    if "entropy" in outputs.datasets:
-                        p = np.clip(np.nan_to_num(pixel_probabilities, nan=1.0), 1e-12, 1.0)
-                        entropy = -(p * np.log(p)).sum(axis=0) / log_k if log_k else p[0] * 0
-                        outputs.write("entropy", np.where(valid, entropy, FLOAT_NODATA).astype(
-                            np.float32), col0, row0)
-                    used = np.where(valid, anchor_pattern, 0)
-                    outputs.write("modalities", used.astype(np.uint8), col0, row0)
-                    class_counts += np.bincount(index[valid], minlength=class_count)
-                    pattern_counts += np.bincount(used.ravel(),
-                                                  minlength=pattern_counts.size)
-                    classified += count
-                    tally.merge(current.far)
-                    reporter.report(100 * (number + 1) / len(blocks))
-                outputs.record_far_shares(tally.shares())
-            finally:
-                outputs.close()
-            write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
-    finally:
-        prefetch.shutdown(wait=True, cancel_futures=True)
-        for raster in aligned.values():
-            raster.close()
+    # GDAL's block cache is capped for the run, so memory does not grow with the scene.
+    with gdal_cache_limit(config.gdal_cache_mb):
+        aligned = {name: AlignedRaster(infos[name], full_grid) for name in order}
+        reader = _BlockReader(config, header, grid, aligned, order, (crop_col, crop_row),
+                              threshold, mask_handle[1])
+        blocks = list(_blocks(grid, block))
+        # One thread reads block n + 1 while the device classifies block n; it alone touches
+        # the GDAL datasets and the mask layer.
+        prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamol-read")
+        try:
+            with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
+                outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
+                try:
+                    pending = prefetch.submit(reader.read, *blocks[0]) if blocks else None
+                    for number in range(len(blocks)):
+                        reporter.check()
+                        current = pending.result()
+                        pending = (prefetch.submit(reader.read, *blocks[number + 1])
+                                   if number + 1 < len(blocks) else None)
+                        pixel_probabilities, anchor_pattern, count = _classify_block(
+                            model, current, device, batch_size, patch, class_count, reporter)
+                        col0, row0 = current.col0, current.row0
+                        # Upsample anchors to pixels; nodata where the pixel has no modality.
+                        valid = (current.pattern > 0) & (anchor_pattern > 0)
+                        index = np.argmax(np.nan_to_num(pixel_probabilities, nan=-1.0), axis=0)
+                        classes = np.where(valid, values[index], outputs.nodata).astype(
+                            outputs.dtype)
+                        outputs.write("classes", classes, col0, row0)
+                        if "probabilities" in outputs.datasets:
+                            outputs.write("probabilities", np.where(
+                                valid[None], pixel_probabilities, FLOAT_NODATA).astype(np.float32),
+                                col0, row0)
+                        if "confidence" in outputs.datasets:
+                            outputs.write("confidence", np.where(
+                                valid, pixel_probabilities.max(axis=0, initial=0.0),
+                                FLOAT_NODATA).astype(np.float32), col0, row0)
+                        if "entropy" in outputs.datasets:
+                            p = np.clip(np.nan_to_num(pixel_probabilities, nan=1.0), 1e-12, 1.0)
+                            entropy = -(p * np.log(p)).sum(axis=0) / log_k if log_k else p[0] * 0
+                            outputs.write("entropy", np.where(valid, entropy, FLOAT_NODATA).astype(
+                                np.float32), col0, row0)
+                        used = np.where(valid, anchor_pattern, 0)
+                        outputs.write("modalities", used.astype(np.uint8), col0, row0)
+                        class_counts += np.bincount(index[valid], minlength=class_count)
+                        pattern_counts += np.bincount(used.ravel(),
+                                                      minlength=pattern_counts.size)
+                        classified += count
+                        tally.merge(current.far)
+                        reporter.report(100 * (number + 1) / len(blocks))
+                    outputs.record_far_shares(tally.shares())
+                finally:
+                    outputs.close()
+                write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
+        finally:
+            prefetch.shutdown(wait=True, cancel_futures=True)
+            for raster in aligned.values():
+                raster.close()
     seconds = time.perf_counter() - started
     say(f"Classified {classified} pixels in {seconds:.1f} s "
         f"({classified / max(seconds, 1e-9):.0f} pixels/s).")

@@ -1,6 +1,7 @@
 """Small GDAL helpers shared by every part that writes rasters or vectors."""
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from osgeo import gdal, ogr, osr
@@ -23,6 +24,24 @@ VECTOR_MEMORY_DRIVER = "MEM" if int(gdal.VersionInfo()) >= 3110000 else "Memory"
 #: Tiled, compressed GeoTIFF, as every output of the plugin is written (DESIGN §4).
 GEOTIFF_OPTIONS = ("TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256",
                    "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")
+
+#: GDAL's block cache during a classification, in MiB. GDAL keeps every raster block it
+#: reads or writes in one process-wide cache that grows up to GDAL_CACHEMAX (by default 5 %
+#: of the RAM), so without a cap a run's memory grew with the scene until that size. Blocks
+#: are read and written in order, each about once, so a small cache costs little speed.
+DEFAULT_GDAL_CACHE_MB = 256
+
+
+@contextmanager
+def gdal_cache_limit(megabytes: int) -> Iterator[None]:
+    """Cap GDAL's (process-wide) block cache at ``megabytes`` MiB while the block runs and
+    restore the previous cap afterwards (blocks over the cap are flushed first)."""
+    previous = gdal.GetCacheMax()
+    gdal.SetCacheMax(int(megabytes) * 2 ** 20)
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(previous)
 
 
 def srs_from_epsg(epsg: int) -> osr.SpatialReference:

@@ -271,6 +271,31 @@ def test_cancel_leaves_nothing(tiny_model, small_scene, tmp_path):
     assert_no_output(tmp_path)
 
 
+def test_gdal_cache_is_capped_during_the_run_and_restored_after(tiny_model, small_scene,
+                                                               tmp_path):
+    before = gdal.GetCacheMax()
+    during = []
+    config = dataclasses.replace(
+        only_output(tmp_path, model=tiny_model, rasters=scene_rasters(small_scene)),
+        block_size=64, gdal_cache_mb=48)
+    classify(config, progress=lambda percent: during.append(gdal.GetCacheMax()))
+    assert during and set(during) == {48 * 2 ** 20}
+    assert gdal.GetCacheMax() == before
+    with pytest.raises(Cancelled):
+        classify(dataclasses.replace(config, output_classes=str(tmp_path / "c2.tif"),
+                                     output_confidence=None),
+                 is_cancelled=lambda: True)
+    assert gdal.GetCacheMax() == before
+
+
+def test_gdal_cache_below_16_mib_is_refused(tiny_model, small_scene, tmp_path):
+    config = only_output(tmp_path, model=tiny_model, rasters=scene_rasters(small_scene),
+                         gdal_cache_mb=8)
+    with pytest.raises(MamolInputError, match="at least 16 MiB"):
+        classify(config)
+    assert_no_output(tmp_path)
+
+
 @pytest.mark.gpu
 def test_cuda_bf16_agrees_with_the_cpu(whole, tiny_model, small_scene, tmp_path):
     _, on_cpu, _ = whole

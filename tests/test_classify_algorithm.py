@@ -28,7 +28,7 @@ def test_registered_with_help_and_advanced_options(mamol_provider):
         assert definition.help(), definition.name()
     advanced = {d.name() for d in algorithm.parameterDefinitions()
                 if d.flags() & QgsProcessingParameterDefinition.FlagAdvanced}
-    assert {"DEVICE", "BATCH_SIZE", "STRIDE", "BLOCK_SIZE"} <= advanced
+    assert {"DEVICE", "BATCH_SIZE", "STRIDE", "BLOCK_SIZE", "GDAL_CACHE"} <= advanced
     optional = [d.name() for d in algorithm.destinationParameterDefinitions()
                 if not d.createByDefault()]
     assert set(optional) == {"OUTPUT_PROBABILITIES", "OUTPUT_CONFIDENCE", "OUTPUT_ENTROPY",

@@ -2,6 +2,7 @@
 its own isolated profile in which the plugin is enabled."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,22 @@ def test_trainmodel_runs_headless(qgis_env, small_scene, tmp_path):
     header = read_header(model)
     assert header.modality_names == ["hs", "sar"]
     assert header.training["missing_simulation"]["missing_rate"] == 0.6
+
+
+def test_log_lines_do_not_run_into_the_progress_dots(qgis_env, small_scene, tmp_path):
+    # without --json qgis_process prints progress as "0...10...20" on the current line
+    result = qgis_process(
+        qgis_env, "run", "mamol:trainmodel", "--", f"HS={small_scene.hs}",
+        f"POLYGONS={small_scene.training_polygons}", "CLASS_FIELD=class_id",
+        "BACKBONE=mamol-tiny-vit", "WEIGHTS=2", "PATCH_SIZE=5", "EPOCHS=2",
+        "MAX_SAMPLES_PER_CLASS=20", "DEVICE=cpu", f"OUTPUT_MODEL={tmp_path / 'm.mamol'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    dots = [line for line in lines if re.match(r"0\.\.\.", line)]
+    assert dots, result.stdout
+    for line in dots:
+        assert re.fullmatch(r"0[.\d]*( - done\.)?", line), line
+    assert any("epoch 2/2" in line for line in lines), result.stdout
 
 
 def test_trainmodel_without_rasters_fails_with_the_reason(qgis_env, small_scene, tmp_path):
