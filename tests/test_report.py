@@ -65,6 +65,17 @@ def make_summary() -> dict:
     }
 
 
+def figures(page: str) -> list:
+    """The names of the inline SVG figures on ``page``, in order."""
+    return re.findall(r'<svg class="figure ([\w-]+)"', page)
+
+
+def figure(page: str, name: str) -> str:
+    """The inline SVG figure ``name`` on ``page``."""
+    start = page.index(f'<svg class="figure {name}"')
+    return page[start:page.index("</svg>", start) + len("</svg>")]
+
+
 def write(tmp_path: Path, summary: dict) -> tuple:
     html_path, json_path = tmp_path / "report.html", tmp_path / "report.json"
     write_report(summary, html_path, json_path)
@@ -86,8 +97,10 @@ def test_html_content(tmp_path):
     assert html_text.startswith("<!DOCTYPE html>")
     for name in ("water", "reed bed", "bare soil"):
         assert name in html_text
-    assert html_text.count("<svg") == 2                # loss chart and accuracy chart
-    assert "best epoch 3" in html_text                  # marked in the charts
+    assert figures(html_text) == ["curves", "confusion", "pattern-oa"]
+    curves = figure(html_text, "curves")
+    assert "Training loss" in curves and "Validation accuracy" in curves    # both panels
+    assert "best epoch 3" in curves                     # marked in the charts
     assert '<tr class="best"><td>3 <span class="best-tag">best</span>' in html_text
     assert "84.30 %" in html_text and "76.34 %" in html_text     # OA, kappa
     assert "Validation accuracy per real missing pattern" in html_text
@@ -96,9 +109,12 @@ def test_html_content(tmp_path):
     assert "Each modality dropped with probability 0.3" in html_text
     assert "hs+lidar" in html_text and "150.2" in html_text
     assert "only 1 validation polygon" in html_text
-    # self-contained: no script, no external resources
+    # self-contained: no script, no external resources (the SVG figures only refer to
+    # their own markers and clip paths, as "#id")
     assert "<script" not in html_text.lower()
-    assert not re.search(r"(src|href)\s*=", html_text)
+    assert all(ref.startswith("#")
+               for ref in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', html_text))
+    assert not re.search(r"(src|href)\s*=\s*[^\s\"]", html_text)
 
 
 def test_confusion_matrix_cells(tmp_path):
@@ -151,7 +167,9 @@ def test_epochs_without_validation_draw_loss_only(tmp_path):
     for epoch in summary["epochs"]:
         epoch["validation_oa"] = epoch["validation_kappa"] = None
     html_text, _ = write(tmp_path, summary)
-    assert html_text.count("<svg") == 1
+    assert figures(html_text) == ["curves", "confusion", "pattern-oa"]
+    curves = figure(html_text, "curves")
+    assert "Training loss" in curves and "Validation accuracy" not in curves   # loss only
     assert "No validation during training" in html_text
 
 
@@ -160,7 +178,8 @@ def test_single_epoch_chart(tmp_path):
     summary["epochs"] = summary["epochs"][:1]
     summary["best_epoch"] = 1
     html_text, _ = write(tmp_path, summary)
-    assert html_text.count("<svg") == 2 and "best epoch 1" in html_text
+    curves = figure(html_text, "curves")
+    assert "Validation accuracy" in curves and "best epoch 1" in curves
 
 
 def test_nan_becomes_null(tmp_path):
@@ -217,9 +236,11 @@ def test_confusion_picture_escapes_names_and_shades_by_row():
     svg = confusion_svg([[3, 1], [0, 0]], ["<b>a</b>", "b & c"])
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert "<b>" not in svg and "&lt;b&gt;a&lt;/b&gt;" in svg and "b &amp; c" in svg
-    assert svg.count("<rect") == 4
-    assert 'fill-opacity="0.750"' in svg and 'fill-opacity="0.250"' in svg
-    assert 'fill-opacity="0.000"' in svg      # an empty reference row shades nothing
+    # four cells (grid-lined), white blended towards #1f77b4 by the share of the row:
+    # 3/4 and 1/4 in the first row; an empty reference row shades nothing
+    cells = re.findall(r"fill: (#[0-9a-f]{6}); stroke: #e4e4e4", svg)
+    assert cells == ["#5799c7", "#c7ddec", "#ffffff", "#ffffff"]
+    assert re.findall(r">(\d+)</text>", svg) == ["3", "1", "0", "0"]     # counts in cells
     assert confusion_svg([[1, 2, 3]], ["a"]) == "" and confusion_svg([], []) == ""
 
 
@@ -237,7 +258,7 @@ def test_evaluation_report_sections(tmp_path):
     page = (tmp_path / "e.html").read_text()
     assert "Validation" not in page and "Reference samples" in page
     assert "Missing patterns" in page and "hs 50%" in page
-    assert page.count("<svg") == 1 and page.count("<details>") == 1
+    assert figures(page) == ["confusion", "pattern-oa"] and page.count("<details>") == 1
     assert "66.67" in page
 
 
