@@ -242,6 +242,7 @@ def test_confusion_picture_escapes_names_and_shades_by_row():
     assert cells == ["#5799c7", "#c7ddec", "#ffffff", "#ffffff"]
     assert re.findall(r">(\d+)</text>", svg) == ["3", "1", "0", "0"]     # counts in cells
     assert confusion_svg([[1, 2, 3]], ["a"]) == "" and confusion_svg([], []) == ""
+    assert confusion_svg([["x", 1], [2, 3]], ["a", "b"]) == ""
 
 
 def test_evaluation_report_sections(tmp_path):
@@ -275,3 +276,114 @@ def test_pattern_rows_with_one_reference_class_are_flagged(tmp_path):
     assert written["validation"]["per_pattern"][1]["kappa"] is None
     html_text, _ = write(tmp_path, make_summary())
     assert "†" not in html_text
+
+
+def full_summary() -> dict:
+    """:func:`make_summary` with per-class results in the pattern records (as the
+    evaluation's records carry them)."""
+    summary = make_summary()
+    for record, f1 in zip(summary["validation"]["per_pattern"],
+                          ([0.95, 0.8, 0.9], [0.7, None, 0.6])):
+        record["per_class"] = [{"name": name, "f1": value}
+                               for name, value in zip(("water", "reed bed", "bare soil"), f1)]
+    return summary
+
+
+def test_page_is_self_contained_with_four_inline_figures(tmp_path):
+    page, _ = write(tmp_path, full_summary())
+    assert page.count("<svg") == 4
+    assert figures(page) == ["curves", "confusion", "pattern-oa", "pattern-f1"]
+    lower = page.lower()
+    for banned in ("<script", "javascript:", "<link", "<img", "<iframe", "<object", "<embed",
+                   "@import", "@font-face", "<?xml", "<!doctype svg", "<metadata"):
+        assert banned not in lower, banned
+    assert not re.search(r"\bdata:[a-z]+/", lower)                  # no embedded files
+    assert not re.search(r"\bon[a-z]+\s*=", lower)                  # no event handlers
+    # web addresses only as the inline SVG's namespace names, never as a resource
+    assert set(re.findall(r"https?://[^\s\"'<>]*", page)) <= {
+        "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
+    without_namespaces = re.sub(r'\sxmlns(?::\w+)?="[^"]*"', "", page)
+    assert "http://" not in without_namespaces and "https://" not in without_namespaces
+    # the figures' references (markers, clip paths, hatches) each name one element here
+    references = (re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
+                  + re.findall(r"url\(([^)]*)\)", page))
+    assert references and all(reference.startswith("#") for reference in references)
+    for reference in set(references):
+        assert page.count(f'id="{reference[1:]}"') == 1, reference
+
+
+def test_figures_are_deterministic():
+    summary = full_summary()
+    assert render_html(summary) == render_html(copy.deepcopy(summary))
+
+
+def test_rendering_leaves_matplotlib_settings_alone():
+    import matplotlib
+    settings = matplotlib.rcParams
+
+    def snapshot() -> dict:       # dict access: reading "backend" could pick one
+        return {key: dict.__getitem__(settings, key) for key in settings}
+
+    before = snapshot()
+    render_html(full_summary())
+    assert snapshot() == before
+
+
+def test_evaluation_report_draws_pattern_figures(tmp_path):
+    names = ("water", "road")
+
+    def record(pattern, oa, f1, **extra):
+        return {"pattern": pattern, "samples": 10, "oa": oa, "kappa": None,
+                "confusion_matrix": [[5, 0], [0, 5]],
+                "per_class": [{"name": n, "f1": v} for n, v in zip(names, f1)], **extra}
+
+    summary = {"title": "MaMOL evaluation report",
+               "classes": [{"value": 1, "name": "water", "reference_samples": 19},
+                           {"value": 2, "name": "road", "reference_samples": 11}],
+               "evaluation": {"samples": 30, "oa": 0.8, "kappa": 0.6,
+                              "confusion_matrix": [[18, 1], [5, 6]],
+                              "per_pattern": [record("hs+lidar", 0.9, [0.9, 0.85]),
+                                              record("lidar", 1.0, [1.0, None],
+                                                     reference_classes=1),
+                                              record("sar", None, [None, None])]}}
+    page, _ = write(tmp_path, summary)
+    assert figures(page) == ["confusion", "pattern-oa", "pattern-f1"]
+    bars = figure(page, "pattern-oa")
+    assert re.findall(r">(\d+\.\d) %</text>", bars) == ["90.0", "100.0"]
+    assert bars.count(">—</text>") == 1                 # no OA: no bar, a dash
+    assert "hs+lidar  (10)" in bars and "lidar †  (10)" in bars
+    heat = figure(page, "pattern-f1")
+    cells = re.findall(r">(\d+\.\d|—)</text>", heat)
+    assert cells == ["90.0", "85.0", "100.0", "—", "—", "—"]
+    assert "<pattern" in heat                           # hatched empty cells
+    for label in ("water", "road", "hs+lidar", "lidar †", "sar"):
+        assert f">{label}</text>" in heat
+    assert "one reference class only" in page           # the † note under the table
+
+
+def test_hostile_names_are_escaped_in_tables_and_figures(tmp_path):
+    hostile, escaped = "<b>a</b> & c", "&lt;b&gt;a&lt;/b&gt; &amp; c"
+    summary = full_summary()
+    summary["classes"][0]["name"] = hostile
+    summary["validation"]["per_class"][0]["name"] = hostile
+    for record in summary["validation"]["per_pattern"]:
+        record["per_class"][0]["name"] = hostile
+    summary["validation"]["per_pattern"][0]["pattern"] = "<i>p</i>"
+    page, _ = write(tmp_path, summary)
+    assert "<b>" not in page and "<i>" not in page
+    assert f"<td>{escaped}</td>" in page                # classes and per-class tables
+    assert f"<th>{escaped}</th>" in page                # confusion table
+    for name in ("confusion", "pattern-f1"):
+        assert f">{escaped}</text>" in figure(page, name)
+    assert ">&lt;i&gt;p&lt;/i&gt;  (90)</text>" in figure(page, "pattern-oa")
+
+
+def test_names_with_dollars_and_rare_glyphs_stay_plain_text(tmp_path):
+    # no mathtext from "$...$", and no warning for glyphs DejaVu Sans lacks: the
+    # browser draws the text
+    summary = full_summary()
+    summary["validation"]["per_class"][0]["name"] = "$x^2$"
+    summary["validation"]["per_class"][1]["name"] = "水域"
+    page, _ = write(tmp_path, summary)
+    confusion = figure(page, "confusion")
+    assert ">$x^2$</text>" in confusion and ">水域</text>" in confusion
