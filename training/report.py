@@ -264,7 +264,7 @@ def _svg(name: str, size: Tuple[float, float], draw: Callable[[Any], None],
 def _grid(axes, values: np.ndarray, colour: Tuple[int, int, int],
           labels: Sequence[str]) -> None:
     """Cells of ``values`` (0..1; nan = no value, hatched) shaded towards ``colour`` with
-    ``labels`` written in them; rows top down."""
+    ``labels`` written in them (a count of 0 in light grey); rows top down."""
     from matplotlib.patches import Rectangle
 
     rows, columns = values.shape
@@ -274,8 +274,9 @@ def _grid(axes, values: np.ndarray, colour: Tuple[int, int, int],
         axes.add_patch(Rectangle((j, i), 1, 1, linewidth=0.8, edgecolor=_GRID,
                                  facecolor=_NONE if missing else _shade(value, colour),
                                  hatch="///" if missing else None))
-        ink = "#999999" if missing else "#ffffff" if value > 0.55 else _INK
-        axes.text(j + 0.5, i + 0.5, labels[i * columns + j], ha="center", va="center",
+        label = labels[i * columns + j]
+        ink = "#aaaaaa" if missing or label == "0" else "#ffffff" if value > 0.55 else _INK
+        axes.text(j + 0.5, i + 0.5, label, ha="center", va="center",
                   color=ink, fontsize=size, parse_math=False)
     axes.set_xlim(0, columns)
     axes.set_ylim(rows, 0)
@@ -300,7 +301,7 @@ def confusion_svg(matrix: Sequence[Sequence[Any]], labels: Sequence[str]) -> str
     counts = _square(matrix, len(labels))
     if counts is None:
         return ""
-    side = min(0.7 * len(labels), 8.0)
+    side = min(0.6 * len(labels), 8.0)
 
     def draw(figure) -> None:
         axes = figure.add_axes((0, 0, 1, 1))
