@@ -36,12 +36,14 @@ QGIS_PROCESS = $(QGIS_ENV) qgis_process.bin
 QGIS_STAMP := $(BUILD)/.qgis-installed
 $(QGIS_STAMP):
 	@mkdir -p $(BUILD)
-	@if ! command -v qgis_process.bin >/dev/null || ! /usr/bin/python3 -c 'import qgis.core, osgeo.gdal' 2>/dev/null \
+	@if ! command -v qgis_process.bin >/dev/null \
+	    || ! /usr/bin/python3 -c 'import qgis.core, osgeo.gdal, jinja2, matplotlib' 2>/dev/null \
 	    || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then \
 	  echo ">> installing QGIS and GDAL from Debian packages"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    qgis python3-qgis gdal-bin python3-gdal python3-venv; \
+	    qgis python3-qgis gdal-bin python3-gdal python3-venv python3-jinja2 \
+	    python3-matplotlib; \
 	fi
 	@touch $@
 
