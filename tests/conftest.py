@@ -1,9 +1,15 @@
 """Shared fixtures. The plugin is imported as the package ``mamol`` (its install name), from
 ``<plugins folder>/mamol``, a link to the repository that ``make setup`` creates in
 QGIS_PLUGINPATH (``.build/plugins`` unless the Makefile is told another build folder); this
-file creates it too so that a bare ``pytest`` works after the venv exists."""
+file creates it too so that a bare ``pytest`` works after the venv exists.
+
+One headless QGIS application runs for the whole session, started here before any test
+module is imported, with its profile in QGIS_CUSTOM_CONFIG_PATH (the Makefile's
+``.build/qgis-profile``; the same folder when pytest runs bare), so nothing writes a QGIS
+profile into the repository."""
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -12,6 +18,17 @@ REPO = Path(__file__).resolve().parent.parent
 PLUGINS_DIR = Path(os.environ.get("QGIS_PLUGINPATH", "").split(os.pathsep)[0]
                    or REPO / ".build" / "plugins")
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("QGIS_CUSTOM_CONFIG_PATH", str(REPO / ".build" / "qgis-profile"))
+from qgis.core import QgsApplication  # noqa: E402 - after the environment it reads
+
+QGIS_APP = QgsApplication([], False)
+QGIS_APP.initQgis()
+# QGIS's own Python plugins (Processing) for ``import processing``
+_QGIS_PYTHON_PLUGINS = os.path.join(QGIS_APP.pkgDataPath(), "python", "plugins")
+if _QGIS_PYTHON_PLUGINS not in sys.path:
+    sys.path.append(_QGIS_PYTHON_PLUGINS)
 
 PLUGINS_DIR.mkdir(parents=True, exist_ok=True)
 if not (PLUGINS_DIR / "mamol").exists():
@@ -36,6 +53,25 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_unconfigure(config):
+    from qgis.PyQt.QtCore import QThreadPool
+    QThreadPool.globalInstance().waitForDone()   # no QGIS task may outlive the application
+    QGIS_APP.exitQgis()
+
+
+@pytest.fixture(scope="session")
+def qgis_processing():
+    """QGIS Processing initialised once (``processing.run`` and the native algorithms)."""
+    from processing.core.Processing import Processing
+    Processing.initialize()
+
+
+@pytest.fixture
+def qgis_iface():
+    """A stand-in for QGIS's ``iface``: the plugin only keeps it (no menus, no toolbars)."""
+    return types.SimpleNamespace()
 
 
 @pytest.fixture(scope="session")
