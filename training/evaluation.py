@@ -40,12 +40,12 @@ from ..core.model_file import check_inputs, load_model, read_header
 from ..core.staging import ensure_writable_folder
 from ..core.value_range import FarTally, z_scores
 from ..core.windows import pattern_name, window_offset
+from .batches import Batches, predict
 from .dataset import Normalisation, extract_samples, scratch_folder
 from .labels import (LabelledPixels, LabelRasterSource, PolygonSource, cap_indices,
                      labels_from_raster, rasterise_polygons)
-from .missing import MissingSimulation, SimulationMode, apply_simulation
+from .missing import MissingSimulation, SimulationMode, apply_simulation, pattern_counts
 from .report import write_report
-from .trainer import _Batches, _pattern_counts, predict
 
 LOG = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
         statistics = {m.name: Normalisation(np.asarray(m.mean, dtype=np.float64),
                                             np.asarray(m.std, dtype=np.float64))
                       for m in header.modalities}
-        batches = _Batches(samples, model_names, statistics, device)
+        batches = Batches(samples, model_names, statistics, device)
         predicted = np.empty(len(samples), dtype=np.int64)
         chunk = PREDICTION_CHUNK * batch_size
         for start in range(0, len(samples), chunk):
@@ -311,7 +311,7 @@ def describe_forcing(absent: Sequence[str], simulation: MissingSimulation,
 
 def _counts_full_first(patterns: np.ndarray, names: Sequence[str]) -> Dict[str, int]:
     """Samples per pattern, most complete pattern first (the order of ``per_pattern``)."""
-    return dict(reversed(list(_pattern_counts(patterns, names).items())))
+    return dict(reversed(list(pattern_counts(patterns, names).items())))
 
 
 def _far_from_training(samples, used: Sequence[str], header) -> FarTally:

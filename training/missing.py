@@ -27,6 +27,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from ..core.errors import MamolInputError
+from ..core.windows import pattern_name
 
 
 class SimulationMode(str, enum.Enum):
@@ -150,3 +151,9 @@ def apply_simulation(real: np.ndarray, simulation: MissingSimulation,
     target = simulated_patterns(simulation, real.size, modality_count)
     effective = real & target
     return np.where(effective == 0, real, effective)
+
+
+def pattern_counts(patterns: np.ndarray, names: Sequence[str]) -> Dict[str, int]:
+    """Samples per missing pattern, by pattern name (e.g. "hs+lidar"), lowest code first."""
+    codes, counts = np.unique(patterns, return_counts=True)
+    return {pattern_name(c, names): int(n) for c, n in zip(codes, counts)}

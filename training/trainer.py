@@ -12,7 +12,6 @@ and no report behind.
 """
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -40,18 +39,13 @@ from ..core.model_file import (
 )
 from ..core.staging import ensure_writable_folder, publish
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
-from .dataset import (
-    Normalisation,
-    SampleSet,
-    extract_samples,
-    normalisation_statistics,
-    normalise,
-    scratch_folder,
-)
+from .batches import Batches, predict
+from .dataset import SampleSet, extract_samples, normalisation_statistics, scratch_folder
 from .labels import (LabelRasterSource, PolygonSource, SplitConfig, labels_from_raster,
                      rasterise_polygons, split_by_polygon)
-from .missing import MissingSimulation, SimulationMode, apply_simulation
+from .missing import MissingSimulation, SimulationMode, apply_simulation, pattern_counts
 from .report import write_report
+from .summary import training_record, training_summary
 
 LOG = logging.getLogger(__name__)
 
@@ -193,92 +187,6 @@ def epoch_order(class_index: np.ndarray, class_count: int, balance: bool,
     return rng.permutation(np.concatenate(parts))
 
 
-#: Normalised training windows up to this size are held in memory (CPU) ...
-RESIDENT_CPU_BYTES = 2 * 2 ** 30
-#: ... and on a GPU up to this share of its free memory, so batches are gathered where the
-#: model runs instead of being read, normalised and copied per step.
-RESIDENT_GPU_SHARE = 0.25
-
-
-class _Batches:
-    """Builds normalised torch batches from a :class:`SampleSet`.
-
-    When the normalised windows fit (:data:`RESIDENT_CPU_BYTES`, :data:`RESIDENT_GPU_SHARE`)
-    they are normalised once and kept on the run's device, and a batch is one index_select
-    there; otherwise each batch is read from the memory-mapped windows, normalised and
-    copied (from pinned memory, without waiting, on CUDA). Both give the same values.
-    """
-
-    def __init__(self, samples: SampleSet, names: Sequence[str],
-                 statistics: Dict[str, Normalisation], device) -> None:
-        self.samples = samples
-        self.names = list(names)
-        self.statistics = statistics
-        self.device = device
-        self.torch = torch_compat.import_torch()
-        self.resident: Optional[Dict[str, object]] = None
-        size = sum(int(np.prod(w.shape)) * 4 for w in samples.windows.values())
-        free = free_gpu_bytes(device)
-        budget = RESIDENT_CPU_BYTES if free is None else RESIDENT_GPU_SHARE * free
-        if size <= budget:
-            self.resident = {name: self._load(name) for name in self.names
-                             if name in samples.windows}
-
-    def _load(self, name: str):
-        torch = self.torch
-        source = self.samples.windows[name]
-        target = torch.empty(source.shape, dtype=torch.float32, device=self.device)
-        for start in range(0, source.shape[0], 4096):
-            chunk = normalise(source[start:start + 4096], self.statistics[name])
-            target[start:start + chunk.shape[0]] = to_device(torch.from_numpy(chunk),
-                                                             self.device)
-        return target
-
-    def windows(self, index: np.ndarray, pattern: np.ndarray) -> Dict[str, object]:
-        torch = self.torch
-        result = {}
-        device_index = None
-        # Sorted reads are faster on a memory map; the order is restored after.
-        order = None if self.resident is not None else np.argsort(index, kind="stable")
-        for bit, name in enumerate(self.names):
-            if not ((pattern >> bit) & 1).any():
-                continue  # no sample of this batch has it: the model never reads it
-            if self.resident is not None:
-                if device_index is None:
-                    device_index = to_device(torch.from_numpy(np.ascontiguousarray(index)),
-                                             self.device)
-                result[name] = self.resident[name].index_select(0, device_index)
-                continue
-            raw = np.empty((index.size,) + self.samples.windows[name].shape[1:], np.float32)
-            raw[order] = self.samples.windows[name][index[order]]
-            result[name] = to_device(torch.from_numpy(normalise(raw, self.statistics[name])),
-                                     self.device)
-        return result
-
-
-def predict(model, batches: _Batches, patterns: np.ndarray, batch_size: int,
-            reporter: Optional[Reporter] = None,
-            samples: Optional[np.ndarray] = None) -> np.ndarray:
-    """Predicted class index of ``samples`` (indices into ``batches.samples``; default all)
-    under ``patterns`` (one per sample of the set). Predictions stay on the device until
-    the end: the host waits for the GPU once, not once per batch."""
-    torch = batches.torch
-    samples = np.arange(patterns.size) if samples is None else samples
-    parts = []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, samples.size, batch_size):
-            if reporter is not None:
-                reporter.check()
-            index = samples[start:start + batch_size]
-            pattern = patterns[index]
-            logits = model(batches.windows(index, pattern), torch.from_numpy(pattern))
-            parts.append(logits.argmax(dim=1))
-    if not parts:
-        return np.empty(0, dtype=np.int64)
-    return torch.cat(parts).cpu().numpy().astype(np.int64)
-
-
 def pattern_metrics(reference: np.ndarray, predicted: np.ndarray, patterns: np.ndarray,
                     class_count: int, names: Sequence[str]) -> List[Dict[str, object]]:
     """OA and kappa for each missing pattern present in ``patterns``."""
@@ -296,11 +204,6 @@ def pattern_metrics(reference: np.ndarray, predicted: np.ndarray, patterns: np.n
 
 def _finite(value: float) -> Optional[float]:
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _pattern_counts(patterns: np.ndarray, names: Sequence[str]) -> Dict[str, int]:
-    codes, counts = np.unique(patterns, return_counts=True)
-    return {pattern_name(c, names): int(n) for c, n in zip(codes, counts)}
 
 
 def _wavelengths(info: RasterInfo) -> Tuple[float, ...]:
@@ -409,7 +312,7 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
                                                config.validation_simulation, len(names))
         say("Missing simulation: " + config.simulation.describe(names))
         say("Training patterns: " + ", ".join(
-            f"{k} {v}" for k, v in _pattern_counts(train_patterns, names).items()))
+            f"{k} {v}" for k, v in pattern_counts(train_patterns, names).items()))
 
         model, spec_fingerprint = _build_model(config, infos, class_count, device)
         history, best_epoch, best_state, timing = _fit(
@@ -428,11 +331,12 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
         classes=tuple(ClassInfo(c.value, c.name, c.colour) for c in classes),
         patch_size=config.patch_size, backbone=config.backbone,
         backbone_fingerprint=spec_fingerprint, adapter=model.config.to_json(),
-        training=_training_record(config, train, validation, train_patterns,
-                                  validation_patterns, history, best_epoch, evaluation, names),
+        training=training_record(config, train, validation, train_patterns,
+                                 validation_patterns, history, best_epoch, evaluation, names),
         reference_grid=grid.to_json(), software=software_versions())
-    summary = _summary(config, infos, classes, split, train_patterns, validation_patterns,
-                       history, best_epoch, evaluation, timing, device, warnings, names)
+    summary = training_summary(config, infos, classes, split, train_patterns,
+                               validation_patterns, history, best_epoch, evaluation, timing,
+                               device, warnings, names)
     _write_outputs(model, header, summary, output, config)
     reporter.report(100)
     say(f"Model written to {output}.")
@@ -465,7 +369,7 @@ def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_coun
 def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
          validation_patterns, statistics, class_count, device, reporter: Reporter, say):
     """The training loop. Per step the host only enqueues work: batches are gathered on the
-    device (:class:`_Batches`), labels live there, the loss is summed there and read once
+    device (:class:`Batches`), labels live there, the loss is summed there and read once
     per epoch, so the GPU never waits for the host between steps."""
     torch = torch_compat.import_torch()
     names = config.modality_names
@@ -490,8 +394,8 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     if micro_batch < config.batch_size:
         say(f"Each batch of {config.batch_size} runs as micro-batches of {micro_batch} "
             "(gradients accumulated; the same optimiser step, less memory).")
-    train_batches = _Batches(train, names, statistics, device)
-    validation_batches = _Batches(validation, names, statistics, device)
+    train_batches = Batches(train, names, statistics, device)
+    validation_batches = Batches(validation, names, statistics, device)
     validation_batch = _validation_batch(config, model, device)
     labels = to_device(torch.from_numpy(train.class_index), device)
     history: List[Dict[str, object]] = []
@@ -597,7 +501,7 @@ def _final_evaluation(config, model, validation: SampleSet, validation_patterns,
     class_count = len(classes)
     if not len(validation):
         return {}
-    batches = _Batches(validation, names, statistics, device)
+    batches = Batches(validation, names, statistics, device)
     batch = _validation_batch(config, model, device)
     predicted = predict(model, batches, validation_patterns, batch, reporter)
     matrix = metrics.confusion_matrix(validation.class_index, predicted, class_count)
@@ -620,80 +524,6 @@ def _final_evaluation(config, model, validation: SampleSet, validation_patterns,
                        "reference_classes": metrics.reference_class_count(sub_matrix)})
     result["forced_patterns"] = forced
     return result
-
-
-def _training_record(config, train, validation, train_patterns, validation_patterns, history,
-                     best_epoch, evaluation, names) -> Dict[str, object]:
-    """The training summary stored in the model file (no timings or host details, so that
-    seeded runs write identical files)."""
-    best = history[best_epoch - 1] if best_epoch else {}
-    return {
-        "rasters": {name: os.path.basename(path) for name, path in config.modalities},
-        "polygons": os.path.basename(config.polygons.path),
-        "class_field": getattr(config.polygons, "class_field", None),
-        "train_samples": len(train), "validation_samples": len(validation),
-        "epochs": config.epochs, "best_epoch": best_epoch,
-        "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-        "weight_decay": config.weight_decay, "warmup_fraction": config.warmup_fraction,
-        "balance_classes": config.balance_classes, "seed": config.seed,
-        "max_missing_fraction": config.max_missing_fraction,
-        "missing_simulation": config.simulation.to_json(),
-        "validation_missing_simulation": config.validation_simulation.to_json(),
-        "train_patterns": _pattern_counts(train_patterns, names),
-        "validation_patterns": _pattern_counts(validation_patterns, names)
-        if len(validation) else {},
-        "validation_oa": best.get("validation_oa"),
-        "validation_kappa": best.get("validation_kappa"),
-        "validation_per_pattern": evaluation.get("per_pattern", []),
-    }
-
-
-def _summary(config, infos, classes, split, train_patterns, validation_patterns, history,
-             best_epoch, evaluation, timing, device, warnings, names) -> Dict[str, object]:
-    """The report's content (see :mod:`training.report`)."""
-    settings = {
-        "backbone": config.backbone.describe(), "patch size": config.patch_size,
-        "epochs": config.epochs, "batch size": config.batch_size,
-        "micro-batch size": config.micro_batch_size or "automatic",
-        "learning rate": config.learning_rate, "weight decay": config.weight_decay,
-        "warm-up fraction": config.warmup_fraction,
-        "validation fraction": config.split.validation_fraction,
-        "max training samples per class": config.split.max_train_per_class,
-        "max validation samples per class": config.split.max_validation_per_class,
-        "balance classes": config.balance_classes, "seed": config.seed,
-        "max missing fraction of a window": config.max_missing_fraction,
-        "validation missing simulation": config.validation_simulation.describe(names),
-        "device": str(device),
-    }
-    if config.adapter:
-        settings.update({f"adapter {k}": v for k, v in config.adapter.items()})
-    validation = None
-    if evaluation:
-        validation = {k: evaluation[k] for k in ("samples", "oa", "kappa", "confusion_matrix",
-                                                 "per_class", "per_pattern")}
-    return {
-        "title": "MaMOL training report", "model_file": str(config.output_model),
-        "created_by": "mamol training",
-        "modalities": [{"name": name, "bands": info.bands, "path": info.path}
-                       for name, info in zip(names, infos)],
-        "classes": [{"value": c.value, "name": c.name, "colour": c.colour,
-                     "train_pixels": counts[0], "validation_pixels": counts[1],
-                     "train_polygons": counts[2], "validation_polygons": counts[3]}
-                    for c, counts in zip(classes, split.class_counts)],
-        "config": settings,
-        "missing_simulation": {
-            "description": config.simulation.describe(names),
-            "train_patterns": _pattern_counts(train_patterns, names),
-            "validation_patterns": _pattern_counts(validation_patterns, names)
-            if validation_patterns.size else {}},
-        "epochs": [{k: v for k, v in record.items() if k != "validation_per_pattern"}
-                   for record in history],
-        "best_epoch": best_epoch,
-        "validation": validation,
-        "forced_patterns": evaluation.get("forced_patterns", []) if evaluation else [],
-        "timing": timing,
-        "warnings": warnings,
-    }
 
 
 def _write_outputs(model, header: ModelHeader, summary: Dict[str, object], output: Path,
