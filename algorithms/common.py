@@ -56,8 +56,9 @@ class FeedbackRelay:
 
     ``qgis_process`` prints progress as dots and tens on the current line ("0...10...20")
     and each message as a line of its own, so a message after some dots ran into them
-    ("0...10Missing simulation"). There a message that follows dots starts on a new line;
-    the Toolbox (whose log shows no dots) and ``qgis_process --json`` get it unchanged.
+    ("0...10Missing simulation", "0...10WARNING:"). There an empty line ends the dots
+    before a message; the Toolbox (whose log shows no dots) and ``qgis_process --json`` get
+    the messages alone.
     """
 
     def __init__(self, feedback: Optional[QgsProcessingFeedback]) -> None:
@@ -82,19 +83,21 @@ class FeedbackRelay:
     def is_cancelled(self) -> bool:
         return self.feedback is not None and self.feedback.isCanceled()
 
-    def _line(self, text: str) -> str:
+    def _end_dots(self) -> None:
+        """End the console's line of dots (qgis_process prints a message and a newline)."""
         if self.console and self._dots:
             self._dots = False
-            return "\n" + text
-        return text
+            self.feedback.pushInfo("")
 
     def info(self, text: str) -> None:
         if self.feedback is not None:
-            self.feedback.pushInfo(self._line(text))
+            self._end_dots()
+            self.feedback.pushInfo(text)
 
     def warning(self, text: str) -> None:
         if self.feedback is not None:
-            self.feedback.pushWarning(self._line(text))
+            self._end_dots()
+            self.feedback.pushWarning(text)
 
 
 def as_whole_number(value):

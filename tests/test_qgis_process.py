@@ -102,6 +102,8 @@ def test_log_lines_do_not_run_into_the_progress_dots(qgis_env, small_scene, tmp_
     for line in dots:
         assert re.fullmatch(r"0[.\d]*( - done\.)?", line), line
     assert any("epoch 2/2" in line for line in lines), result.stdout
+    # no class-name field: each class is named once ("class 1", not "class 1 class 1")
+    assert "  class 1: " in result.stdout and "class 1 class 1" not in result.stdout
 
 
 def test_trainmodel_without_rasters_fails_with_the_reason(qgis_env, small_scene, tmp_path):

@@ -269,7 +269,10 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
             f"The polygons hold only one class ({classes[0].name}); a classifier needs at "
             "least two.")
     for labelled, (tr, va, tp, vp) in zip(classes, split.class_counts):
-        say(f"  class {labelled.value} {labelled.name}: {tr} training px from {tp} polygon(s),"
+        # a class without a name field is named "class <value>": say it once
+        named = labelled.name if labelled.name == f"class {labelled.value}" else \
+            f"class {labelled.value} {labelled.name}"
+        say(f"  {named}: {tr} training px from {tp} polygon(s),"
             f" {va} validation px from {vp} polygon(s)")
     for text in split.warnings:
         caution(text)
