@@ -121,8 +121,11 @@ def test_reports_hold_curves_confusion_matrix_and_patterns(trained):
     assert matrix.shape == (7, 7) and matrix.sum() == document["validation"]["samples"]
     assert {r["pattern"] for r in document["forced_patterns"]} >= {"hs+sar+lidar", "sar+lidar"}
     assert document["timing"]["samples_per_second"] > 0
+    for record in document["validation"]["per_pattern"]:
+        assert [c["name"] for c in record["per_class"]][:2] == ["Water", "Shadow"]
     text = Path(result.report_html).read_text()
     assert "<svg" in text and "Water" in text
+    assert 'class="figure pattern-f1"' in text and 'class="figure pattern-oa"' in text
     assert any("epoch 5/5" in line for line in result.summary["log"])
 
 

@@ -188,8 +188,10 @@ def epoch_order(class_index: np.ndarray, class_count: int, balance: bool,
 
 
 def pattern_metrics(reference: np.ndarray, predicted: np.ndarray, patterns: np.ndarray,
-                    class_count: int, names: Sequence[str]) -> List[Dict[str, object]]:
-    """OA and kappa for each missing pattern present in ``patterns``."""
+                    class_count: int, names: Sequence[str],
+                    class_names: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
+    """OA and kappa for each missing pattern present in ``patterns``; with ``class_names``
+    also each class's F1 (``per_class``, for the report's heat map)."""
     rows = []
     for code in sorted(set(patterns.tolist())):
         members = patterns == code
@@ -199,6 +201,10 @@ def pattern_metrics(reference: np.ndarray, predicted: np.ndarray, patterns: np.n
                      "oa": _finite(metrics.overall_accuracy(matrix)),
                      "kappa": _finite(metrics.cohen_kappa(matrix)),
                      "reference_classes": metrics.reference_class_count(matrix)})
+        if class_names is not None:
+            rows[-1]["per_class"] = [
+                {"name": row["name"], "f1": row["f1"]}
+                for row in metrics.summarise(matrix, class_names)["per_class"]]
     return rows
 
 
@@ -510,7 +516,8 @@ def _final_evaluation(config, model, validation: SampleSet, validation_patterns,
     matrix = metrics.confusion_matrix(validation.class_index, predicted, class_count)
     result = metrics.summarise(matrix, [c.name for c in classes])
     result["per_pattern"] = pattern_metrics(validation.class_index, predicted,
-                                            validation_patterns, class_count, names)
+                                            validation_patterns, class_count, names,
+                                            [c.name for c in classes])
     forced = []
     for subset in range(2 ** len(names) - 1, 0, -1):
         patterns = validation_patterns & subset
