@@ -83,6 +83,21 @@ def backbone_rate(arch: str, patch: int, batch: int, device: str, precision: str
     return done / (time.perf_counter() - started)
 
 
+def own_peak_mib() -> float:
+    """This process's own peak resident memory. Linux's ``ru_maxrss`` is not: a child
+    started by fork + exec inherits as its maximum the parent's resident size at the fork
+    (kept across exec), so every run here reported at least what the parent had just used
+    to write the sample scene, which grows with the scene. ``VmHWM`` belongs to the
+    process's own address space, which exec replaces."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def single(args) -> None:
     """One classification in this process; prints one JSON line."""
     from osgeo import gdal
@@ -111,7 +126,7 @@ def single(args) -> None:
         import torch
         record["peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     else:
-        record["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        record["peak_mib"] = own_peak_mib()
     record["batch"] = batch
     record["backbone_samples_per_second"] = backbone_rate(
         args.arch, args.patch_size, batch, args.device, args.precision)
