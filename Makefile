@@ -95,8 +95,9 @@ demo: setup
 	@echo ">> results in $(DEMO_DIR): land_cover.tif (+ .qml legend), land_cover.png, model.mamol, training_report.html"
 
 # ---- Tests: pure core, algorithms through processing.run and qgis_process, slow tiers.
+# PYTEST_ARGS narrows a run (e.g. PYTEST_ARGS=tests/test_report.py); empty = the suite.
 test: setup
-	$(QGIS_ENV) $(PY) -m pytest
+	$(QGIS_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(QGIS_ENV) $(PY) -m pytest -m "not slow"

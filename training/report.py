@@ -251,7 +251,9 @@ def _svg(name: str, size: Tuple[float, float], draw: Callable[[Any], None],
     with rc_context({**_RC, "svg.hashsalt": f"mamol-report-{name}"}), \
             warnings.catch_warnings():
         # text stays text in the SVG: the browser draws glyphs matplotlib's font lacks
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from current font")
+        # (matplotlib 3.6: "... missing from current font"; 3.10: "... from font(s) X")
+        warnings.filterwarnings("ignore",
+                                message=r"Glyph \d+ .* missing from (current font|font\(s\))")
         figure = Figure(figsize=size, layout=layout)
         FigureCanvasAgg(figure)
         draw(figure)
