@@ -55,6 +55,27 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def recording_feedback():
+    """A QgsProcessingFeedback that keeps its info lines (``.info``) and warnings
+    (``.warnings``) besides passing them on."""
+    from qgis.core import QgsProcessingFeedback
+
+    class RecordingFeedback(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.info, self.warnings = [], []
+
+        def pushInfo(self, info):  # noqa: N802 - QGIS API
+            self.info.append(info)
+            super().pushInfo(info)
+
+        def pushWarning(self, warning):  # noqa: N802 - QGIS API
+            self.warnings.append(warning)
+            super().pushWarning(warning)
+
+    return RecordingFeedback()
+
+
 def pytest_unconfigure(config):
     from qgis.PyQt.QtCore import QThreadPool
     QThreadPool.globalInstance().waitForDone()   # no QGIS task may outlive the application

@@ -3,7 +3,7 @@ import pytest
 from osgeo import gdal
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
-from conftest import cancelling_feedback
+from conftest import cancelling_feedback, recording_feedback
 
 ALGORITHM = "mamol:classify"
 
@@ -87,21 +87,11 @@ def test_output_where_files_cannot_be_made_says_so(mamol_provider, tiny_model, s
         run(parameters(tiny_model, small_scene, tmp_path, OUTPUT="/proc/land_cover.tif"))
 
 
-class RecordingFeedback(QgsProcessingFeedback):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def pushInfo(self, info):  # noqa: N802 - QGIS API
-        self.lines.append(info)
-        super().pushInfo(info)
-
-
 def test_log_names_the_classes_it_counts(mamol_provider, tiny_model, small_scene, tmp_path):
-    feedback = RecordingFeedback()
+    feedback = recording_feedback()
     run(parameters(tiny_model, small_scene, tmp_path), feedback=feedback)
-    start = feedback.lines.index("Pixels per class:")
-    counted = feedback.lines[start + 1:start + 8]
+    start = feedback.info.index("Pixels per class:")
+    counted = feedback.info[start + 1:start + 8]
     assert [line.split(":")[0] for line in counted] == [
         "  1 Water", "  2 Shadow", "  3 Road", "  4 Building", "  5 Grass", "  6 Trees",
         "  7 Bare soil"]

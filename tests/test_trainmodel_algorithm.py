@@ -6,9 +6,9 @@ import sys
 
 import pytest
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProcessingException,
-                       QgsProcessingFeedback, QgsRendererCategory, QgsVectorLayer)
+                       QgsRendererCategory, QgsVectorLayer)
 
-from conftest import PLUGINS_DIR, cancelling_feedback
+from conftest import PLUGINS_DIR, cancelling_feedback, recording_feedback
 from mamol.core.model_file import read_header
 
 ALGORITHM = "mamol:trainmodel"
@@ -152,24 +152,10 @@ def one_polygon_per_class(scene, path):
     return path
 
 
-class RecordingFeedback(QgsProcessingFeedback):
-    def __init__(self):
-        super().__init__()
-        self.info, self.warnings = [], []
-
-    def pushInfo(self, info):  # noqa: N802 - QGIS API
-        self.info.append(info)
-        super().pushInfo(info)
-
-    def pushWarning(self, warning):  # noqa: N802 - QGIS API
-        self.warnings.append(warning)
-        super().pushWarning(warning)
-
-
 def test_no_validation_is_said_as_a_warning_and_the_last_epoch_kept(mamol_provider,
                                                                     small_scene, tmp_path):
     polygons = one_polygon_per_class(small_scene, tmp_path / "one_each.gpkg")
-    feedback = RecordingFeedback()
+    feedback = recording_feedback()
     run(quick_parameters(small_scene, tmp_path, POLYGONS=str(polygons), EPOCHS=2),
         feedback=feedback)
     assert sum("has a single polygon, so it has no validation pixels" in w

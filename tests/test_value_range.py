@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
+from conftest import recording_feedback
 from mamol.core.inference import ClassifyConfig, classify
 from mamol.core.model_file import read_header
 from mamol.core.value_range import FAR_RMS_Z, FarTally, far_mask, z_scores
@@ -101,34 +102,12 @@ def test_classify_of_the_training_scene_does_not_warn(tiny_model, small_scene, t
     assert set(result.far_shares) == {m.name for m in read_header(tiny_model).modalities}
 
 
-class WarningFeedback:
-    """A QgsProcessingFeedback that keeps the warnings and info lines it is given."""
-
-    def __new__(cls):
-        from qgis.core import QgsProcessingFeedback
-
-        class Recorder(QgsProcessingFeedback):
-            def __init__(self):
-                super().__init__()
-                self.warnings, self.lines = [], []
-
-            def pushWarning(self, warning):  # noqa: N802 - QGIS API
-                self.warnings.append(warning)
-                super().pushWarning(warning)
-
-            def pushInfo(self, info):  # noqa: N802 - QGIS API
-                self.lines.append(info)
-                super().pushInfo(info)
-
-        return Recorder()
-
-
 def test_classify_algorithm_warns_in_the_processing_log(mamol_provider, tiny_model,
                                                          small_scene, lidar_in_centimetres,
                                                          tmp_path):
     import processing
 
-    feedback = WarningFeedback()
+    feedback = recording_feedback()
     processing.run("mamol:classify", {
         "MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
         "LIDAR": str(lidar_in_centimetres), "DEVICE": "cpu",
@@ -144,7 +123,7 @@ def test_evaluate_algorithm_warns_and_reports_the_share(mamol_provider, tiny_mod
 
     import processing
 
-    feedback = WarningFeedback()
+    feedback = recording_feedback()
     processing.run("mamol:evaluate", {
         "MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
         "LIDAR": str(lidar_in_centimetres), "LABEL_RASTER": str(small_scene.reference_labels),
