@@ -1,30 +1,35 @@
-"""Command line for training without QGIS: the same core call as ``mamol:trainmodel``.
+"""The options of ``python -m mamol train`` (see :mod:`training.engine`): the same core
+call as ``mamol:trainmodel``.
 
-    python -m mamol.training --hs hs.tif --sar sar.tif --lidar lidar.tif \\
+    python -m mamol train --hs hs.tif --sar sar.tif --lidar lidar.tif \\
         --polygons training.gpkg --class-field class_id --name-field class_name \\
         --arch mamol-tiny-vit --weights random --patch-size 7 --epochs 10 \\
         --output model.mamol --report report.html
 
-Exit status: 0 on success, 2 for bad input (the message says what to fix), 130 when
-interrupted (Ctrl-C; nothing is written).
+``python -m mamol.training`` (the training command line before the engine) still works and
+runs ``python -m mamol train``. Exit status: 0 on success, 2 for bad input (the message
+says what to fix), 130 when interrupted (Ctrl-C), 143 on SIGTERM (nothing is written).
 """
 import argparse
-import logging
+import json
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
-from ..core.errors import Cancelled, MamolInputError
+from ..core.errors import MamolInputError
 from .labels import LabelRasterSource, PolygonSource, SplitConfig
 from .missing import MissingSimulation, SimulationMode, Table1Case, table1_availability
 
-LOG = logging.getLogger("mamol.training")
+DESCRIPTION = ("Train a MaMOL land-cover model on labelled polygons or a label raster (the "
+               "same as mamol:trainmodel): rasters are aligned onto the first one's grid, "
+               "pixels split into training and validation by polygon, and the model "
+               "fine-tuned with the missing-modality simulation; writes the .mamol model "
+               "file and, if asked, an HTML report with a JSON twin.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mamol.training",
-        description="Train a MaMOL land-cover model on labelled polygons (no QGIS needed).")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training options of ``python -m mamol train``."""
     data = parser.add_argument_group("data")
     data.add_argument("--hs", help="hyperspectral raster")
     data.add_argument("--sar", help="SAR raster")
@@ -34,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--layer", help="layer name inside the polygon file (default: first)")
     data.add_argument("--class-field", help="integer class field (with --polygons)")
     data.add_argument("--name-field", help="class-name field (optional)")
+    data.add_argument("--class-styles", type=_class_styles, metavar="JSON",
+                      help='class names and colours by class value, e.g. '
+                           '\'{"1": ["water", "#1f78b4"]}\' (as a QGIS categorised style '
+                           'gives them); they override names from the data')
+    # how the caller's user names the class-name field in errors (the Toolbox's wording)
+    data.add_argument("--name-field-choice", default="--name-field", help=argparse.SUPPRESS)
     model = parser.add_argument_group("backbone and model")
     model.add_argument("--arch", default=DEFAULT_ARCH, help="open_clip ViT config name")
     model.add_argument("--weights", choices=[s.value for s in WeightsSource],
@@ -41,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pretrained-tag", default="openai")
     model.add_argument("--checkpoint", help="backbone checkpoint file (--weights checkpoint)")
     model.add_argument("--backbone-seed", type=int, default=0)
+    model.add_argument("--weights-cache", metavar="FOLDER",
+                       help="where downloaded backbone weights are kept (default: "
+                            "MAMOL_WEIGHTS_CACHE, else the Hugging Face cache)")
     model.add_argument("--patch-size", type=int, default=14)
     model.add_argument("--experts", choices=["full", "no_dynamic", "no_static",
                                              "no_modality_specific", "none"], default="full")
@@ -78,8 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--output", required=True, help="model file to write (.mamol)")
     output.add_argument("--report", help="HTML report; a .json twin is written next to it")
-    output.add_argument("--quiet", action="store_true")
-    return parser
+
+
+
+
+def _class_styles(text: str):
+    try:
+        record = json.loads(text)
+        return {int(value): (str(pair[0]), str(pair[1])) for value, pair in record.items()}
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise argparse.ArgumentTypeError(
+            f'expected {{"value": ["name", "#rrggbb"], ...}}, got {text!r} ({exc})')
 
 
 def _simulation(args, names: Sequence[str]) -> MissingSimulation:
@@ -114,7 +137,8 @@ def _label_source(args):
     if not args.class_field:
         raise MamolInputError("--polygons needs --class-field.")
     return PolygonSource(path=args.polygons, class_field=args.class_field, layer=args.layer,
-                         name_field=args.name_field, name_field_choice="--name-field")
+                         name_field=args.name_field, styled_classes=args.class_styles,
+                         name_field_choice=args.name_field_choice)
 
 
 def config_from_args(args):
@@ -150,22 +174,6 @@ def config_from_args(args):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s")
-    from .trainer import train_model
-
-    def show_progress(percent: float) -> None:
-        LOG.debug("%.0f %%", percent)
-
-    try:
-        config = config_from_args(args)
-        train_model(config, show_progress, log=LOG.info,
-                    warn=lambda text: LOG.warning("warning: %s", text))
-    except MamolInputError as exc:
-        LOG.error("error: %s", exc)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        LOG.error("interrupted; nothing was written")
-        return 130
-    return 0
+    """``python -m mamol.training ...``: the same as ``python -m mamol train ...``."""
+    from .engine import main as engine_main
+    return engine_main(["train", *(sys.argv[1:] if argv is None else argv)])
