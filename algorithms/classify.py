@@ -1,7 +1,8 @@
 """``mamol:classify`` — classify a scene with a trained MaMOL model.
 
-Adapter only: parameters -> :class:`core.inference.ClassifyConfig` -> ``classify``.
-PyTorch is imported when the algorithm runs, never when the provider loads.
+Adapter only: parameters -> the options of ``python -m mamol classify`` (the same core
+call, ``core.inference.classify``), run in the model environment as a child process;
+PyTorch never loads into QGIS's process.
 """
 from pathlib import Path
 
@@ -14,14 +15,15 @@ from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
 
 from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
-from ..core.inference import ClassifyConfig, MaskSource
 from ..core.model_file import EXTENSION
 from ..core.raster_io import DEFAULT_GDAL_CACHE_MB
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
-                     add_raster_inputs, compute_settings, core_errors_as_processing_exceptions,
-                     has_raster_input, FeedbackRelay, raster_inputs)
+                     add_raster_inputs, compute_arguments, compute_settings,
+                     core_errors_as_processing_exceptions, has_raster_input, FeedbackRelay,
+                     raster_arguments, raster_inputs)
+from .engine_runner import run_engine
 
-#: Optional outputs: (parameter key, ClassifyConfig field, label, help).
+#: Optional outputs: (parameter key, core config field, label, help).
 OPTIONAL_OUTPUTS = (
     ("OUTPUT_PROBABILITIES", "output_probabilities", "Class probabilities",
      "One float32 band per class."),
@@ -33,6 +35,10 @@ OPTIONAL_OUTPUTS = (
      "Bitmask of the modalities each pixel was classified from (bit 0 = the model's first "
      "modality); 0 = none."),
 )
+#: The engine's option for each optional output.
+OUTPUT_OPTIONS = {"OUTPUT_PROBABILITIES": "--probabilities",
+                  "OUTPUT_CONFIDENCE": "--confidence", "OUTPUT_ENTROPY": "--entropy",
+                  "OUTPUT_MODALITIES": "--modalities-used"}
 REFERENCE_CHOICES = (None, "hs", "sar", "lidar")
 
 # Post-processors must outlive the algorithm instance that registers them.
@@ -171,53 +177,62 @@ class ClassifyAlgorithm(MamolAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         relay = FeedbackRelay(feedback)
-        from ..core.inference import classify
-
         with core_errors_as_processing_exceptions():
-            model_path = self.parameterAsFile(parameters, self.MODEL, context)
-            if not model_path:
-                raise MamolInputError("Give the model file (.mamol).")
-            extent = crs_wkt = None
-            if parameters.get(self.EXTENT):
-                rectangle = self.parameterAsExtent(parameters, self.EXTENT, context)
-                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-                extent = (rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(),
-                          rectangle.yMaximum())
-                crs_wkt = crs.toWkt() if crs.isValid() else None
-            mask = None
-            if parameters.get(self.MASK):
-                path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
-                    parameters, self.MASK, context, ["gpkg", "shp"], "gpkg", feedback)
-                mask = MaskSource(path, layer_name or None)
-            fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
-            config = ClassifyConfig(
-                model_path=model_path, rasters=raster_inputs(self, parameters, context),
-                output_classes=self._output(parameters, self.OUTPUT, context),
-                reference=REFERENCE_CHOICES[
-                    self.parameterAsEnum(parameters, self.REFERENCE, context)],
-                pixel_size=self.parameterAsDouble(parameters, self.PIXEL_SIZE, context),
-                extent=extent, extent_crs_wkt=crs_wkt, mask=mask,
-                max_missing_fraction=None if fraction < 0 else fraction,
-                stride=self.parameterAsInt(parameters, self.STRIDE, context),
-                block_size=self.parameterAsInt(parameters, self.BLOCK_SIZE, context),
-                gdal_cache_mb=self.parameterAsInt(parameters, self.GDAL_CACHE, context),
-                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
-                **compute_settings(self, parameters, context),
-                **{field: self._output(parameters, key, context)
-                   for key, field, _, _ in OPTIONAL_OUTPUTS})
-            result = classify(config, relay.progress, relay.is_cancelled,
-                              log=relay.info, warn=relay.warning)
-        results = {self.OUTPUT: config.output_classes}
-        for key, field, _, _ in OPTIONAL_OUTPUTS:
-            results[key] = getattr(config, field)
-        if feedback is not None:
-            relay.info(self.tr("Pixels per class:"))
-            for value, count in result.class_counts.items():
-                relay.info(f"  {value} {result.class_names[value]}: {count}")
-        if context.willLoadLayerOnCompletion(config.output_classes):
-            details = context.layerToLoadOnCompletionDetails(config.output_classes)
-            post = _LoadClassStyle(str(qml_path(Path(config.output_classes))))
+            arguments, outputs = self.engine_arguments(parameters, context, feedback)
+        result = run_engine("classify", arguments, relay)
+        results = {self.OUTPUT: outputs[self.OUTPUT]}
+        for key, _, _, _ in OPTIONAL_OUTPUTS:
+            results[key] = outputs.get(key)
+        relay.info(self.tr("Pixels per class:"))
+        for record in result["class_counts"]:
+            relay.info(f"  {record['value']} {record['name']}: {record['pixels']}")
+        classes = outputs[self.OUTPUT]
+        if context.willLoadLayerOnCompletion(classes):
+            details = context.layerToLoadOnCompletionDetails(classes)
+            post = _LoadClassStyle(str(qml_path(Path(classes))))
             _POST_PROCESSORS.append(post)
             details.setPostProcessor(post)
         return results
+
+    def engine_arguments(self, parameters, context, feedback):
+        """The options of ``python -m mamol classify`` and the output paths by key."""
+        model_path = self.parameterAsFile(parameters, self.MODEL, context)
+        if not model_path:
+            raise MamolInputError("Give the model file (.mamol).")
+        arguments = ["--model", model_path]
+        arguments += raster_arguments(raster_inputs(self, parameters, context))
+        reference = REFERENCE_CHOICES[self.parameterAsEnum(parameters, self.REFERENCE, context)]
+        if reference:
+            arguments += ["--reference", reference]
+        arguments += ["--pixel-size", repr(self.parameterAsDouble(parameters, self.PIXEL_SIZE,
+                                                                  context))]
+        if parameters.get(self.EXTENT):
+            rectangle = self.parameterAsExtent(parameters, self.EXTENT, context)
+            crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+            arguments += ["--extent"] + [repr(v) for v in (
+                rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(),
+                rectangle.yMaximum())]
+            if crs.isValid():
+                arguments += ["--extent-crs", crs.toWkt()]
+        if parameters.get(self.MASK):
+            path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+                parameters, self.MASK, context, ["gpkg", "shp"], "gpkg", feedback)
+            arguments += ["--mask", path] + (["--mask-layer", layer_name] if layer_name else [])
+        fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
+        if fraction >= 0:
+            arguments += ["--max-missing-fraction", repr(fraction)]
+        for key, option in ((self.STRIDE, "--stride"), (self.BLOCK_SIZE, "--block-size"),
+                            (self.GDAL_CACHE, "--gdal-cache-mb"),
+                            (self.BATCH_SIZE, "--batch-size")):
+            arguments += [option, str(self.parameterAsInt(parameters, key, context))]
+        arguments += ["--device", self.parameterAsString(parameters, self.DEVICE, context)
+                      or "auto"]
+        arguments += compute_arguments(compute_settings(self, parameters, context))
+        outputs = {self.OUTPUT: self._output(parameters, self.OUTPUT, context)}
+        arguments += ["--output", outputs[self.OUTPUT]]
+        for key, option in OUTPUT_OPTIONS.items():
+            path = self._output(parameters, key, context)
+            if path:
+                outputs[key] = path
+                arguments += [option, path]
+        return arguments, outputs

@@ -1,8 +1,9 @@
 """What every MaMOL algorithm shares: core errors become ``QgsProcessingException`` and
 QGIS feedback becomes the core's plain progress/cancel/log callables."""
 import contextlib
+import json
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingFeedback,
@@ -237,3 +238,35 @@ def compute_settings(algorithm, parameters, context, with_compile: bool = True):
         settings["compile_mode"] = COMPILE_CHOICES[
             algorithm.parameterAsEnum(parameters, COMPILE, context)]
     return settings
+
+
+def compute_arguments(settings) -> List[str]:
+    """The engine options of :func:`compute_settings`'s result."""
+    arguments = ["--precision", settings["precision"]]
+    if "compile_mode" in settings:
+        arguments += ["--compile", settings["compile_mode"]]
+    return arguments
+
+
+def raster_arguments(rasters: Sequence[Tuple[str, str]]) -> List[str]:
+    """``--hs PATH --sar PATH ...`` for (modality name, path) pairs."""
+    arguments = []
+    for name, path in rasters:
+        arguments += [f"--{name}", path]
+    return arguments
+
+
+def polygon_arguments(source: PolygonSource, with_names: bool = True) -> List[str]:
+    """The engine options of a :class:`PolygonSource`."""
+    arguments = ["--polygons", source.path, "--class-field", source.class_field]
+    if source.layer:
+        arguments += ["--layer", source.layer]
+    if with_names:
+        if source.name_field:
+            arguments += ["--name-field", source.name_field]
+        if source.styled_classes:
+            arguments += ["--class-styles", json.dumps(
+                {str(value): list(pair) for value, pair in source.styled_classes.items()})]
+        if source.name_field_choice:
+            arguments += ["--name-field-choice", source.name_field_choice]
+    return arguments

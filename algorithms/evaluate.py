@@ -1,9 +1,10 @@
 """``mamol:evaluate`` — score a trained model against reference labels.
 
-Adapter only: parameters -> :class:`training.evaluation.EvaluationConfig` -> ``evaluate``.
-PyTorch is imported when the algorithm runs, never when the provider loads.
+Adapter only: parameters -> the options of ``python -m mamol evaluate`` (the same core
+call, ``training.evaluation.evaluate``), run in the model environment as a child process;
+PyTorch never loads into QGIS's process.
 """
-from pathlib import Path
+from typing import List
 
 from qgis.core import (QgsProcessing, QgsProcessingException,
                        QgsProcessingOutputFile, QgsProcessingOutputNumber,
@@ -16,9 +17,10 @@ from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.labels import LabelRasterSource
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_compute_parameters,
-                     add_parameter, add_raster_inputs, compute_settings,
-                     core_errors_as_processing_exceptions, has_raster_input, polygon_source,
-                     FeedbackRelay, raster_inputs)
+                     add_parameter, add_raster_inputs, compute_arguments, compute_settings,
+                     core_errors_as_processing_exceptions, has_raster_input, polygon_arguments,
+                     polygon_source, FeedbackRelay, raster_arguments, raster_inputs)
+from .engine_runner import run_engine
 
 #: Modalities that can be forced absent, in the enum's order.
 MODALITY_CHOICES = tuple(name for _, name, _ in RASTER_INPUTS)
@@ -156,40 +158,48 @@ class EvaluateAlgorithm(MamolAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         relay = FeedbackRelay(feedback)
-        from ..training.evaluation import EvaluationConfig, evaluate
-
         with core_errors_as_processing_exceptions():
-            model_path = self.parameterAsFile(parameters, self.MODEL, context)
-            if not model_path:
-                raise MamolInputError("Give the model file (.mamol).")
-            rasters = raster_inputs(self, parameters, context)
-            labels = self._labels(parameters, context, feedback)
-            rates = {}
-            for name, key in (("hs", self.HS_AVAILABILITY), ("sar", self.SAR_AVAILABILITY),
-                              ("lidar", self.LIDAR_AVAILABILITY)):
-                rate = self.parameterAsDouble(parameters, key, context)
-                if rate < 1.0:
-                    rates[name] = rate
-            seed = self.parameterAsInt(parameters, self.SEED, context)
-            absent = tuple(MODALITY_CHOICES[i] for i in
-                           self.parameterAsEnums(parameters, self.ABSENT, context))
-            report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
-            if not report:
-                raise MamolInputError("Give the evaluation report file (.html).")
-            fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
-            config = EvaluationConfig(
-                model_path=model_path, rasters=rasters, labels=labels,
-                report_html=report, report_json=str(Path(report).with_suffix(".json")),
-                absent=absent, availability=rates, simulation_seed=seed,
-                max_samples_per_class=self.parameterAsInt(
-                    parameters, self.MAX_SAMPLES_PER_CLASS, context),
-                max_missing_fraction=None if fraction < 0 else fraction,
-                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
-                **compute_settings(self, parameters, context, with_compile=False),
-                seed=seed)
-            result = evaluate(config, relay.progress, relay.is_cancelled,
-                              log=relay.info, warn=relay.warning)
-        return {self.OUTPUT_REPORT: str(result.report_html),
-                self.OUTPUT_REPORT_JSON: str(result.report_json),
-                self.OA: result.oa, self.KAPPA: result.kappa}
+            arguments = self.engine_arguments(parameters, context, feedback)
+        result = run_engine("evaluate", arguments, relay)
+        return {self.OUTPUT_REPORT: result["report_html"],
+                self.OUTPUT_REPORT_JSON: result["report_json"],
+                self.OA: result["oa"], self.KAPPA: result["kappa"]}
+
+    def engine_arguments(self, parameters, context, feedback) -> List[str]:
+        """The options of ``python -m mamol evaluate`` these parameters mean."""
+        model_path = self.parameterAsFile(parameters, self.MODEL, context)
+        if not model_path:
+            raise MamolInputError("Give the model file (.mamol).")
+        arguments = ["--model", model_path]
+        arguments += raster_arguments(raster_inputs(self, parameters, context))
+        labels = self._labels(parameters, context, feedback)
+        if isinstance(labels, LabelRasterSource):
+            arguments += ["--labels", labels.path]
+        else:
+            arguments += polygon_arguments(labels, with_names=False)
+        rates = []
+        for name, key in (("hs", self.HS_AVAILABILITY), ("sar", self.SAR_AVAILABILITY),
+                          ("lidar", self.LIDAR_AVAILABILITY)):
+            rate = self.parameterAsDouble(parameters, key, context)
+            if rate < 1.0:
+                rates.append(f"{name}={rate!r}")
+        if rates:
+            arguments += ["--availability"] + rates
+        absent = [MODALITY_CHOICES[i] for i in
+                  self.parameterAsEnums(parameters, self.ABSENT, context)]
+        if absent:
+            arguments += ["--absent"] + absent
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        if not report:
+            raise MamolInputError("Give the evaluation report file (.html).")
+        fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
+        if fraction >= 0:
+            arguments += ["--max-missing-fraction", repr(fraction)]
+        for key, option in ((self.MAX_SAMPLES_PER_CLASS, "--max-samples-per-class"),
+                            (self.BATCH_SIZE, "--batch-size"), (self.SEED, "--seed")):
+            arguments += [option, str(self.parameterAsInt(parameters, key, context))]
+        arguments += ["--device", self.parameterAsString(parameters, self.DEVICE, context)
+                      or "auto"]
+        arguments += compute_arguments(compute_settings(self, parameters, context,
+                                                        with_compile=False))
+        return arguments + ["--report", report]

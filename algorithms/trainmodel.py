@@ -1,10 +1,10 @@
 """``mamol:trainmodel`` — fine-tune MaMOL experts on labelled polygons.
 
-Adapter only: parameters -> :class:`training.trainer.TrainingConfig` -> ``train_model``.
-PyTorch is imported when the algorithm runs, never when the provider loads.
+Adapter only: parameters -> the options of ``python -m mamol train`` (the same core call,
+``train_model``), run in the model environment as a child process; PyTorch never loads into
+QGIS's process.
 """
-from dataclasses import replace
-from pathlib import Path
+from typing import List
 
 from qgis.core import (
     QgsProcessing,
@@ -22,11 +22,12 @@ from qgis.core import (
 from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
-from ..training.labels import SplitConfig
-from ..training.missing import MissingSimulation, SimulationMode
+from ..training.missing import SimulationMode
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
-                     add_raster_inputs, compute_settings, core_errors_as_processing_exceptions,
-                     has_raster_input, polygon_source, FeedbackRelay, raster_inputs)
+                     add_raster_inputs, compute_arguments, compute_settings,
+                     core_errors_as_processing_exceptions, has_raster_input, polygon_arguments,
+                     polygon_source, FeedbackRelay, raster_arguments, raster_inputs)
+from .engine_runner import run_engine
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
 MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY)
@@ -218,52 +219,48 @@ class TrainModelAlgorithm(MamolAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         relay = FeedbackRelay(feedback)
-        from ..training.trainer import TrainingConfig, train_model
-
         with core_errors_as_processing_exceptions():
-            modalities = raster_inputs(self, parameters, context)
-            polygons = polygon_source(self, parameters, context, feedback, self.POLYGONS,
-                                      self.CLASS_FIELD, self.CLASS_NAME_FIELD)
-            config = TrainingConfig(
-                modalities=modalities, polygons=polygons,
-                output_model=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context),
-                report_html=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT,
-                                                       context) or None,
-                backbone=self._backbone(parameters, context),
-                patch_size=self._int(parameters, self.PATCH_SIZE, context),
-                epochs=self._int(parameters, self.EPOCHS, context),
-                batch_size=self._int(parameters, self.BATCH_SIZE, context),
-                micro_batch_size=self._int(parameters, self.MICRO_BATCH_SIZE, context),
-                learning_rate=self._float(parameters, self.LEARNING_RATE, context),
-                weight_decay=self._float(parameters, self.WEIGHT_DECAY, context),
-                split=SplitConfig(
-                    validation_fraction=self._float(parameters, self.VALIDATION_FRACTION,
-                                                    context),
-                    max_train_per_class=self._int(parameters, self.MAX_SAMPLES_PER_CLASS,
-                                                  context)),
-                device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
-                **compute_settings(self, parameters, context),
-                seed=self._int(parameters, self.SEED, context))
-            simulation = self._simulation(parameters, context, config.modality_names,
-                                          config.seed)
-            config = replace(config, simulation=simulation,
-                           validation_simulation=simulation if self.parameterAsBoolean(
-                               parameters, self.SIMULATE_VALIDATION, context)
-                           else MissingSimulation(),
-                           report_json=str(Path(config.report_html).with_suffix(".json"))
-                           if config.report_html else None)
-            if feedback is not None and len(config.modality_names) == 1 and \
-                    simulation.mode is SimulationMode.NONE:
-                relay.info(self.tr(
-            "One modality given: there is nothing to hide, so no missing-modality "
-            "simulation."))
-            result = train_model(
-                config, relay.progress, relay.is_cancelled,
-                log=relay.info, warn=relay.warning)
-        return {self.OUTPUT_MODEL: str(result.model_path),
-                self.OUTPUT_REPORT: str(result.report_html) if result.report_html else None,
-                self.OUTPUT_REPORT_JSON: str(result.report_json) if result.report_json
-                else None}
+            arguments = self.engine_arguments(parameters, context, feedback)
+        result = run_engine("train", arguments, relay)
+        return {self.OUTPUT_MODEL: result["model"],
+                self.OUTPUT_REPORT: result["report_html"],
+                self.OUTPUT_REPORT_JSON: result["report_json"]}
+
+    def engine_arguments(self, parameters, context, feedback) -> List[str]:
+        """The options of ``python -m mamol train`` these parameters mean."""
+        arguments = raster_arguments(raster_inputs(self, parameters, context))
+        arguments += polygon_arguments(polygon_source(
+            self, parameters, context, feedback, self.POLYGONS, self.CLASS_FIELD,
+            self.CLASS_NAME_FIELD))
+        backbone = self._backbone(parameters, context)
+        arguments += ["--arch", backbone.arch, "--weights", backbone.source.value,
+                      "--backbone-seed", str(backbone.seed)]
+        if backbone.pretrained_tag:
+            arguments += ["--pretrained-tag", backbone.pretrained_tag]
+        if backbone.checkpoint_path:
+            arguments += ["--checkpoint", backbone.checkpoint_path]
+        for key, option in ((self.PATCH_SIZE, "--patch-size"), (self.EPOCHS, "--epochs"),
+                            (self.BATCH_SIZE, "--batch-size"),
+                            (self.MICRO_BATCH_SIZE, "--micro-batch-size"),
+                            (self.MAX_SAMPLES_PER_CLASS, "--max-train-per-class"),
+                            (self.SEED, "--seed")):
+            arguments += [option, str(self._int(parameters, key, context))]
+        for key, option in ((self.LEARNING_RATE, "--lr"), (self.WEIGHT_DECAY, "--weight-decay"),
+                            (self.VALIDATION_FRACTION, "--validation-fraction")):
+            arguments += [option, repr(self._float(parameters, key, context))]
+        arguments += ["--device", self.parameterAsString(parameters, self.DEVICE, context)
+                      or "auto"]
+        arguments += compute_arguments(compute_settings(self, parameters, context))
+        names = [name for name, _ in raster_inputs(self, parameters, context)]
+        arguments += self._simulation(parameters, context, names)
+        if self.parameterAsBoolean(parameters, self.SIMULATE_VALIDATION, context):
+            arguments.append("--simulate-validation")
+        arguments += ["--output", self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL,
+                                                             context)]
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        if report:
+            arguments += ["--report", report]
+        return arguments
 
     def _int(self, parameters, key, context) -> int:
         return self.parameterAsInt(parameters, key, context)
@@ -288,17 +285,15 @@ class TrainModelAlgorithm(MamolAlgorithm):
                             else None,
                             seed=self._int(parameters, self.BACKBONE_SEED, context))
 
-    def _simulation(self, parameters, context, names, seed) -> MissingSimulation:
+    def _simulation(self, parameters, context, names) -> List[str]:
+        """The simulation options (none with a single modality: nothing to hide)."""
         mode = MISSING_MODES[self.parameterAsEnum(parameters, self.MISSING_MODE, context)]
         availability_keys = {"hs": self.HS_AVAILABILITY, "sar": self.SAR_AVAILABILITY,
                              "lidar": self.LIDAR_AVAILABILITY}
         if mode is SimulationMode.AVAILABILITY:
-            return MissingSimulation(mode, availability=tuple(
-                self._float(parameters, availability_keys[n], context) for n in names),
-                seed=seed)
-        if mode is SimulationMode.RATE and len(names) == 1:
-            return MissingSimulation()  # nothing to hide with one modality
-        if mode is SimulationMode.RATE:
-            return MissingSimulation(mode, missing_rate=self._float(
-                parameters, self.MISSING_RATE, context), seed=seed)
-        return MissingSimulation()
+            return ["--availability"] + [repr(self._float(parameters, availability_keys[n],
+                                                          context)) for n in names]
+        if mode is SimulationMode.RATE and len(names) > 1:
+            return ["--missing-rate", repr(self._float(parameters, self.MISSING_RATE,
+                                                       context))]
+        return []

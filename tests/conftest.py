@@ -20,6 +20,9 @@ PLUGINS_DIR = Path(os.environ.get("QGIS_PLUGINPATH", "").split(os.pathsep)[0]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The algorithms run the engine in a child Python: this one (the project's venv), unless the
+# caller chose another.
+os.environ.setdefault("MAMOL_PYTHON", sys.executable)
 os.environ.setdefault("QGIS_CUSTOM_CONFIG_PATH", str(REPO / ".build" / "qgis-profile"))
 from qgis.core import QgsApplication  # noqa: E402 - after the environment it reads
 

@@ -134,6 +134,8 @@ class Stop:
             self.signal = number
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        if hasattr(signal, "SIGBREAK"):  # Windows: what the plugin sends to cancel
+            signal.signal(signal.SIGBREAK, handler)
 
     def __call__(self) -> bool:
         return self.signal is not None

@@ -1,0 +1,177 @@
+"""Runs the engine (``python -m mamol COMMAND``) in the model environment as a child process
+and relays it to a Processing feedback.
+
+PyTorch never loads into QGIS's process: QGIS's own BLAS and NumPy otherwise capture
+torch's (6× slower on Debian 13's QGIS 3.40, or a crash with OpenBLAS 0.3.29). The child
+writes JSON lines on stderr (see :mod:`training.engine`): progress, log lines and warnings
+go to the feedback as they come, its error line becomes a ``QgsProcessingException``, and a
+cancel in QGIS sends it SIGTERM (the core stops at its next check and removes what it
+staged), then kills it if it has not stopped within a grace period.
+"""
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
+
+from ..core.errors import MamolInputError
+from .common import FeedbackRelay
+
+#: The plugin's package name (``mamol`` when installed) and the folder that holds it, which
+#: ``python -m mamol`` needs on its path. Not resolved: the plugin folder may be a link.
+PACKAGE = __name__.split(".")[0]
+PLUGIN_PARENT = str(Path(os.path.abspath(__file__)).parent.parent.parent)
+#: QgsSettings key of a Python environment the user chose instead of the managed one.
+PYTHON_SETTING = "mamol/python"
+#: Seconds a cancelled engine may take to stop before it is killed.
+CANCEL_GRACE_SECONDS = 15.0
+
+
+def engine_python() -> str:
+    """The Python that runs the engine: ``MAMOL_PYTHON``, the user's setting, or the
+    environment *Install dependencies* made (clear error if there is none)."""
+    try:
+        from ..core import model_env
+    except ImportError:  # until the managed environment lands
+        if os.environ.get("MAMOL_PYTHON"):
+            return os.environ["MAMOL_PYTHON"]
+        raise
+    return str(model_env.engine_python(
+        os.environ.get("MAMOL_PYTHON", ""), QgsSettings().value(PYTHON_SETTING, "") or "",
+        model_env.default_env_dir(QgsApplication.qgisSettingsDirPath())))
+
+
+def _child_environment() -> Dict[str, str]:
+    environment = dict(os.environ)
+    paths = [PLUGIN_PARENT] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep)
+                               if p and p != PLUGIN_PARENT]
+    environment["PYTHONPATH"] = os.pathsep.join(paths)
+    environment["PYTHONUNBUFFERED"] = "1"
+    environment["PYTHONIOENCODING"] = "utf-8"
+    return environment
+
+
+def _read_lines(stream, sink: "queue.Queue", tag: str) -> None:
+    for line in iter(stream.readline, ""):
+        sink.put((tag, line.rstrip("\n")))
+    sink.put((tag, None))
+
+
+def run_engine(command: str, arguments: Sequence[str], relay: FeedbackRelay,
+               python: Optional[str] = None) -> Dict[str, object]:
+    """Run ``python -m mamol COMMAND ARGUMENTS --progress json``; return its result.
+
+    Raises ``QgsProcessingException`` with the engine's own one-line message on bad input,
+    "Cancelled …" when the user cancelled, or the exit status and the last lines of its
+    output when it died.
+    """
+    if not python:
+        try:
+            python = engine_python()
+        except MamolInputError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+    argv: List[str] = [python, "-m", PACKAGE, command, *arguments, "--progress", "json"]
+    if relay.feedback is not None:
+        relay.feedback.pushDebugInfo("Engine: " + " ".join(_quoted(a) for a in argv))
+    options = {}
+    if os.name == "nt":
+        options["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP |
+                                    getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    else:
+        options["start_new_session"] = True
+    try:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                                 errors="replace", env=_child_environment(), **options)
+    except OSError as exc:
+        raise QgsProcessingException(
+            f"Cannot start the MaMOL engine with '{python}' ({exc}). Run 'Install "
+            "dependencies' (Processing Toolbox → MaMOL land cover → Setup).") from exc
+    lines: "queue.Queue" = queue.Queue()
+    readers = [threading.Thread(target=_read_lines, args=(child.stderr, lines, "err"),
+                                daemon=True),
+               threading.Thread(target=_read_lines, args=(child.stdout, lines, "out"),
+                                daemon=True)]
+    for reader in readers:
+        reader.start()
+    result = error = None
+    tail: deque = deque(maxlen=15)
+    open_streams, cancel_sent, killed = 2, None, False
+    while open_streams or child.poll() is None:
+        try:
+            tag, line = lines.get(timeout=0.2)
+        except queue.Empty:
+            tag = line = None
+        if tag is not None and line is None:
+            open_streams -= 1
+        elif tag == "err":
+            event = _event(line)
+            if event is None:
+                tail.append(line)
+                if relay.feedback is not None:
+                    relay.feedback.pushDebugInfo(line)
+            elif event.get("event") == "progress":
+                relay.progress(float(event.get("percent", 0.0)))
+            elif event.get("event") == "log":
+                relay.info(str(event.get("text", "")))
+            elif event.get("event") == "warning":
+                relay.warning(str(event.get("text", "")))
+            elif event.get("event") == "result":
+                result = event.get("result")
+            elif event.get("event") == "error":
+                error = event
+        if relay.is_cancelled() and child.poll() is None:
+            if cancel_sent is None:
+                cancel_sent = time.monotonic()
+                _stop(child)
+            elif not killed and time.monotonic() - cancel_sent > CANCEL_GRACE_SECONDS:
+                killed = True
+                child.kill()
+    child.wait()
+    for reader in readers:
+        reader.join(timeout=5.0)
+    for stream in (child.stdout, child.stderr):
+        stream.close()
+    if cancel_sent is not None or (error and error.get("kind") == "cancelled"):
+        raise QgsProcessingException("Cancelled by the user; nothing was written.")
+    if error is not None:
+        raise QgsProcessingException(str(error.get("message", "")))
+    if child.returncode != 0 or result is None:
+        said = "\n".join(tail) or "(no output)"
+        raise QgsProcessingException(
+            f"The MaMOL engine stopped unexpectedly (exit status {child.returncode}, "
+            f"Python '{python}'). Its last output:\n{said}")
+    return result
+
+
+def _event(line: str) -> Optional[Dict[str, object]]:
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """Ask the engine to cancel (SIGTERM; on Windows CTRL_BREAK to its process group)."""
+    try:
+        if os.name == "nt":
+            child.send_signal(signal.CTRL_BREAK_EVENT)
+        else:
+            child.send_signal(signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _quoted(text: str) -> str:
+    return text if text and all(c.isalnum() or c in "-_./:=+,@" for c in text) \
+        else json.dumps(text)
