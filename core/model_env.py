@@ -349,10 +349,24 @@ def run_streaming(command: Sequence[str], on_line: Callable[[str], None],
 
 
 def _last_error(lines: Sequence[str]) -> str:
-    """pip's last meaningful error line ("No matching distribution found for ...")."""
-    errors = [line for line in lines if line.startswith("ERROR:")]
+    """pip's meaningful error ("No matching distribution found for torch==0.0.0"; for a
+    conflict, what conflicts and why), else the last line of output."""
+    errors = [line[len("ERROR:"):].strip() for line in lines if line.startswith("ERROR:")]
+    for error in reversed(errors):
+        if error.startswith("Cannot install"):
+            # the lines after "The conflict is caused by:" say which requirements clash
+            start = next((i for i, line in enumerate(lines)
+                          if line.strip() == "The conflict is caused by:"), None)
+            causes = []
+            for line in lines[start + 1:] if start is not None else ():
+                if not line.startswith((" ", "\t")):
+                    break
+                causes.append(line.strip())
+            return error + (" The conflict is caused by: " + "; ".join(causes) + "."
+                            if causes else "")
+    errors = [error for error in errors if not error.startswith("ResolutionImpossible")]
     if errors:
-        return errors[-1][len("ERROR:"):].strip()
+        return errors[-1]
     for line in reversed(lines):
         text = line.strip()
         if text and not text.startswith(("[notice]", "WARNING:")):
