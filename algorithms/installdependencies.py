@@ -37,8 +37,8 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
             "Installs PyTorch and the other packages MaMOL's models need into a Python "
             "environment of their own, outside QGIS: a virtual environment made from "
             "QGIS's Python (it keeps QGIS's GDAL and NumPy), by default in the QGIS "
-            "profile folder (mamol/python-env). Downloads about 1 GB for the CPU build and "
-            "several GB for the CUDA build; run it again to repair or update the "
+            "profile folder (mamol/python-env). Downloads a few hundred MB for the CPU build "
+            "and several GB for the CUDA build; run it again to repair or update the "
             "environment. If it fails or is cancelled, the previous environment is kept "
             "as it was.\n\n"
             "<b>Build</b>: Automatic installs the CUDA build when an NVIDIA driver is "
@@ -73,7 +73,8 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
             "Empty: mamol/python-env in the QGIS profile folder.", advanced=True)
         add_parameter(self, QgsProcessingParameterFile(
             self.EXISTING_PYTHON, self.tr("Use an existing Python environment instead"),
-            behavior=QgsProcessingParameterFile.File, optional=True),
+            behavior=QgsProcessingParameterFile.File, optional=True,
+            fileFilter="All files (*)"),   # the default "*.*" refuses bin/python
             "A Python executable (bin/python, Scripts\\python.exe) or an environment "
             "folder that already has PyTorch, open_clip and GDAL's Python bindings. "
             "Nothing is installed; MaMOL uses it once it passes a check.", advanced=True)
