@@ -498,6 +498,8 @@ def create_or_update(env_dir, base_python: str, build: str = "auto",
     folder; pip installs the pins there (NumPy held at the base Python's version), the
     result is checked (``import torch, open_clip, safetensors; from osgeo import gdal``),
     and only then it replaces ``env_dir`` (the old one is renamed aside, then removed).
+    ``env_dir`` must be new, empty, or an environment made here before (with the marker):
+    nothing else is ever replaced.
     On failure or cancel the new folder is removed and ``env_dir`` is untouched.
 
     ``build``: 'auto' (CUDA when ``gpus`` — default :func:`detect_nvidia` — finds an
@@ -506,8 +508,13 @@ def create_or_update(env_dir, base_python: str, build: str = "auto",
     log = log or (lambda line: None)
     reporter = Reporter(progress, is_cancelled)
     env_dir = Path(env_dir).expanduser().absolute()
-    if env_dir.exists() and not (env_dir.is_dir() and (_looks_like_env(env_dir)
+    if env_dir.exists() and not (env_dir.is_dir() and (read_marker(env_dir) is not None
                                                        or not any(env_dir.iterdir()))):
+        if _looks_like_env(env_dir):
+            raise MamolInputError(
+                f"{env_dir} is a Python environment that 'Install dependencies' did not "
+                "make, so it is left alone: to use it as it is, give it as an existing "
+                "Python environment; to install, choose a new or empty folder.")
         raise MamolInputError(
             f"{env_dir} exists and is not a Python environment: choose a new or empty "
             "folder for the environment.")

@@ -260,6 +260,11 @@ def test_refuses_a_folder_that_is_not_an_environment(tmp_path):
     with pytest.raises(MamolInputError, match="exists and is not a Python environment"):
         model_env.create_or_update(tmp_path / "documents", model_env.base_python(), "cpu", "")
     assert (tmp_path / "documents" / "thesis.odt").read_text() == "keep me"
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    with pytest.raises(MamolInputError, match="did not make, so it is left alone"):
+        model_env.create_or_update(tmp_path / "venv", model_env.base_python(), "cpu", "")
+    assert (tmp_path / "venv" / "pyvenv.cfg").is_file()
 
 
 # ---- the algorithm --------------------------------------------------------------------
