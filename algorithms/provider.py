@@ -6,6 +6,7 @@ from .common import ICON_PATH
 from .classify import ClassifyAlgorithm
 from .createsamplescene import CreateSampleSceneAlgorithm
 from .evaluate import EvaluateAlgorithm
+from .installdependencies import InstallDependenciesAlgorithm
 from .trainmodel import TrainModelAlgorithm
 
 
@@ -29,7 +30,8 @@ class MamolProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm(),
-                          ClassifyAlgorithm(), EvaluateAlgorithm()):
+                          ClassifyAlgorithm(), EvaluateAlgorithm(),
+                          InstallDependenciesAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API

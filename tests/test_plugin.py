@@ -19,22 +19,44 @@ def test_metadata_has_required_fields():
     assert "http" not in "".join(general.values()), "no placeholder URLs"
 
 
-def test_class_factory_registers_and_unload_removes(qgis_iface, qgis_processing):
+class MenuRecordingIface:
+    """A stand-in for QGIS's ``iface`` that keeps the plugin menu's entries."""
+
+    def __init__(self):
+        self.menu = []
+
+    def mainWindow(self):  # noqa: N802 - QGIS API
+        return None
+
+    def addPluginToMenu(self, menu, action):  # noqa: N802 - QGIS API
+        self.menu.append((menu, action))
+
+    def removePluginMenu(self, menu, action):  # noqa: N802 - QGIS API
+        self.menu.remove((menu, action))
+
+
+def test_class_factory_registers_and_unload_removes(qgis_processing):
     import mamol
     registry = QgsApplication.processingRegistry()
     existing = registry.providerById("mamol")
     if existing is not None:     # registered by another test's session fixture
         registry.removeProvider(existing)
-    plugin = mamol.classFactory(qgis_iface)
+    iface = MenuRecordingIface()
+    plugin = mamol.classFactory(iface)
     plugin.initProcessing()
+    assert iface.menu == []      # headless: no menu
     plugin.initGui()             # idempotent: still exactly one provider
     provider = registry.providerById("mamol")
     assert provider is not None
     assert sorted(a.id() for a in provider.algorithms()) == ["mamol:classify",
                                                            "mamol:createsamplescene",
                                                            "mamol:evaluate",
+                                                           "mamol:installdependencies",
                                                            "mamol:trainmodel"]
+    assert [(menu, action.text()) for menu, action in iface.menu] == [
+        ("&MaMOL", "Install dependencies…")]
     plugin.unload()
+    assert iface.menu == []
     assert registry.providerById("mamol") is None
     if existing is not None:
         from mamol.algorithms.provider import MamolProvider
@@ -54,7 +76,8 @@ def test_provider_loads_without_importing_torch():
              "from mamol.algorithms.classify import ClassifyAlgorithm; "
              "from mamol.algorithms.evaluate import EvaluateAlgorithm; "
              "TrainModelAlgorithm().initAlgorithm(); ClassifyAlgorithm().initAlgorithm(); "
-             "EvaluateAlgorithm().initAlgorithm(); "
+             "from mamol.algorithms.installdependencies import InstallDependenciesAlgorithm; "
+             "EvaluateAlgorithm().initAlgorithm(); InstallDependenciesAlgorithm().initAlgorithm(); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
              "('torch', 'open_clip', 'torchvision')))")
     done = subprocess.run([sys.executable, "-c", probe, str(PLUGINS_DIR)],

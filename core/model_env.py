@@ -1,0 +1,682 @@
+"""The model environment: a Python virtual environment with PyTorch for MaMOL's engine.
+
+PyTorch does not run inside QGIS's process: the engine (``python -m mamol ...``) runs in a
+child Python, and this module says which one and how to make it. The managed environment
+is a venv made from QGIS's own Python with ``--system-site-packages`` (so it sees QGIS's
+``osgeo`` and NumPy, which are built against each other) plus the pinned PyTorch packages.
+
+QGIS-free like the rest of the core: progress, log lines and cancellation are plain
+callables (see :mod:`core.feedback`); errors the user can act on are
+:class:`~core.errors.MamolInputError`.
+
+Test hook: the environment variable ``MAMOL_TORCH_PIN`` (e.g. ``torch==0.0.0``) replaces
+the torch pin of :data:`PINNED_PACKAGES` when an environment is created, so a test can make
+pip fail for certain. It is meant for tests only.
+"""
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from queue import Empty, Queue
+from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from .errors import Cancelled, MamolInputError
+from .feedback import CancelCheck, ProgressCallback, Reporter
+
+#: The engine's packages, pinned exactly (the same pins as requirements.txt).
+PINNED_PACKAGES = ("torch==2.13.0", "torchvision==0.28.0", "open_clip_torch==3.3.0",
+                   "safetensors==0.8.0")
+#: Packages the engine needs that the base Python usually has already (Debian's and
+#: OSGeo4W's QGIS ship them); installed only when the base Python cannot import them.
+OPTIONAL_BASE_PACKAGES = (("jinja2", "jinja2"), ("matplotlib", "matplotlib"))
+#: Test hook (see the module's docstring): replaces the torch pin.
+TORCH_PIN_VARIABLE = "MAMOL_TORCH_PIN"
+#: Environment variable naming the engine's Python (an executable or an environment
+#: folder); it overrides every setting.
+PYTHON_VARIABLE = "MAMOL_PYTHON"
+#: The QgsSettings key of a user-chosen Python (an executable or an environment folder).
+SETTINGS_KEY = "mamol/python"
+#: Written into an environment once it is complete and checked.
+MARKER_FILE = "mamol-env.json"
+#: The package indexes of PyTorch's own builds (torch and torchvision only).
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+#: Values of ``torch_index`` that mean "pip's own configured index" (PyPI or a mirror).
+CONFIGURED_INDEX = ("", "pypi")
+BUILDS = ("auto", "cpu", "cuda")
+
+SETUP_HINT = ("run 'Install dependencies' (Processing Toolbox → MaMOL land cover → Setup), "
+              "or set an existing Python environment in its 'Use an existing Python "
+              "environment instead' parameter or in the environment variable MAMOL_PYTHON")
+
+LogCallback = Callable[[str], None]
+
+# Python's own variables that would make a child Python see the parent's packages or
+# home; everything else (PATH for GDAL's DLLs, proxies, PIP_* configuration) is kept.
+_PARENT_PYTHON_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
+                            "PYTHONUSERBASE", "PYTHONSAFEPATH", "__PYVENV_LAUNCHER__",
+                            "VIRTUAL_ENV", "CONDA_PREFIX")
+
+
+def _is_windows(platform: Optional[str]) -> bool:
+    return (platform or sys.platform).startswith("win")
+
+
+def child_environment(environ: Optional[Mapping[str, str]] = None) -> dict:
+    """``environ`` (default ``os.environ``) without the variables that would make a child
+    Python import the parent's packages (``PYTHONPATH``, ``PYTHONHOME``, ...), with
+    unbuffered UTF-8 output. For pip, the checks, and the engine's launcher."""
+    env = dict(os.environ if environ is None else environ)
+    for name in _PARENT_PYTHON_VARIABLES:
+        env.pop(name, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+# ---- which Python ----------------------------------------------------------------------
+
+def base_python(executable: Optional[str] = None, exec_prefix: Optional[str] = None,
+                version_info: Optional[Sequence[int]] = None,
+                platform: Optional[str] = None,
+                exists: Callable[[str], bool] = os.path.isfile) -> str:
+    """The path of QGIS's own Python interpreter, the base of the managed environment.
+
+    Inside QGIS ``sys.executable`` may be the QGIS binary, so the interpreter is looked
+    for under ``exec_prefix`` (default ``sys.base_exec_prefix``, which is QGIS's Python
+    even when this runs in a venv): ``<prefix>/python.exe`` on Windows (OSGeo4W:
+    ``<root>/apps/Python312``), ``<prefix>/bin/python3.X`` elsewhere; then the executable
+    itself if it is a Python; then, in a macOS app bundle, ``Contents/MacOS/bin/python3``.
+    ``exists`` is the file test (replaceable for tests of the path logic).
+    """
+    executable = sys.executable if executable is None else executable
+    exec_prefix = sys.base_exec_prefix if exec_prefix is None else exec_prefix
+    version_info = sys.version_info if version_info is None else version_info
+    windows = _is_windows(platform)
+    path_type = PureWindowsPath if windows else PurePosixPath
+    major, minor = int(version_info[0]), int(version_info[1])
+    names = ["python.exe"] if windows else [f"python{major}.{minor}", f"python{major}",
+                                            "python"]
+    candidates: List[str] = []
+    if exec_prefix:
+        prefix = path_type(exec_prefix)
+        folder = prefix if windows else prefix / "bin"
+        candidates += [str(folder / name) for name in names]
+    if executable:
+        exe = path_type(executable)
+        stem = exe.name.lower()
+        if stem.endswith(".exe"):
+            stem = stem[:-4]
+        if re.fullmatch(r"python(\d+(\.\d+)?)?", stem):
+            candidates.append(str(exe))
+        parts = exe.parts
+        for index, part in enumerate(parts):
+            if part.endswith(".app") and parts[index + 1:index + 2] == ("Contents",):
+                bundle_bin = path_type(*parts[:index + 1]) / "Contents" / "MacOS" / "bin"
+                candidates += [str(bundle_bin / name) for name in names]
+                break
+    for candidate in candidates:
+        if exists(candidate):
+            return candidate
+    raise MamolInputError(
+        f"Cannot find QGIS's Python interpreter (looked for {', '.join(candidates) or '-'}). "
+        "Set an existing Python environment with PyTorch instead, or the environment "
+        "variable MAMOL_PYTHON.")
+
+
+def env_python(env_dir, platform: Optional[str] = None) -> Path:
+    """The Python executable of the virtual environment ``env_dir``."""
+    env_dir = Path(env_dir)
+    if _is_windows(platform):
+        return env_dir / "Scripts" / "python.exe"
+    return env_dir / "bin" / "python"
+
+
+def default_env_dir(profile_folder) -> Path:
+    """The managed environment's folder: ``<QGIS profile folder>/mamol/python-env`` (the
+    algorithm passes ``QgsApplication.qgisSettingsDirPath()``)."""
+    return Path(profile_folder) / "mamol" / "python-env"
+
+
+def read_marker(env_dir) -> Optional[dict]:
+    """The marker of a completed environment (versions, build, ...), or None."""
+    try:
+        return json.loads((Path(env_dir) / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def python_of(path, platform: Optional[str] = None) -> Optional[Path]:
+    """The Python executable that ``path`` names: the file itself, or the executable of an
+    environment folder (``bin/python``, ``Scripts/python.exe``, or a conda env's
+    ``python.exe``); None if there is none."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        candidates = [env_python(path, platform)]
+        if _is_windows(platform):
+            candidates.append(path / "python.exe")
+        else:
+            candidates.append(path / "bin" / "python3")
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def engine_python(environ: Optional[Mapping[str, str]] = None, setting: str = "",
+                  managed_env=None, platform: Optional[str] = None) -> str:
+    """The Python executable that runs MaMOL's engine, in this order:
+
+    1. the environment variable ``MAMOL_PYTHON`` in ``environ`` (default ``os.environ``):
+       an executable or an environment folder;
+    2. ``setting``, the user's choice (QgsSettings ``mamol/python``): the same;
+    3. the managed environment ``managed_env`` (see :func:`default_env_dir`) once
+       'Install dependencies' completed it (its marker file exists).
+
+    A variable or setting that names nothing usable is an error (not skipped); with
+    nothing set up the error says how to set it up.
+    """
+    environ = os.environ if environ is None else environ
+    for value, origin in ((environ.get(PYTHON_VARIABLE, ""), "The environment variable "
+                           "MAMOL_PYTHON"),
+                          (setting or "", "The MaMOL setting 'mamol/python'")):
+        value = str(value).strip()
+        if not value:
+            continue
+        python = python_of(value, platform)
+        if python is None:
+            raise MamolInputError(
+                f"{origin} names {value}, which is neither a Python executable nor a "
+                f"Python environment folder. Correct it, or {SETUP_HINT}.")
+        return str(python)
+    if managed_env is not None and read_marker(managed_env) is not None:
+        python = env_python(managed_env, platform)
+        if python.is_file():
+            return str(python)
+    raise MamolInputError(f"PyTorch is not set up for MaMOL yet: {SETUP_HINT}.")
+
+
+# ---- which build ----------------------------------------------------------------------
+
+class NvidiaGpu(NamedTuple):
+    name: str
+    driver_version: str
+
+
+def detect_nvidia(timeout: float = 15.0) -> Optional[Tuple[NvidiaGpu, ...]]:
+    """The NVIDIA GPUs that ``nvidia-smi`` reports (name and driver version), or None when
+    there is no ``nvidia-smi`` on PATH, it fails, times out, or lists no GPU."""
+    program = shutil.which("nvidia-smi")
+    if program is None:
+        return None
+    try:
+        done = subprocess.run([program, "--query-gpu=name,driver_version",
+                               "--format=csv,noheader"], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL,
+                              **_no_window())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    gpus = []
+    for line in done.stdout.splitlines():
+        if not line.strip():
+            continue
+        name, _, driver = line.rpartition(",")
+        if not name.strip():
+            continue
+        gpus.append(NvidiaGpu(name.strip(), driver.strip()))
+    return tuple(gpus) or None
+
+
+def resolve_build(build: str, gpus: Optional[Sequence[NvidiaGpu]] = None,
+                  platform: Optional[str] = None) -> str:
+    """'auto' | 'cpu' | 'cuda' -> 'cpu' or 'cuda' ('auto' is CUDA when ``gpus`` is not
+    empty; there are no CUDA builds for macOS)."""
+    text = (build or "auto").strip().lower()
+    if text not in BUILDS:
+        raise MamolInputError(f"Unknown build '{build}': choose one of {', '.join(BUILDS)}.")
+    mac = (platform or sys.platform) == "darwin"
+    if text == "auto":
+        return "cuda" if gpus and not mac else "cpu"
+    if text == "cuda" and mac:
+        raise MamolInputError("PyTorch has no CUDA build for macOS: choose the CPU build "
+                              "(it uses Apple's GPU through MPS where there is one).")
+    return text
+
+
+def resolve_torch_index(build: str, torch_index: Optional[str] = None,
+                        platform: Optional[str] = None) -> Optional[str]:
+    """The index for torch and torchvision, or None for pip's configured index.
+
+    ``torch_index`` None means automatic: PyTorch's CPU or CUDA index on Linux and
+    Windows, pip's configured index (PyPI) on macOS. "" or "pypi" means pip's configured
+    index; anything else is the index URL itself."""
+    if torch_index is not None:
+        text = torch_index.strip()
+        return None if text.lower() in CONFIGURED_INDEX else text
+    if (platform or sys.platform) == "darwin":
+        return None
+    return CUDA_INDEX if build == "cuda" else CPU_INDEX
+
+
+def pinned_packages(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, ...]:
+    """:data:`PINNED_PACKAGES`, with the torch pin replaced by the test hook
+    ``MAMOL_TORCH_PIN`` when it is set."""
+    environ = os.environ if environ is None else environ
+    override = environ.get(TORCH_PIN_VARIABLE, "").strip()
+    if not override:
+        return PINNED_PACKAGES
+    return tuple(override if pin.split("==")[0] == "torch" else pin
+                 for pin in PINNED_PACKAGES)
+
+
+# ---- running programs -----------------------------------------------------------------
+
+def _no_window() -> dict:
+    """No console window for a child on Windows; its own process group everywhere, so a
+    cancel can stop it with all its children."""
+    if os.name == "nt":
+        return {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)
+                | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+    return {"start_new_session": True}
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop ``process`` and its children (its process group), then reap it."""
+    if process.poll() is not None:
+        return
+    try:
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)],
+                           capture_output=True, timeout=30, **_no_window())
+        else:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+    except (OSError, subprocess.SubprocessError):
+        process.kill()
+    process.wait()
+
+
+def run_streaming(command: Sequence[str], on_line: Callable[[str], None],
+                  check: CancelCheck, env: Optional[Mapping[str, str]] = None) -> int:
+    """Run ``command``, hand each line of its output (stdout and stderr) to ``on_line`` as
+    it comes, and return its exit status. ``check`` is called often and may raise
+    :class:`Cancelled`: then the command and its children are stopped first."""
+    process = subprocess.Popen(list(command), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               env=dict(env) if env is not None else child_environment(),
+                               **_no_window())
+    lines: "Queue[Optional[bytes]]" = Queue()
+
+    def pump() -> None:
+        for raw in iter(process.stdout.readline, b""):
+            lines.put(raw)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        while True:
+            check()
+            try:
+                raw = lines.get(timeout=0.2)
+            except Empty:
+                continue
+            if raw is None:
+                break
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                on_line(line)
+        return process.wait()
+    finally:
+        _stop(process)
+        reader.join(timeout=5)
+        process.stdout.close()
+
+
+def _last_error(lines: Sequence[str]) -> str:
+    """pip's meaningful error ("No matching distribution found for torch==0.0.0"; for a
+    conflict, what conflicts and why), else the last line of output."""
+    errors = [line[len("ERROR:"):].strip() for line in lines if line.startswith("ERROR:")]
+    for error in reversed(errors):
+        if error.startswith("Cannot install"):
+            # the lines after "The conflict is caused by:" say which requirements clash
+            start = next((i for i, line in enumerate(lines)
+                          if line.strip() == "The conflict is caused by:"), None)
+            causes = []
+            for line in lines[start + 1:] if start is not None else ():
+                if not line.startswith((" ", "\t")):
+                    break
+                causes.append(line.strip())
+            return error + (" The conflict is caused by: " + "; ".join(causes) + "."
+                            if causes else "")
+    errors = [error for error in errors if not error.startswith("ResolutionImpossible")]
+    if errors:
+        return errors[-1]
+    for line in reversed(lines):
+        text = line.strip()
+        if text and not text.startswith(("[notice]", "WARNING:")):
+            return text
+    return "no output"
+
+
+# What the engine imports, through the plugin's own torch_compat (argv: the folder that
+# holds the plugin's package, and the package's name), which copes with a CUDA torchvision
+# next to CPU torch.
+_CHECK_SCRIPT = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+torch_compat = importlib.import_module(sys.argv[2] + ".core.torch_compat")
+open_clip = torch_compat.import_open_clip()
+import numpy, safetensors, torch, torchvision
+from osgeo import gdal
+print("MAMOL-ENV " + json.dumps({
+    "prefix": sys.prefix, "python": sys.version.split()[0], "torch": torch.__version__,
+    "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
+    "safetensors": safetensors.__version__, "numpy": numpy.__version__,
+    "gdal": gdal.__version__, "cuda": torch.version.cuda,
+    "cuda_available": bool(torch.cuda.is_available())}))
+"""
+
+
+def _plugin_location() -> List[str]:
+    """[folder holding the plugin's package, the package's name] (``mamol`` when installed),
+    as the check script's arguments."""
+    package = __name__.split(".")[0]
+    folder = os.path.dirname(os.path.abspath(sys.modules[package].__path__[0]))
+    return [folder, package]
+
+
+_BASE_SCRIPT = """
+import importlib.util, json, sys
+try:
+    import numpy
+    version = numpy.__version__
+except ImportError:
+    version = None
+print("MAMOL-BASE " + json.dumps({
+    "numpy": version, "python": sys.version.split()[0],
+    "missing": [n for n in sys.argv[1:] if importlib.util.find_spec(n) is None]}))
+"""
+
+
+def _probe(python, script: str, tag: str, check: CancelCheck, log: LogCallback,
+           arguments: Sequence[str] = (), what: str = "") -> dict:
+    """Run ``script`` with ``python`` and return the JSON it printed after ``tag``."""
+    output: List[str] = []
+    status = run_streaming([str(python), "-c", script, *arguments], output.append, check)
+    for line in output:
+        if line.startswith(tag + " "):
+            return json.loads(line[len(tag) + 1:])
+    for line in output:
+        log(line)
+    raise MamolInputError(f"{what} failed (exit status {status}): {_last_error(output)}")
+
+
+# ---- making the environment -----------------------------------------------------------
+
+class _Progress:
+    """Maps pip's lines to progress steps within [start, end] percent."""
+
+    def __init__(self, reporter: Reporter, start: float, end: float) -> None:
+        self.reporter, self.start, self.end = reporter, start, end
+        self.fraction = 0.0
+
+    def line(self, text: str) -> None:
+        text = text.strip()
+        if text.startswith(("Collecting ", "Downloading ", "Using cached ", "Processing ")):
+            self.fraction = min(0.6, self.fraction + 0.03)
+        elif text.startswith("Installing collected packages"):
+            self.fraction = 0.7
+        elif text.startswith("Successfully installed"):
+            self.fraction = 1.0
+        self.reporter.report(self.start + (self.end - self.start) * self.fraction)
+
+
+def _fix_paths(env_dir: Path, old: str, new: str) -> None:
+    """Replace the temporary folder's path ``old`` with ``new`` in the environment's
+    text files that record it: ``pyvenv.cfg`` and the scripts in ``bin/``/``Scripts/``
+    (shebangs, ``activate``). Windows' ``.exe`` launchers keep the old path; MaMOL runs
+    ``python -m ...`` only."""
+    files = [env_dir / "pyvenv.cfg"]
+    for folder in (env_dir / "bin", env_dir / "Scripts"):
+        if folder.is_dir():
+            files += [path for path in folder.iterdir()
+                      if path.is_file() and not path.is_symlink()]
+    for path in files:
+        try:
+            if path.stat().st_size > 1_000_000:
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if b"\0" in data or old.encode() not in data:
+            continue
+        text = data.decode("utf-8", errors="surrogateescape")
+        path.write_bytes(text.replace(old, new).encode("utf-8", errors="surrogateescape"))
+
+
+def _remove(folder: Path) -> None:
+    """Remove ``folder``; retried briefly (Windows may hold files of a process just
+    stopped)."""
+    for attempt in range(5):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.5 * (attempt + 1))
+
+
+def _looks_like_env(folder: Path) -> bool:
+    return (folder / "pyvenv.cfg").is_file()
+
+
+def create_or_update(env_dir, base_python: str, build: str = "auto",
+                     torch_index: Optional[str] = None,
+                     log: Optional[LogCallback] = None,
+                     progress: Optional[ProgressCallback] = None,
+                     is_cancelled: Optional[CancelCheck] = None,
+                     gpus: Optional[Sequence[NvidiaGpu]] = None,
+                     platform: Optional[str] = None) -> dict:
+    """Make (or remake) the environment ``env_dir`` and return its marker (a dict with the
+    installed versions, the build, the index, and ``"python"``, the executable's path).
+
+    A venv is made from ``base_python`` with ``--system-site-packages`` in a new sibling
+    folder; pip installs the pins there (NumPy held at the base Python's version), the
+    result is checked (``import torch, open_clip, safetensors; from osgeo import gdal``),
+    and only then it replaces ``env_dir`` (the old one is renamed aside, then removed).
+    ``env_dir`` must be new, empty, or an environment made here before (with the marker):
+    nothing else is ever replaced.
+    On failure or cancel the new folder is removed and ``env_dir`` is untouched.
+
+    ``build``: 'auto' (CUDA when ``gpus`` — default :func:`detect_nvidia` — finds an
+    NVIDIA driver), 'cpu' or 'cuda'. ``torch_index``: see :func:`resolve_torch_index`.
+    """
+    log = log or (lambda line: None)
+    reporter = Reporter(progress, is_cancelled)
+    env_dir = Path(env_dir).expanduser().absolute()
+    if env_dir.exists() and not (env_dir.is_dir() and (read_marker(env_dir) is not None
+                                                       or not any(env_dir.iterdir()))):
+        if _looks_like_env(env_dir):
+            raise MamolInputError(
+                f"{env_dir} is a Python environment that 'Install dependencies' did not "
+                "make, so it is left alone: to use it as it is, give it as an existing "
+                "Python environment; to install, choose a new or empty folder.")
+        raise MamolInputError(
+            f"{env_dir} exists and is not a Python environment: choose a new or empty "
+            "folder for the environment.")
+    if build.strip().lower() == "auto" and gpus is None:
+        gpus = detect_nvidia()
+    chosen = resolve_build(build, gpus, platform)
+    index = resolve_torch_index(chosen, torch_index, platform)
+    pins = pinned_packages()
+    log(f"Build: {chosen}; torch and torchvision from "
+        f"{index or 'pip’s configured index'}.")
+    reporter.report(0)
+    try:
+        env_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MamolInputError(f"Cannot create the folder {env_dir.parent}: {exc}") from exc
+    new_dir = env_dir.with_name(f"{env_dir.name}.new-{secrets.token_hex(4)}")
+    try:
+        marker = _build(new_dir, env_dir, base_python, chosen, index, pins, log, reporter,
+                        platform)
+        _swap(new_dir, env_dir, log, reporter, platform)
+    except BaseException:
+        _remove(new_dir)
+        raise
+    reporter.report(100)
+    log(f"MaMOL's Python environment is ready: {marker['python']}")
+    return marker
+
+
+def _build(new_dir: Path, env_dir: Path, base: str, build: str, index: Optional[str],
+           pins: Sequence[str], log: LogCallback, reporter: Reporter,
+           platform: Optional[str]) -> dict:
+    """Make the venv in ``new_dir``, install, check, and write the marker."""
+    output: List[str] = []
+
+    def record(line: str) -> None:
+        output.append(line)
+        log(line)
+
+    log(f"Probing the base Python {base} ...")
+    base_info = _probe(base, _BASE_SCRIPT, "MAMOL-BASE", reporter.check, log,
+                       [module for module, _ in OPTIONAL_BASE_PACKAGES],
+                       what=f"Running the base Python {base}")
+    if not base_info["numpy"]:
+        raise MamolInputError(f"The base Python {base} has no NumPy, so it cannot be "
+                              "QGIS's Python (GDAL's Python bindings need NumPy).")
+    log(f"Base Python {base_info['python']} with NumPy {base_info['numpy']} (kept).")
+    extras = [package for module, package in OPTIONAL_BASE_PACKAGES
+              if module in base_info["missing"]]
+    reporter.report(2)
+
+    log(f"Creating a virtual environment in {new_dir} ...")
+    output.clear()
+    status = run_streaming([base, "-m", "venv", "--system-site-packages", str(new_dir)],
+                           record, reporter.check)
+    if status != 0:
+        raise MamolInputError(f"Creating the virtual environment failed: "
+                              f"{_last_error(output)}")
+    python = env_python(new_dir, platform)
+    constraints = new_dir / "mamol-constraints.txt"
+    constraints.write_text("\n".join([*pins, f"numpy=={base_info['numpy']}"]) + "\n",
+                           encoding="utf-8")
+    reporter.report(5)
+
+    pip = [str(python), "-m", "pip", "install", "--progress-bar", "off", "--no-input",
+           "--disable-pip-version-check", "-c", str(constraints)]
+    torch_pins = [pin for pin in pins if pin.split("==")[0] in ("torch", "torchvision")]
+    other_pins = [pin for pin in pins if pin not in torch_pins] + extras
+    calls = ([(torch_pins, ["--index-url", index]), (other_pins, [])] if index
+             else [(torch_pins + other_pins, [])])
+    start, span = 5.0, 80.0 / len(calls)
+    for packages, options in calls:
+        log("pip install " + " ".join(options + packages))
+        steps = _Progress(reporter, start, start + span)
+        output.clear()
+        status = run_streaming(pip + options + packages,
+                               lambda line: (record(line), steps.line(line)), reporter.check)
+        if status != 0:
+            raise MamolInputError(f"Installing PyTorch failed: {_last_error(output)}")
+        start += span
+    reporter.report(85)
+
+    log("Checking the new environment ...")
+    versions = _probe(python, _CHECK_SCRIPT, "MAMOL-ENV", reporter.check, log,
+                      _plugin_location(), what="Checking the new environment")
+    if versions["numpy"] != base_info["numpy"]:
+        raise MamolInputError(
+            f"The new environment has NumPy {versions['numpy']} instead of QGIS's "
+            f"{base_info['numpy']}; a package must have replaced it.")
+    if build == "cuda" and not versions["cuda"]:
+        raise MamolInputError(f"A CUDA build was asked for, but pip installed "
+                              f"torch {versions['torch']}, a CPU build. Check the index.")
+    log("Installed: " + ", ".join(f"{name} {versions[name]}" for name in
+                                  ("torch", "torchvision", "open_clip", "safetensors",
+                                   "numpy", "gdal")))
+    if build == "cuda":
+        log(f"CUDA {versions['cuda']}; GPU usable: "
+            f"{'yes' if versions['cuda_available'] else 'no (check the NVIDIA driver)'}.")
+    reporter.report(95)
+    marker = {
+        "build": build, "torch_index": index, "base_python": base,
+        "python": str(env_python(env_dir, platform)),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pins": list(pins),
+        "versions": {key: versions[key] for key in ("python", "torch", "torchvision",
+                                                     "open_clip", "safetensors", "numpy",
+                                                     "gdal", "cuda")},
+        "extras": extras,
+    }
+    (new_dir / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n",
+                                       encoding="utf-8")
+    return marker
+
+
+def _swap(new_dir: Path, env_dir: Path, log: LogCallback, reporter: Reporter,
+          platform: Optional[str]) -> None:
+    """Put ``new_dir`` in ``env_dir``'s place; the previous environment is removed only
+    once the new one answers from its final place."""
+    reporter.check()
+    _fix_paths(new_dir, str(new_dir), str(env_dir))
+    old_dir = None
+    if env_dir.exists():
+        old_dir = env_dir.with_name(f"{env_dir.name}.old-{secrets.token_hex(4)}")
+        try:
+            env_dir.rename(old_dir)
+        except OSError as exc:
+            raise MamolInputError(
+                f"Cannot replace {env_dir} ({exc}); close whatever uses it (a running "
+                "MaMOL job) and try again.") from exc
+    try:
+        new_dir.rename(env_dir)
+        done = subprocess.run([str(env_python(env_dir, platform)), "-c",
+                               "import sys, torch; print(sys.prefix)"],
+                              capture_output=True, text=True, timeout=300,
+                              env=child_environment(), stdin=subprocess.DEVNULL,
+                              **_no_window())
+        if done.returncode != 0 or Path(done.stdout.strip()).resolve() != env_dir.resolve():
+            raise MamolInputError(
+                f"The environment does not work from {env_dir} after moving it there: "
+                f"{_last_error(done.stderr.splitlines() + done.stdout.splitlines())}")
+    except BaseException:
+        if env_dir.exists() and not new_dir.exists():
+            env_dir.rename(new_dir)        # the caller removes it
+        if old_dir is not None:
+            old_dir.rename(env_dir)
+        raise
+    if old_dir is not None:
+        log(f"Removing the previous environment {old_dir} ...")
+        _remove(old_dir)
+
+
+def check_existing(python, log: Optional[LogCallback] = None,
+                   is_cancelled: Optional[CancelCheck] = None) -> dict:
+    """Check that an existing Python (an executable or an environment folder) can run
+    MaMOL's engine (imports torch, open_clip, safetensors and GDAL's osgeo); return the
+    versions it reports (and ``"python"``, the executable)."""
+    log = log or (lambda line: None)
+    executable = python_of(python)
+    if executable is None:
+        raise MamolInputError(f"{python} is neither a Python executable nor a Python "
+                              "environment folder.")
+    reporter = Reporter(None, is_cancelled)
+    versions = _probe(executable, _CHECK_SCRIPT, "MAMOL-ENV", reporter.check, log,
+                      _plugin_location(), what=f"Checking {executable}")
+    versions["python_executable"] = str(executable)
+    return versions

@@ -1,0 +1,419 @@
+"""The model environment (``core.model_env``) and ``mamol:installdependencies``.
+
+The slow tests install the pinned packages for real, once per module, from pip's configured
+index (here the local wheels), into a folder under pytest's tmp_path.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
+
+from conftest import PLUGINS_DIR, REPO, recording_feedback
+from mamol.core import model_env
+from mamol.core.errors import Cancelled, MamolInputError
+
+ALGORITHM = "mamol:installdependencies"
+
+
+# ---- pins -----------------------------------------------------------------------------
+
+def test_pins_match_requirements():
+    names = {pin.split("==")[0] for pin in model_env.PINNED_PACKAGES}
+    required = [line.split("#")[0].strip() for line in
+                (REPO / "requirements.txt").read_text().splitlines()]
+    assert sorted(line for line in required if line.split("==")[0] in names) == \
+        sorted(model_env.PINNED_PACKAGES)
+    assert not [line for line in required if line.startswith("numpy")], \
+        "NumPy is held at the base Python's version, never pinned"
+
+
+def test_torch_pin_test_hook():
+    assert model_env.pinned_packages({}) == model_env.PINNED_PACKAGES
+    pins = model_env.pinned_packages({"MAMOL_TORCH_PIN": "torch==0.0.0"})
+    assert pins[0] == "torch==0.0.0" and pins[1:] == model_env.PINNED_PACKAGES[1:]
+
+
+# ---- QGIS's Python --------------------------------------------------------------------
+
+def test_base_python_linux_inside_qgis():
+    found = model_env.base_python("/usr/bin/qgis", "/usr", (3, 11), "linux",
+                                  exists={"/usr/bin/python3.11", "/usr/bin/python3"}.__contains__)
+    assert found == "/usr/bin/python3.11"
+
+
+def test_base_python_osgeo4w():
+    python = r"C:\OSGeo4W\apps\Python312\python.exe"
+    found = model_env.base_python(r"C:\OSGeo4W\bin\qgis-bin.exe", r"C:\OSGeo4W\apps\Python312",
+                                  (3, 12), "win32", exists={python}.__contains__)
+    assert found == python
+
+
+def test_base_python_macos_bundle():
+    python = "/Applications/QGIS.app/Contents/MacOS/bin/python3"
+    found = model_env.base_python("/Applications/QGIS.app/Contents/MacOS/QGIS",
+                                  "/Applications/QGIS.app/Contents/Frameworks", (3, 9),
+                                  "darwin", exists={python}.__contains__)
+    assert found == python
+
+
+def test_base_python_is_the_executable_when_it_is_a_python():
+    found = model_env.base_python("/opt/py/bin/python3.12", "/elsewhere", (3, 12), "linux",
+                                  exists={"/opt/py/bin/python3.12"}.__contains__)
+    assert found == "/opt/py/bin/python3.12"
+
+
+def test_base_python_not_found_is_a_clear_error():
+    with pytest.raises(MamolInputError, match="Cannot find QGIS's Python interpreter"):
+        model_env.base_python("/usr/bin/qgis", "/usr", (3, 11), "linux",
+                              exists=lambda path: False)
+
+
+def test_base_python_here_is_the_venvs_base():
+    found = model_env.base_python()
+    assert Path(found).is_file()
+    assert Path(found).parent == Path(sys.base_exec_prefix) / "bin"
+
+
+# ---- which Python runs the engine -----------------------------------------------------
+
+def _fake_env(folder: Path, marker: bool = False, windows: bool = False) -> Path:
+    python = folder / ("Scripts/python.exe" if windows else "bin/python")
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    if marker:
+        (folder / model_env.MARKER_FILE).write_text("{}")
+    return python
+
+
+def test_engine_python_order(tmp_path):
+    variable = _fake_env(tmp_path / "variable")
+    setting = _fake_env(tmp_path / "setting")
+    managed = _fake_env(tmp_path / "managed", marker=True)
+    environ = {"MAMOL_PYTHON": str(tmp_path / "variable")}
+    assert model_env.engine_python(environ, str(setting), tmp_path / "managed") == str(variable)
+    assert model_env.engine_python({"MAMOL_PYTHON": str(variable)}, "", None) == str(variable)
+    assert model_env.engine_python({}, str(tmp_path / "setting"), tmp_path / "managed") == \
+        str(setting)
+    assert model_env.engine_python({"MAMOL_PYTHON": " "}, "", tmp_path / "managed") == \
+        str(managed)
+
+
+def test_engine_python_windows_env_folder(tmp_path):
+    python = _fake_env(tmp_path / "env", windows=True)
+    assert model_env.engine_python({}, str(tmp_path / "env"), None, "win32") == str(python)
+
+
+def test_engine_python_nothing_set_up(tmp_path):
+    _fake_env(tmp_path / "managed")              # no marker: not completed
+    for managed in (None, tmp_path / "managed", tmp_path / "absent"):
+        with pytest.raises(MamolInputError, match="PyTorch is not set up for MaMOL yet: run "
+                           r"'Install dependencies' \(Processing Toolbox → MaMOL land cover "
+                           r"→ Setup\)") as error:
+            model_env.engine_python({}, "", managed)
+        assert "MAMOL_PYTHON" in str(error.value)
+
+
+def test_engine_python_bad_variable_or_setting_is_an_error(tmp_path):
+    _fake_env(tmp_path / "managed", marker=True)
+    with pytest.raises(MamolInputError, match="environment variable MAMOL_PYTHON names .*nope"):
+        model_env.engine_python({"MAMOL_PYTHON": str(tmp_path / "nope")}, "", tmp_path / "managed")
+    with pytest.raises(MamolInputError, match="setting 'mamol/python' names .*empty"):
+        (tmp_path / "empty").mkdir()
+        model_env.engine_python({}, str(tmp_path / "empty"), tmp_path / "managed")
+
+
+def test_default_env_dir():
+    assert model_env.default_env_dir("/home/me/.local/share/QGIS/QGIS3/profiles/default/") == \
+        Path("/home/me/.local/share/QGIS/QGIS3/profiles/default/mamol/python-env")
+
+
+# ---- which build ----------------------------------------------------------------------
+
+@pytest.fixture
+def fake_path(tmp_path, monkeypatch):
+    """An empty folder as the whole PATH; returns it (tests may put programs there)."""
+    folder = tmp_path / "path"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", str(folder))
+    return folder
+
+
+def _fake_nvidia_smi(folder: Path, body: str) -> Path:
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {folder / 'arguments'}\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_detect_nvidia_without_nvidia_smi(fake_path):
+    assert model_env.detect_nvidia() is None
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
+def test_detect_nvidia_parses_nvidia_smi(fake_path):
+    _fake_nvidia_smi(fake_path, "echo 'NVIDIA H200, 570.86.15'\n"
+                                "echo 'NVIDIA RTX A6000, 570.86.15'\necho")
+    assert model_env.detect_nvidia() == (("NVIDIA H200", "570.86.15"),
+                                         ("NVIDIA RTX A6000", "570.86.15"))
+    assert (fake_path / "arguments").read_text().split() == [
+        "--query-gpu=name,driver_version", "--format=csv,noheader"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
+@pytest.mark.parametrize("body", ["echo 'NVIDIA-SMI has failed' >&2; exit 9", "true",
+                                  "sleep 30"])
+def test_detect_nvidia_failing_nvidia_smi(fake_path, body):
+    _fake_nvidia_smi(fake_path, body)
+    started = time.monotonic()
+    assert model_env.detect_nvidia(timeout=2) is None
+    assert time.monotonic() - started < 20
+
+
+def test_build_and_index_choice():
+    gpus = (model_env.NvidiaGpu("NVIDIA H200", "570.86.15"),)
+    assert model_env.resolve_build("auto", gpus, "linux") == "cuda"
+    assert model_env.resolve_build("auto", None, "linux") == "cpu"
+    assert model_env.resolve_build("auto", gpus, "darwin") == "cpu"
+    assert model_env.resolve_build("CPU", gpus, "win32") == "cpu"
+    with pytest.raises(MamolInputError, match="no CUDA build for macOS"):
+        model_env.resolve_build("cuda", gpus, "darwin")
+    with pytest.raises(MamolInputError, match="Unknown build 'rocm'"):
+        model_env.resolve_build("rocm", None, "linux")
+    assert model_env.resolve_torch_index("cpu", None, "linux") == model_env.CPU_INDEX
+    assert model_env.resolve_torch_index("cuda", None, "win32") == model_env.CUDA_INDEX
+    assert model_env.resolve_torch_index("cpu", None, "darwin") is None
+    for configured in ("", "pypi", " PyPI "):
+        assert model_env.resolve_torch_index("cuda", configured, "linux") is None
+    assert model_env.resolve_torch_index("cpu", "https://mirror/whl/", "linux") == \
+        "https://mirror/whl/"
+
+
+# ---- running pip ----------------------------------------------------------------------
+
+@pytest.mark.skipif(os.name == "nt", reason="checks the process group through /proc")
+def test_cancel_stops_the_command_and_its_children():
+    script = ("import subprocess, sys, time; "
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              "print(child.pid, flush=True); time.sleep(60)")
+    lines = []
+
+    def check():
+        if lines:
+            raise Cancelled("Cancelled by the user; nothing was written.")
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        model_env.run_streaming([sys.executable, "-c", script], lines.append, check)
+    assert time.monotonic() - started < 30
+    grandchild = Path(f"/proc/{int(lines[0])}/status")
+    deadline = time.monotonic() + 10
+    while grandchild.exists() and "\nState:\tZ" not in grandchild.read_text() \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not grandchild.exists() or "\nState:\tZ" in grandchild.read_text()
+
+
+PIP_NOT_FOUND = [
+    "Looking in indexes: https://pypi.org/simple",
+    "ERROR: Could not find a version that satisfies the requirement torch==0.0.0 "
+    "(from versions: 2.12.0)",
+    "ERROR: No matching distribution found for torch==0.0.0",
+    "[notice] A new release of pip is available: 23.0.1 -> 26.0"]
+PIP_CONFLICT = [
+    "ERROR: Cannot install torch==0.0.0 because these package versions have conflicting "
+    "dependencies.",
+    "The conflict is caused by:",
+    "    The user requested torch==0.0.0",
+    "    The user requested (constraint) torch<=2.14.1,==0.0.0",
+    "To fix this you could try to:",
+    "1. loosen the range of package versions you've specified",
+    "ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/"]
+
+
+def test_pips_meaningful_error_line():
+    assert model_env._last_error(PIP_NOT_FOUND) == "No matching distribution found for torch==0.0.0"
+    assert model_env._last_error(PIP_CONFLICT) == (
+        "Cannot install torch==0.0.0 because these package versions have conflicting "
+        "dependencies. The conflict is caused by: The user requested torch==0.0.0; The user "
+        "requested (constraint) torch<=2.14.1,==0.0.0.")
+    assert model_env._last_error(["Traceback (most recent call last):", "  File 'x'",
+                                  "ModuleNotFoundError: No module named 'torch'"]) == \
+        "ModuleNotFoundError: No module named 'torch'"
+    assert model_env._last_error([]) == "no output"
+
+
+def test_child_environment_drops_the_parents_python_path():
+    env = model_env.child_environment({"PYTHONPATH": "/x", "PYTHONHOME": "/y", "PATH": "/bin",
+                                       "PIP_INDEX_URL": "https://mirror"})
+    assert "PYTHONPATH" not in env and "PYTHONHOME" not in env
+    assert env["PATH"] == "/bin" and env["PIP_INDEX_URL"] == "https://mirror"
+
+
+def test_refuses_a_folder_that_is_not_an_environment(tmp_path):
+    (tmp_path / "documents").mkdir()
+    (tmp_path / "documents" / "thesis.odt").write_text("keep me")
+    with pytest.raises(MamolInputError, match="exists and is not a Python environment"):
+        model_env.create_or_update(tmp_path / "documents", model_env.base_python(), "cpu", "")
+    assert (tmp_path / "documents" / "thesis.odt").read_text() == "keep me"
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    with pytest.raises(MamolInputError, match="did not make, so it is left alone"):
+        model_env.create_or_update(tmp_path / "venv", model_env.base_python(), "cpu", "")
+    assert (tmp_path / "venv" / "pyvenv.cfg").is_file()
+
+
+# ---- the algorithm --------------------------------------------------------------------
+
+def run(parameters, feedback=None):
+    import processing
+    return processing.run(ALGORITHM, parameters, feedback=feedback)
+
+
+@pytest.fixture
+def kept_setting():
+    """The user's 'mamol/python' setting as it was before the test, restored after it."""
+    settings = QgsSettings()
+    before = settings.value(model_env.SETTINGS_KEY, None)
+    yield settings
+    if before is None:
+        settings.remove(model_env.SETTINGS_KEY)
+    else:
+        settings.setValue(model_env.SETTINGS_KEY, before)
+
+
+def test_registered_with_metadata(mamol_provider):
+    algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM)
+    assert algorithm is not None
+    assert algorithm.displayName() == "Install dependencies"
+    assert (algorithm.group(), algorithm.groupId()) == ("Setup", "setup")
+    assert "MAMOL_PYTHON" in algorithm.shortHelpString()
+    for name in ("BUILD", "TORCH_INDEX", "ENV_FOLDER", "EXISTING_PYTHON"):
+        assert algorithm.parameterDefinition(name).help()
+    assert algorithm.parameterDefinition("BUILD").options()[0].startswith("Automatic")
+
+
+def test_existing_python_without_torch_is_refused(mamol_provider, kept_setting):
+    base = model_env.base_python()
+    if subprocess.run([base, "-c", "import torch"], env=model_env.child_environment(),
+                      capture_output=True).returncode == 0:
+        pytest.skip("the base Python has torch itself")
+    kept_setting.setValue(model_env.SETTINGS_KEY, "/earlier/choice")
+    with pytest.raises(QgsProcessingException, match="No module named 'torch'"):
+        run({"EXISTING_PYTHON": base})
+    assert kept_setting.value(model_env.SETTINGS_KEY) == "/earlier/choice"
+
+
+def _siblings(folder: Path):
+    return sorted(path.name for path in folder.parent.iterdir() if path != folder)
+
+
+@pytest.fixture(scope="module")
+def installed_env(mamol_provider, tmp_path_factory):
+    """One environment installed through the algorithm (CPU build, pip's configured index)
+    into a folder of its own: (folder, results, feedback, setting after the run)."""
+    folder = tmp_path_factory.mktemp("model-env") / "python-env"
+    settings = QgsSettings()
+    before = settings.value(model_env.SETTINGS_KEY, None)
+    feedback = recording_feedback()
+    started = time.monotonic()
+    try:
+        results = run({"BUILD": 1, "TORCH_INDEX": "pypi", "ENV_FOLDER": str(folder)},
+                      feedback)
+        setting = settings.value(model_env.SETTINGS_KEY, "")
+    finally:
+        if before is None:
+            settings.remove(model_env.SETTINGS_KEY)
+        else:
+            settings.setValue(model_env.SETTINGS_KEY, before)
+    print(f"installed in {time.monotonic() - started:.0f} s")
+    return folder, results, feedback, setting
+
+
+def _probe(python) -> dict:
+    """What the engine would import, run by ``python`` (open_clip through the plugin's
+    torch_compat, as the engine does)."""
+    script = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+              "from mamol.core import torch_compat; torch_compat.import_open_clip(); "
+              "import numpy, safetensors, torch; from osgeo import gdal; "
+              "print(json.dumps({'prefix': sys.prefix, 'torch': torch.__version__, "
+              "'numpy': numpy.__version__, 'torch_file': torch.__file__}))")
+    done = subprocess.run([str(python), "-c", script, str(PLUGINS_DIR)], capture_output=True,
+                          text=True, env=model_env.child_environment(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_install_makes_a_working_environment(installed_env):
+    folder, results, feedback, setting = installed_env
+    python = folder / "bin" / "python"
+    assert results["PYTHON"] == str(python)
+    marker = json.loads((folder / model_env.MARKER_FILE).read_text())
+    assert marker["build"] == "cpu" and marker["versions"]["torch"].startswith("2.13.0")
+    probe = _probe(python)
+    assert Path(probe["prefix"]) == folder          # works from its final place
+    assert Path(probe["torch_file"]).is_relative_to(folder)   # its own torch, not the venv's
+    import numpy
+    assert probe["numpy"] == numpy.__version__      # QGIS's NumPy kept
+    assert _siblings(folder) == []                  # no *.new-*, no *.old-*
+    assert ".new-" not in (folder / "pyvenv.cfg").read_text()
+    pip = subprocess.run([str(folder / "bin" / "pip"), "--version"], capture_output=True,
+                         text=True, env=model_env.child_environment())
+    assert pip.returncode == 0 and str(folder) in pip.stdout   # scripts fixed up too
+    assert any(line.startswith("Successfully installed") for line in feedback.info)
+    assert any("NVIDIA" in line for line in feedback.info)     # the driver check is reported
+    # a folder of one's own is remembered, and the launcher finds it
+    assert setting == str(folder)
+    assert model_env.engine_python({}, setting, None) == str(python)
+    assert model_env.engine_python({}, "", folder) == str(python)
+
+
+@pytest.mark.slow
+def test_failed_update_keeps_the_environment(installed_env, monkeypatch, kept_setting):
+    folder = installed_env[0]
+    marker = (folder / model_env.MARKER_FILE).read_text()
+    monkeypatch.setenv("MAMOL_TORCH_PIN", "torch==0.0.0")
+    # pip says "No matching distribution found for torch==0.0.0", or, where its
+    # configuration constrains torch too (as here), that torch==0.0.0 cannot be installed
+    with pytest.raises(QgsProcessingException,
+                       match=r"Installing PyTorch failed: .*torch==0\.0\.0"):
+        run({"BUILD": 1, "TORCH_INDEX": "pypi", "ENV_FOLDER": str(folder)})
+    assert (folder / model_env.MARKER_FILE).read_text() == marker
+    assert _probe(folder / "bin" / "python")["torch"].startswith("2.13.0")
+    assert _siblings(folder) == []
+
+
+@pytest.mark.slow
+def test_cancel_keeps_the_environment(installed_env, kept_setting):
+    folder = installed_env[0]
+    marker = (folder / model_env.MARKER_FILE).read_text()
+    feedback = recording_feedback()
+    original = feedback.pushInfo
+
+    def cancel_at_first_pip_line(info):
+        original(info)
+        if info.startswith(("Collecting", "Processing", "Looking in", "Requirement")):
+            feedback.cancel()
+
+    feedback.pushInfo = cancel_at_first_pip_line
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run({"BUILD": 1, "TORCH_INDEX": "pypi", "ENV_FOLDER": str(folder)}, feedback)
+    assert any(line.startswith("pip install") for line in feedback.info)
+    assert (folder / model_env.MARKER_FILE).read_text() == marker
+    assert _siblings(folder) == []
+
+
+@pytest.mark.slow
+def test_use_an_existing_environment(installed_env, kept_setting):
+    folder = installed_env[0]
+    kept_setting.remove(model_env.SETTINGS_KEY)
+    feedback = recording_feedback()
+    results = run({"EXISTING_PYTHON": str(folder)}, feedback)
+    assert results["PYTHON"] == str(folder / "bin" / "python")
+    assert kept_setting.value(model_env.SETTINGS_KEY) == str(folder)
+    assert any("torch 2.13.0" in line for line in feedback.info)
