@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
 
+from ..core import model_env
 from ..core.errors import MamolInputError
 from .common import FeedbackRelay
 
@@ -28,33 +29,23 @@ from .common import FeedbackRelay
 #: ``python -m mamol`` needs on its path. Not resolved: the plugin folder may be a link.
 PACKAGE = __name__.split(".")[0]
 PLUGIN_PARENT = str(Path(os.path.abspath(__file__)).parent.parent.parent)
-#: QgsSettings key of a Python environment the user chose instead of the managed one.
-PYTHON_SETTING = "mamol/python"
 #: Seconds a cancelled engine may take to stop before it is killed.
 CANCEL_GRACE_SECONDS = 15.0
 
 
 def engine_python() -> str:
     """The Python that runs the engine: ``MAMOL_PYTHON``, the user's setting, or the
-    environment *Install dependencies* made (clear error if there is none)."""
-    try:
-        from ..core import model_env
-    except ImportError:  # until the managed environment lands
-        if os.environ.get("MAMOL_PYTHON"):
-            return os.environ["MAMOL_PYTHON"]
-        raise
-    return str(model_env.engine_python(
-        os.environ.get("MAMOL_PYTHON", ""), QgsSettings().value(PYTHON_SETTING, "") or "",
-        model_env.default_env_dir(QgsApplication.qgisSettingsDirPath())))
+    environment *Install dependencies* made (a clear error if there is none)."""
+    return model_env.engine_python(
+        os.environ, QgsSettings().value(model_env.SETTINGS_KEY, "") or "",
+        model_env.default_env_dir(QgsApplication.qgisSettingsDirPath()))
 
 
 def _child_environment() -> Dict[str, str]:
-    environment = dict(os.environ)
-    paths = [PLUGIN_PARENT] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep)
-                               if p and p != PLUGIN_PARENT]
-    environment["PYTHONPATH"] = os.pathsep.join(paths)
-    environment["PYTHONUNBUFFERED"] = "1"
-    environment["PYTHONIOENCODING"] = "utf-8"
+    """The model environment's own packages plus the plugin package (none of QGIS's
+    Python variables), unbuffered UTF-8 output."""
+    environment = model_env.child_environment()
+    environment["PYTHONPATH"] = PLUGIN_PARENT
     return environment
 
 

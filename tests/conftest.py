@@ -59,18 +59,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 def recording_feedback():
-    """A QgsProcessingFeedback that keeps its info lines (``.info``) and warnings
-    (``.warnings``) besides passing them on."""
+    """A QgsProcessingFeedback that keeps its info lines (``.info``), warnings
+    (``.warnings``) and debug lines (``.debug``) besides passing them on."""
     from qgis.core import QgsProcessingFeedback
 
     class RecordingFeedback(QgsProcessingFeedback):
         def __init__(self):
             super().__init__()
-            self.info, self.warnings = [], []
+            self.info, self.warnings, self.debug = [], [], []
 
         def pushInfo(self, info):  # noqa: N802 - QGIS API
             self.info.append(info)
             super().pushInfo(info)
+
+        def pushDebugInfo(self, info):  # noqa: N802 - QGIS API
+            self.debug.append(info)
+            super().pushDebugInfo(info)
 
         def pushWarning(self, warning):  # noqa: N802 - QGIS API
             self.warnings.append(warning)

@@ -417,3 +417,31 @@ def test_use_an_existing_environment(installed_env, kept_setting):
     assert results["PYTHON"] == str(folder / "bin" / "python")
     assert kept_setting.value(model_env.SETTINGS_KEY) == str(folder)
     assert any("torch 2.13.0" in line for line in feedback.info)
+
+
+@pytest.mark.slow
+def test_train_and_classify_through_the_installed_environment(installed_env, kept_setting,
+                                                               small_scene, tmp_path,
+                                                               monkeypatch):
+    """The algorithms find the environment through the setting alone (no MAMOL_PYTHON) and
+    the engine trains and classifies the sample scene in it."""
+    import processing
+    folder = installed_env[0]
+    monkeypatch.delenv("MAMOL_PYTHON", raising=False)
+    kept_setting.setValue(model_env.SETTINGS_KEY, str(folder))
+    feedback = recording_feedback()
+    common = {"HS": str(small_scene.hs), "LIDAR": str(small_scene.lidar), "DEVICE": "cpu"}
+    model = processing.run("mamol:trainmodel", dict(
+        common, POLYGONS=str(small_scene.training_polygons), CLASS_FIELD="class_id",
+        BACKBONE="mamol-tiny-vit", WEIGHTS=2, PATCH_SIZE=5, EPOCHS=1,
+        MAX_SAMPLES_PER_CLASS=20, OUTPUT_MODEL=str(tmp_path / "m.mamol"),
+        OUTPUT_REPORT=str(tmp_path / "r.html")), feedback=feedback)
+    classes = processing.run("mamol:classify", dict(
+        common, MODEL=model["OUTPUT_MODEL"], STRIDE=8, OUTPUT=str(tmp_path / "c.tif")),
+        feedback=feedback)
+    assert Path(classes["OUTPUT"]).is_file()
+    engines = [line for line in feedback.debug if line.startswith("Engine: ")]
+    assert len(engines) == 2
+    assert all(line.startswith(f"Engine: {folder / 'bin' / 'python'} -m mamol ")
+               for line in engines)
+    assert any(line.startswith("epoch 1") for line in feedback.info)
