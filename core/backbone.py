@@ -2,8 +2,16 @@
 
 Weights come from one of three sources (DESIGN §2.9):
 
-* ``pretrained``: an open_clip pretrained tag (e.g. ``openai``, ``laion2b_s34b_b88k``);
-  open_clip downloads it once when the machine has internet access;
+* ``pretrained``: an open_clip pretrained tag (e.g. ``openai``, ``laion2b_s34b_b88k``). The
+  file is the one open_clip resolves the tag to on the Hugging Face hub (the
+  ``.safetensors`` alternative first); :mod:`core.weights` fetches it once, with progress
+  lines ("… 37 % (128.4 of 351.6 MB)") to the caller's ``log``, into the weights cache
+  (:func:`weights_cache_dir`: ``MAMOL_WEIGHTS_CACHE`` if set, else Hugging Face's own cache,
+  ``HF_HUB_CACHE`` / ``HF_HOME/hub`` / ``~/.cache/huggingface/hub``). A cached file is used
+  without any network access; with ``HF_HUB_OFFLINE=1`` or no network, a file that is not
+  cached is a :class:`MamolInputError` saying what to do. open_clip's own code then loads
+  it, with QuickGELU where the tag was trained with it (``openai``); a corrupt or
+  misshapen cached file is a :class:`MamolInputError` naming it;
 * ``checkpoint``: a local file — an OpenAI TorchScript archive (``.pt``), an open_clip
   state dict (``.bin``/``.pt``/``.pth``, read with ``weights_only=True`` so no pickled code
   runs) or ``.safetensors``;
@@ -21,10 +29,11 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from . import torch_compat
 from .errors import MamolInputError
+from .weights import weights_cache_dir  # noqa: F401 - part of this module's interface
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "resources" / "model_configs"
 DEFAULT_ARCH = "ViT-B-16"
@@ -158,22 +167,35 @@ def _quiet_open_clip():
         logging.disable(previous)
 
 
-def build_visual_tower(spec: BackboneSpec):
-    """Instantiate the image tower of ``spec`` with its weights (on the CPU, fp32)."""
+def _pretrained_model(open_clip, spec: BackboneSpec, log: Optional[Callable[[str], None]]):
+    """The full open_clip model of a pretrained tag, its weights from :mod:`core.weights`."""
+    from .weights import cache_entry, fetch_pretrained, one_line
+    if not spec.pretrained_tag:
+        raise MamolInputError("Pretrained weights need an open_clip tag, e.g. 'openai'.")
+    path, config = fetch_pretrained(open_clip, spec.arch, spec.pretrained_tag, log=log)
+    try:
+        # open_clip's loader (conversions, strict state dict), given the file it would have
+        # downloaded; QuickGELU as the tag was trained with (open_clip only warns).
+        return open_clip.create_model(spec.arch, pretrained=str(path),
+                                      force_quick_gelu=bool(config.get("quick_gelu")))
+    except Exception as exc:  # noqa: BLE001 - unreadable or misshapen file
+        raise MamolInputError(
+            f"The weights file '{path}' for {spec.describe()} cannot be loaded "
+            f"({one_line(exc)}): it is damaged or holds weights of another architecture. "
+            f"Delete '{cache_entry(path)}' so that it is downloaded "
+            "again, or give the backbone weights as a checkpoint file.") from exc
+
+
+def build_visual_tower(spec: BackboneSpec, *, log: Optional[Callable[[str], None]] = None):
+    """Instantiate the image tower of ``spec`` with its weights (on the CPU, fp32).
+
+    ``log`` receives progress lines while pretrained weights download (default: this
+    module's logger)."""
     open_clip = torch_compat.import_open_clip()
     torch = torch_compat.import_torch()
     _vision_config(open_clip, spec.arch)
     if spec.source is WeightsSource.PRETRAINED:
-        if not spec.pretrained_tag:
-            raise MamolInputError("Pretrained weights need an open_clip tag, e.g. 'openai'.")
-        try:
-            model = open_clip.create_model(spec.arch, pretrained=spec.pretrained_tag)
-        except Exception as exc:  # noqa: BLE001 - download/lookup failures
-            raise MamolInputError(
-                f"Could not get open_clip weights '{spec.pretrained_tag}' for {spec.arch}: "
-                f"{exc}. Without internet access, download the checkpoint elsewhere and give "
-                "it as a checkpoint file.") from exc
-        return model.visual.float()
+        return _pretrained_model(open_clip, spec, log).visual.float()
     with torch.random.fork_rng(devices=[]), _quiet_open_clip():
         torch.manual_seed(int(spec.seed))
         model = open_clip.create_model(spec.arch, pretrained=None)

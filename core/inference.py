@@ -438,7 +438,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                                                 DEFAULT_MAX_MISSING_FRACTION)))
     paths = _output_paths(config)
 
-    model, header = load_model(Path(config.model_path))
+    model, header = load_model(Path(config.model_path), log=say)
     model = prepare_model(model, device, config.precision, config.compile_mode).eval()
     patch = header.patch_size
     batch_size = config.batch_size or model_inference_batch(model, device, patch)

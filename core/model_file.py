@@ -21,7 +21,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import torch_compat
 from .backbone import BackboneSpec, build_visual_tower, fingerprint, hash_tensors
@@ -225,13 +225,15 @@ def build_model(header: ModelHeader, visual):
                       len(header.classes), visual, AdapterConfig.from_json(header.adapter))
 
 
-def load_model(path: Path, backbone: Optional[BackboneSpec] = None):
+def load_model(path: Path, backbone: Optional[BackboneSpec] = None, *,
+               log: Optional[Callable[[str], None]] = None):
     """Load a model file into a :class:`MamolModel` (CPU, eval mode).
 
     Args:
         path: the model file.
         backbone: where to get the frozen backbone from, if not where the file says (e.g.
             the checkpoint moved). Its fingerprint must match the file's.
+        log: receives progress lines while pretrained backbone weights download.
 
     Returns:
         (model, header)
@@ -242,7 +244,7 @@ def load_model(path: Path, backbone: Optional[BackboneSpec] = None):
     if spec.arch != header.backbone.arch:
         raise MamolInputError(
             f"The model was trained on backbone {header.backbone.arch}, not {spec.arch}.")
-    visual = build_visual_tower(spec)
+    visual = build_visual_tower(spec, log=log)
     actual = fingerprint(visual)
     if actual != header.backbone_fingerprint:
         raise MamolInputError(

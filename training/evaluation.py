@@ -229,7 +229,7 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
         say("Forced missingness: " + forcing)
 
         device = resolve_device(config.device)
-        model, _ = load_model(model_path)
+        model, _ = load_model(model_path, log=say)
         model = prepare_model(model, device, config.precision).eval()
         batch_size = config.batch_size or model_inference_batch(model, device,
                                                                 header.patch_size)

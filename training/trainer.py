@@ -323,7 +323,7 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
         say("Training patterns: " + ", ".join(
             f"{k} {v}" for k, v in pattern_counts(train_patterns, names).items()))
 
-        model, spec_fingerprint = _build_model(config, infos, class_count, device)
+        model, spec_fingerprint = _build_model(config, infos, class_count, device, say)
         history, best_epoch, best_state, timing = _fit(
             config, model, train, train_patterns, validation, validation_patterns,
             statistics, class_count, device, reporter, say)
@@ -361,11 +361,11 @@ def _optional_path(path) -> Optional[Path]:
 
 
 def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_count: int,
-                 device):
+                 device, say=None):
     torch = torch_compat.import_torch()
     from ..core.mamol_model import AdapterConfig, MamolModel, ModalitySpec
     adapter = AdapterConfig.from_json(dict(AdapterConfig().to_json(), **config.adapter))
-    visual = build_visual_tower(config.backbone)
+    visual = build_visual_tower(config.backbone, log=say)
     spec_fingerprint = fingerprint(visual)
     # The trainable initialisation is drawn from the run's seed.
     torch.manual_seed(config.seed)
