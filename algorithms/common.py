@@ -16,6 +16,9 @@ from ..core.errors import Cancelled, MamolInputError
 from ..training.labels import PolygonSource
 
 ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
+#: Processing setting (Options → Processing → Providers → MaMOL land cover): the folder
+#: that keeps downloaded backbone weights; empty = MAMOL_WEIGHTS_CACHE or Hugging Face's.
+WEIGHTS_CACHE_SETTING = "MAMOL_WEIGHTS_CACHE"
 
 
 class MamolAlgorithm(QgsProcessingAlgorithm):

@@ -23,7 +23,7 @@ from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
 
 from ..core import model_env
 from ..core.errors import MamolInputError
-from .common import FeedbackRelay
+from .common import WEIGHTS_CACHE_SETTING, FeedbackRelay
 
 #: The plugin's package name (``mamol`` when installed) and the folder that holds it, which
 #: ``python -m mamol`` needs on its path. Not resolved: the plugin folder may be a link.
@@ -43,9 +43,13 @@ def engine_python() -> str:
 
 def _child_environment() -> Dict[str, str]:
     """The model environment's own packages plus the plugin package (none of QGIS's
-    Python variables), unbuffered UTF-8 output."""
+    Python variables), unbuffered UTF-8 output, and the weights cache of the Processing
+    setting unless MAMOL_WEIGHTS_CACHE is set already."""
     environment = model_env.child_environment()
     environment["PYTHONPATH"] = PLUGIN_PARENT
+    cache = QgsSettings().value(f"Processing/Configuration/{WEIGHTS_CACHE_SETTING}", "")
+    if cache and not environment.get(WEIGHTS_CACHE_SETTING):
+        environment[WEIGHTS_CACHE_SETTING] = str(cache)
     return environment
 
 

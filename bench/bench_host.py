@@ -1,26 +1,29 @@
-"""Training throughput of the same run in two hosts: plain Python and ``qgis_process``.
+"""The same training and classification run directly as an engine command and through
+``qgis_process``, which launches the same engine command as a child process.
 
-The model is the same code in both, so any gap is the host's: the libraries QGIS loads
-before PyTorch can take over PyTorch's calls. On Debian 13, ``qgis_process`` brings
-Debian's reference BLAS (``libblas.so.3``) into the process's global symbol scope and
-PyTorch's CPU GEMM resolves to it (several times slower); plain Python, where GDAL's
-libraries are loaded privately by the ``osgeo`` extension, keeps PyTorch's own. The fix is
-to run the model in its own process; this script measures the gap.
+Before the engine ran in its own process, the gap was the host's: on Debian 13,
+``qgis_process`` brought Debian's reference BLAS (``libblas.so.3``) into its global symbol
+scope before PyTorch, whose CPU GEMM then resolved to it (about 6× slower), and with
+OpenBLAS 0.3.29 installed (``libopenblas0-pthread``) it crashed in ``cblas_sgemm_batch``.
+Now PyTorch loads only in the engine's process, so both rows should match; this script
+measures that.
 
-It writes one sample scene, then trains the same configuration (random seeded tiny
-backbone, HS + SAR + LiDAR, missing rate 50 %, CPU, fp32) twice: here with ``train_model``,
-and through ``qgis_process run mamol:trainmodel``. It prints the optimiser's samples/s of
-each (from the training report; data preparation and validation excluded) and the BLAS
-libraries mapped into each process.
+It writes one sample scene, then, in each host: trains the same configuration (random seeded
+tiny backbone, HS + SAR + LiDAR, missing rate 50 %, CPU, fp32) and classifies the scene with
+the trained model. It prints the optimiser's samples/s (from the training report: data
+preparation and validation excluded), the classification's pixels/s (the engine's own
+"Classified …" line), the wall time of each run, and the BLAS/OpenMP libraries mapped into
+the process that ran PyTorch (for ``qgis_process``: its engine child).
 
 Run it with the QGIS environment of the Makefile (``make bench-host``), which sets
-QGIS_PLUGINPATH and the profile the plugin is enabled in; ``.ci/debian13 bench-host`` runs
-it on Debian 13.
+QGIS_PLUGINPATH, the profile the plugin is enabled in and MAMOL_PYTHON; ``.ci/debian13
+bench-host`` runs it on Debian 13.
 """
 import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,15 +31,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
+import plugin_path  # noqa: E402 - puts the plugin on sys.path
 
-from mamol.core.backbone import BackboneSpec  # noqa: E402
 from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene  # noqa: E402
-from mamol.training.labels import PolygonSource, SplitConfig  # noqa: E402
-from mamol.training.missing import MissingSimulation, SimulationMode  # noqa: E402
-from mamol.training.trainer import TrainingConfig, train_model  # noqa: E402
 
 BLAS_NAMES = ("blas", "lapack", "mkl", "gomp", "iomp")
+CLASSIFIED = re.compile(r"Classified (\d+) pixels in ([\d.]+) s \(([\d.]+) pixels/s\)")
 
 
 def blas_libraries(pid) -> set:
@@ -49,51 +49,92 @@ def blas_libraries(pid) -> set:
     return {name for name in names if any(key in name.lower() for key in BLAS_NAMES)}
 
 
-def plain_python(args, scene, folder: Path) -> dict:
-    config = TrainingConfig(
-        modalities=(("hs", str(scene.hs)), ("sar", str(scene.sar)),
-                    ("lidar", str(scene.lidar))),
-        polygons=PolygonSource(str(scene.training_polygons), "class_id",
-                               name_field="class_name"),
-        output_model=str(folder / "plain.mamol"),
-        backbone=BackboneSpec(arch=args.arch), patch_size=args.patch_size,
-        epochs=args.epochs, batch_size=args.batch_size,
-        split=SplitConfig(max_train_per_class=args.samples_per_class),
-        simulation=MissingSimulation(SimulationMode.RATE, 0.5), device="cpu",
-        precision="fp32", seed=0)
-    started = time.perf_counter()
-    result = train_model(config, log=lambda line: None)
-    timing = dict(result.summary["timing"])
-    timing["wall"] = time.perf_counter() - started
-    timing["libraries"] = blas_libraries("self")
-    return timing
+def descendants(pid: int) -> list:
+    """Process ids whose parent chain leads to ``pid``."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, up in parents.items() if up == parent]
+        found += children
+        frontier += children
+    return found
 
 
-def in_qgis_process(args, scene, folder: Path) -> dict:
-    report = folder / "qgis.html"
-    command = [args.qgis_process, "run", "mamol:trainmodel", "--",
-               f"HS={scene.hs}", f"SAR={scene.sar}", f"LIDAR={scene.lidar}",
-               f"POLYGONS={scene.training_polygons}", "CLASS_FIELD=class_id",
-               "CLASS_NAME_FIELD=class_name", f"BACKBONE={args.arch}", "WEIGHTS=2",
-               f"PATCH_SIZE={args.patch_size}", f"EPOCHS={args.epochs}",
-               f"BATCH_SIZE={args.batch_size}",
-               f"MAX_SAMPLES_PER_CLASS={args.samples_per_class}", "MISSING_MODE=1",
-               "MISSING_RATE=0.5", "DEVICE=cpu", "PRECISION=1", "SEED=0",
-               f"OUTPUT_MODEL={folder / 'qgis.mamol'}", f"OUTPUT_REPORT={report}"]
+def watch(command, log_path: Path, env) -> dict:
+    """Run ``command``; return its wall time, output and the libraries of its torch process
+    (itself, or a descendant that mapped libtorch)."""
     started = time.perf_counter()
     libraries = set()
-    with open(folder / "qgis_process.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         while process.poll() is None:
-            libraries |= blas_libraries(process.pid)
+            for pid in [process.pid] + descendants(process.pid):
+                try:
+                    maps = Path(f"/proc/{pid}/maps").read_text()
+                except OSError:
+                    continue
+                if "libtorch" in maps:
+                    libraries |= blas_libraries(pid)
             time.sleep(0.5)
+    wall = time.perf_counter() - started
+    output = log_path.read_text()
     if process.returncode != 0:
-        sys.exit(f"qgis_process failed ({process.returncode}):\n"
-                 + (folder / "qgis_process.log").read_text()[-4000:])
-    timing = dict(json.loads(report.with_suffix(".json").read_text())["timing"])
-    timing["wall"] = time.perf_counter() - started
-    timing["libraries"] = libraries
-    return timing
+        sys.exit(f"{command[0]} failed ({process.returncode}):\n{output[-4000:]}")
+    return {"wall": wall, "output": output, "libraries": libraries}
+
+
+def engine_commands(args, scene, folder: Path, python: str):
+    train = [python, "-m", "mamol", "train", "--hs", str(scene.hs), "--sar", str(scene.sar),
+             "--lidar", str(scene.lidar), "--polygons", str(scene.training_polygons),
+             "--class-field", "class_id", "--name-field", "class_name", "--arch", args.arch,
+             "--weights", "random", "--patch-size", str(args.patch_size), "--epochs",
+             str(args.epochs), "--batch-size", str(args.batch_size), "--max-train-per-class",
+             str(args.samples_per_class), "--missing-rate", "0.5", "--device", "cpu",
+             "--precision", "fp32", "--seed", "0", "--output", str(folder / "engine.mamol"),
+             "--report", str(folder / "engine.html"), "--progress", "plain"]
+    classify = [python, "-m", "mamol", "classify", "--model", str(folder / "engine.mamol"),
+                "--hs", str(scene.hs), "--sar", str(scene.sar), "--lidar", str(scene.lidar),
+                "--stride", str(args.stride), "--device", "cpu", "--precision", "fp32",
+                "--output", str(folder / "engine.tif"), "--progress", "plain"]
+    return train, classify
+
+
+def qgis_commands(args, scene, folder: Path):
+    train = [args.qgis_process, "run", "mamol:trainmodel", "--",
+             f"HS={scene.hs}", f"SAR={scene.sar}", f"LIDAR={scene.lidar}",
+             f"POLYGONS={scene.training_polygons}", "CLASS_FIELD=class_id",
+             "CLASS_NAME_FIELD=class_name", f"BACKBONE={args.arch}", "WEIGHTS=2",
+             f"PATCH_SIZE={args.patch_size}", f"EPOCHS={args.epochs}",
+             f"BATCH_SIZE={args.batch_size}",
+             f"MAX_SAMPLES_PER_CLASS={args.samples_per_class}", "MISSING_MODE=1",
+             "MISSING_RATE=0.5", "DEVICE=cpu", "PRECISION=1", "SEED=0",
+             f"OUTPUT_MODEL={folder / 'qgis.mamol'}", f"OUTPUT_REPORT={folder / 'qgis.html'}"]
+    classify = [args.qgis_process, "run", "mamol:classify", "--",
+                f"MODEL={folder / 'qgis.mamol'}", f"HS={scene.hs}", f"SAR={scene.sar}",
+                f"LIDAR={scene.lidar}", f"STRIDE={args.stride}", "DEVICE=cpu", "PRECISION=1",
+                f"OUTPUT={folder / 'qgis.tif'}"]
+    return train, classify
+
+
+def measure(name: str, commands, folder: Path, env) -> dict:
+    train = watch(commands[0], folder / f"{name}-train.log", env)
+    report = json.loads((folder / f"{name}.json").read_text())
+    classify = watch(commands[1], folder / f"{name}-classify.log", env)
+    found = CLASSIFIED.search(classify["output"])
+    if not found:
+        sys.exit(f"no 'Classified …' line in the {name} run:\n{classify['output'][-2000:]}")
+    return {"samples_per_second": report["timing"]["samples_per_second"],
+            "train_wall": train["wall"], "pixels_per_second": float(found.group(3)),
+            "classify_wall": classify["wall"],
+            "libraries": train["libraries"] | classify["libraries"]}
 
 
 def main() -> None:
@@ -104,30 +145,41 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--samples-per-class", type=int, default=150)
     parser.add_argument("--scene-size", type=int, default=256)
+    parser.add_argument("--stride", type=int, default=4,
+                        help="classify every s-th pixel (keeps the run short)")
     parser.add_argument("--qgis-process", default="qgis_process.bin")
+    parser.add_argument("--python", default=os.environ.get("MAMOL_PYTHON", sys.executable),
+                        help="the engine's Python (default: MAMOL_PYTHON, else this one)")
     args = parser.parse_args()
+    env = dict(os.environ, MAMOL_PYTHON=args.python, PYTHONPATH=os.pathsep.join(
+        [str(plugin_path.PLUGINS)] + [p for p in os.environ.get("PYTHONPATH", "").split(
+            os.pathsep) if p]))
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         scene = write_sample_scene(SampleSceneConfig(size=args.scene_size, seed=42),
                                    folder / "scene")
-        rows = [("plain Python", plain_python(args, scene, folder)),
-                ("qgis_process", in_qgis_process(args, scene, folder))]
+        rows = [("engine command", measure("engine", engine_commands(
+                    args, scene, folder, args.python), folder, env)),
+                ("qgis_process", measure("qgis", qgis_commands(args, scene, folder), folder,
+                                         env))]
     release = Path("/etc/debian_version")
     print(f"host: {platform.node()} ({os.cpu_count()} CPUs), Debian "
           f"{release.read_text().strip() if release.exists() else '?'}, "
           f"Python {platform.python_version()}")
     print(f"arch {args.arch}, P={args.patch_size}, batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), CPU fp32")
-    print("| host | training samples/s (all epochs) | steady (after epoch 1) | whole run s "
-          "| BLAS/OpenMP libraries mapped |")
-    print("|---|---:|---:|---:|---|")
-    for host, timing in rows:
-        steady = timing.get("steady_samples_per_second")
-        print(f"| {host} | {timing['samples_per_second']:.1f} | "
-              f"{'-' if steady is None else f'{steady:.1f}'} | {timing['wall']:.0f} | "
-              f"{', '.join(sorted(timing['libraries'])) or '-'} |")
-    plain, qgis = rows[0][1]["samples_per_second"], rows[1][1]["samples_per_second"]
-    print(f"qgis_process / plain Python: {qgis / plain:.2f}")
+          f"{args.epochs} epoch(s), CPU fp32; classification of the {args.scene_size}² scene "
+          f"at stride {args.stride}")
+    print("| host | training samples/s | training run s | classification px/s | "
+          "classification run s | BLAS/OpenMP libraries in the torch process |")
+    print("|---|---:|---:|---:|---:|---|")
+    for host, row in rows:
+        print(f"| {host} | {row['samples_per_second']:.1f} | {row['train_wall']:.0f} | "
+              f"{row['pixels_per_second']:.0f} | {row['classify_wall']:.0f} | "
+              f"{', '.join(sorted(row['libraries'])) or '-'} |")
+    engine, qgis = rows[0][1], rows[1][1]
+    print(f"qgis_process / engine command: training "
+          f"{qgis['samples_per_second'] / engine['samples_per_second']:.2f}, classification "
+          f"{qgis['pixels_per_second'] / engine['pixels_per_second']:.2f}")
 
 
 if __name__ == "__main__":

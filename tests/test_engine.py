@@ -174,3 +174,28 @@ def test_an_engine_that_cannot_start_says_so(mamol_provider, small_scene, tmp_pa
                                           "HS": str(small_scene.hs),
                                           "OUTPUT": str(tmp_path / "c.tif")})
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_the_weights_cache_setting_reaches_the_engine(mamol_provider, tmp_path, monkeypatch):
+    from processing.core.ProcessingConfig import ProcessingConfig
+    from qgis.core import QgsSettings
+
+    from mamol.algorithms import engine_runner
+    key = "MAMOL_WEIGHTS_CACHE"
+    assert ProcessingConfig.getSetting(key) is not None or key in ProcessingConfig.settings
+    settings = QgsSettings()
+    before = settings.value(f"Processing/Configuration/{key}", None)
+    monkeypatch.delenv(key, raising=False)
+    try:
+        assert key not in engine_runner._child_environment()
+        settings.setValue(f"Processing/Configuration/{key}", str(tmp_path))
+        environment = engine_runner._child_environment()
+        assert environment[key] == str(tmp_path)
+        assert "PYTHONPATH" in environment and environment["PYTHONPATH"] == str(PLUGINS_DIR)
+        monkeypatch.setenv(key, "/chosen/by/variable")      # the variable wins
+        assert engine_runner._child_environment()[key] == "/chosen/by/variable"
+    finally:
+        if before is None:
+            settings.remove(f"Processing/Configuration/{key}")
+        else:
+            settings.setValue(f"Processing/Configuration/{key}", before)
