@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from conftest import PLUGINS_DIR, REPO
+from conftest import PLUGINS_DIR, REPO, recording_feedback
 
 ENV = dict(os.environ, PYTHONPATH=str(PLUGINS_DIR))
 
@@ -199,3 +198,37 @@ def test_the_weights_cache_setting_reaches_the_engine(mamol_provider, tmp_path, 
             settings.remove(f"Processing/Configuration/{key}")
         else:
             settings.setValue(f"Processing/Configuration/{key}", before)
+
+
+def test_memory_layer_selection_is_handed_over_as_a_file(mamol_provider, small_scene,
+                                                          tmp_path):
+    """A memory layer (not a file) with a selection trains through the engine: Processing
+    writes the selected features to a temporary file the engine reads."""
+    import processing
+    from qgis.core import (QgsFeatureRequest, QgsProcessingFeatureSourceDefinition,
+                           QgsProject, QgsVectorLayer)
+
+    from mamol.core.model_file import read_header
+    source = QgsVectorLayer(str(small_scene.training_polygons), "polygons", "ogr")
+    memory = source.materialize(QgsFeatureRequest())
+    del source
+    QgsProject.instance().addMapLayer(memory)
+    try:
+        memory.selectByExpression('"class_id" IN (1, 4, 6)')
+        feedback = recording_feedback()
+        processing.run("mamol:trainmodel", {
+            "HS": str(small_scene.hs), "LIDAR": str(small_scene.lidar),
+            "POLYGONS": QgsProcessingFeatureSourceDefinition(memory.id(),
+                                                             selectedFeaturesOnly=True),
+            "CLASS_FIELD": "class_id", "CLASS_NAME_FIELD": "class_name",
+            "BACKBONE": "mamol-tiny-vit", "WEIGHTS": 2, "PATCH_SIZE": 5, "EPOCHS": 1,
+            "MAX_SAMPLES_PER_CLASS": 20, "DEVICE": "cpu",
+            "OUTPUT_MODEL": str(tmp_path / "m.mamol"), "OUTPUT_REPORT": ""},
+            feedback=feedback)
+    finally:
+        QgsProject.instance().removeMapLayer(memory.id())
+    command = next(line for line in feedback.debug if line.startswith("Engine: "))
+    polygons = command.split(" --polygons ")[1].split(" ")[0]
+    assert polygons.endswith(".gpkg") and "memory" not in polygons.lower()
+    header = read_header(tmp_path / "m.mamol")
+    assert [c.value for c in header.classes] == [1, 4, 6]
