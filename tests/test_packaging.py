@@ -13,7 +13,8 @@ def test_zip_has_one_top_folder_and_no_dev_files(tmp_path):
                    check=True, capture_output=True)
     names = zipfile.ZipFile(out).namelist()
     assert {name.split("/")[0] for name in names} == {"mamol"}
-    for required in ("mamol/metadata.txt", "mamol/__init__.py", "mamol/mamol_plugin.py",
+    for required in ("mamol/metadata.txt", "mamol/__init__.py", "mamol/__main__.py",
+                     "mamol/mamol_plugin.py",
                      "mamol/algorithms/provider.py", "mamol/core/sample_scene.py",
                      "mamol/resources/icon.svg", "mamol/resources/report/report.html.j2",
                      "mamol/resources/report/macros.html.j2",
@@ -25,3 +26,19 @@ def test_zip_has_one_top_folder_and_no_dev_files(tmp_path):
     metadata = configparser.ConfigParser()
     metadata.read_string(zipfile.ZipFile(out).read("mamol/metadata.txt").decode())
     assert metadata["general"]["icon"] in [n[len("mamol/"):] for n in names]
+
+
+def test_the_installed_zip_runs_the_engine(tmp_path):
+    """Unpacked as QGIS installs it, the plugin folder's parent is all ``python -m mamol``
+    needs on its path: the algorithms launch the engine exactly so."""
+    out = tmp_path / "mamol.zip"
+    subprocess.run([sys.executable, str(REPO / "packaging" / "build_zip.py"), "--out", str(out)],
+                   check=True, capture_output=True)
+    plugins = tmp_path / "plugins"
+    zipfile.ZipFile(out).extractall(plugins)
+    done = subprocess.run([sys.executable, "-m", "mamol", "scene", "--size", "128",
+                           "--output-folder", str(tmp_path / "scene"), "--progress", "none"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={"PYTHONPATH": str(plugins), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "scene" / "hs.tif").is_file()
