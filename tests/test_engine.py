@@ -232,3 +232,33 @@ def test_memory_layer_selection_is_handed_over_as_a_file(mamol_provider, small_s
     assert polygons.endswith(".gpkg") and "memory" not in polygons.lower()
     header = read_header(tmp_path / "m.mamol")
     assert [c.value for c in header.classes] == [1, 4, 6]
+
+
+def test_without_a_model_environment_the_algorithms_say_to_install_one(
+        mamol_provider, small_scene, tmp_path, monkeypatch):
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
+
+    from mamol.core import model_env
+    monkeypatch.delenv("MAMOL_PYTHON", raising=False)
+    settings = QgsSettings()
+    before = settings.value(model_env.SETTINGS_KEY, None)
+    settings.remove(model_env.SETTINGS_KEY)
+    assert not model_env.read_marker(
+        model_env.default_env_dir(QgsApplication.qgisSettingsDirPath()))
+    try:
+        for algorithm, parameters in (
+                ("mamol:classify", {"MODEL": str(tmp_path / "m.mamol"),
+                                    "HS": str(small_scene.hs),
+                                    "OUTPUT": str(tmp_path / "c.tif")}),
+                ("mamol:trainmodel", {"HS": str(small_scene.hs),
+                                      "POLYGONS": str(small_scene.training_polygons),
+                                      "CLASS_FIELD": "class_id",
+                                      "OUTPUT_MODEL": str(tmp_path / "m.mamol")})):
+            with pytest.raises(QgsProcessingException,
+                               match=r"run 'Install dependencies' \(Processing Toolbox"):
+                processing.run(algorithm, parameters)
+    finally:
+        if before is not None:
+            settings.setValue(model_env.SETTINGS_KEY, before)
+    assert not list(tmp_path.iterdir())
