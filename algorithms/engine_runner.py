@@ -134,7 +134,9 @@ def run_engine(command: str, arguments: Sequence[str], relay: FeedbackRelay,
         reader.join(timeout=5.0)
     for stream in (child.stdout, child.stderr):
         stream.close()
-    if cancel_sent is not None or (error and error.get("kind") == "cancelled"):
+    finished = child.returncode == 0 and result is not None
+    if not finished and (cancel_sent is not None or (error and
+                                                     error.get("kind") == "cancelled")):
         raise QgsProcessingException("Cancelled by the user; nothing was written.")
     if error is not None:
         raise QgsProcessingException(str(error.get("message", "")))

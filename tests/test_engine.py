@@ -262,3 +262,22 @@ def test_without_a_model_environment_the_algorithms_say_to_install_one(
         if before is not None:
             settings.setValue(model_env.SETTINGS_KEY, before)
     assert not list(tmp_path.iterdir())
+
+
+def test_an_engine_that_dies_is_reported_with_its_last_words(mamol_provider, small_scene,
+                                                              tmp_path, monkeypatch):
+    """A crash (no error line, a signal's exit status) names the status and the last lines
+    the engine printed."""
+    import processing
+    from qgis.core import QgsProcessingException
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho '{\"event\": \"progress\", \"percent\": 3.0}' >&2\n"
+                    "echo 'Fatal Python error: Segmentation fault' >&2\nexit 139\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("MAMOL_PYTHON", str(fake))
+    with pytest.raises(QgsProcessingException,
+                       match=r"(?s)stopped unexpectedly \(exit status 139.*Segmentation fault"):
+        processing.run("mamol:classify", {"MODEL": str(tmp_path / "m.mamol"),
+                                          "HS": str(small_scene.hs),
+                                          "OUTPUT": str(tmp_path / "out" / "c.tif")})
+    assert not (tmp_path / "out").exists()

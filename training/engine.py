@@ -124,13 +124,16 @@ class Channel:
 
 
 class Stop:
-    """SIGTERM (and SIGINT) as a cancel request the core polls between blocks and batches."""
+    """SIGTERM (and SIGINT) as a cancel request the core polls between blocks and batches;
+    a second Ctrl-C interrupts at once (the core's staging still removes what it wrote)."""
 
     def __init__(self) -> None:
         self.signal: Optional[int] = None
 
     def install(self) -> None:
         def handler(number, _frame):
+            if self.signal is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C stops at once
             self.signal = number
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
