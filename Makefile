@@ -22,8 +22,9 @@ VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 # Headless QGIS, an isolated profile, our plugin folder, the venv's packages for the Python
 # embedded in qgis_process (it is Debian's python3, the venv's base interpreter), and the
 # venv as the model environment the algorithms run the engine (python -m mamol) in.
-# Inside QGIS, Debian's OpenBLAS threads and busy-waiting OpenMP threads compete with
-# PyTorch's for the cores: without these two settings the model ran 2-3x slower there.
+# Where PyTorch shares a process with QGIS (the test suite's own process; the model ran in
+# QGIS until the engine), Debian's OpenBLAS threads and busy-waiting OpenMP threads compete
+# with PyTorch's for the cores: without these two settings the model ran 2-3x slower there.
 QGIS_ENV = QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$(BUILD)/xdg-runtime \
 	OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE \
 	QGIS_CUSTOM_CONFIG_PATH=$(PROFILE_DIR) QGIS_PLUGINPATH=$(PLUGINS_DIR) \
