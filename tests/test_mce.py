@@ -1,0 +1,126 @@
+"""MCE's capability factors (training/mce.py): standard Shapley values, inverse
+availability, under-learning and the auxiliary weights, against hand-computed numbers."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from mamol.training import mce
+
+
+def values_table(modalities, v):
+    """A [1, 2^M] row from a dict {subset bitmask: v(S)}."""
+    row = torch.zeros(1, 1 << modalities)
+    for subset, value in v.items():
+        row[0, subset] = value
+    return row
+
+
+def test_two_modalities_by_hand():
+    # v({0}) = 1, v({1}) = 0, v({0,1}) = 1: modality 0 carries it alone.
+    # φ_0 = 1/2 (v({0}) − v(∅)) + 1/2 (v({0,1}) − v({1})) = 1/2 + 1/2 = 1; φ_1 = 0.
+    phi = mce.shapley_values(values_table(2, {1: 1, 2: 0, 3: 1}), torch.tensor([3]))
+    assert phi.tolist() == [[1.0, 0.0]]
+    # both needed: v({0}) = v({1}) = 0, v({0,1}) = 1 -> 1/2 each (the authors' variant
+    # gives the same here, but not below)
+    phi = mce.shapley_values(values_table(2, {1: 0, 2: 0, 3: 1}), torch.tensor([3]))
+    assert phi.tolist() == [[0.5, 0.5]]
+    # either suffices: v({0}) = v({1}) = v({0,1}) = 1 -> 1/2 each
+    phi = mce.shapley_values(values_table(2, {1: 1, 2: 1, 3: 1}), torch.tensor([3]))
+    assert phi.tolist() == [[0.5, 0.5]]
+    # modality 1 alone right, together wrong: φ_0 = 1/2 (0) + 1/2 (0 − 1) = −1/2,
+    # φ_1 = 1/2 (1) + 1/2 (0 − 0) = 1/2
+    phi = mce.shapley_values(values_table(2, {1: 0, 2: 1, 3: 0}), torch.tensor([3]))
+    assert phi.tolist() == [[-0.5, 0.5]]
+
+
+def test_three_modalities_by_hand():
+    # v = 1 for every subset holding modality 2, else 0, except v({0,1}) = 1.
+    v = {1: 0, 2: 0, 4: 1, 3: 1, 5: 1, 6: 1, 7: 1}
+    # φ_2: S ⊆ {0,1}: ∅ (w 1/3): 1−0; {0} (w 1/6): 1−0; {1} (w 1/6): 1−0; {0,1} (w 1/3):
+    # 1−1 -> 1/3 + 1/6 + 1/6 = 2/3. φ_0: ∅: v{0}−0 = 0; {1} (1/6): v{0,1}−v{1} = 1;
+    # {2} (1/6): v{0,2}−v{2} = 0; {1,2} (1/3): 1−1 = 0 -> 1/6; φ_1 the same by symmetry.
+    phi = mce.shapley_values(values_table(3, v), torch.tensor([7]))[0]
+    assert phi.tolist() == pytest.approx([1 / 6, 1 / 6, 2 / 3])
+
+
+def test_one_present_modality_gets_its_own_value():
+    for value in (0.0, 1.0):
+        phi = mce.shapley_values(values_table(3, {4: value, 1: 1, 7: 1}), torch.tensor([4]))
+        assert phi.tolist() == [[0.0, 0.0, value]]   # φ = v({m}); absent ones 0
+
+
+def test_efficiency_over_every_pattern_and_value_assignment():
+    torch.manual_seed(0)
+    modalities = 3
+    for pattern in range(1, 8):
+        subsets = mce.nonempty_subsets(pattern)
+        for bits in itertools.product((0.0, 1.0), repeat=len(subsets)):
+            row = values_table(modalities, dict(zip(subsets, bits)))
+            # noise in the columns that are not subsets of the pattern must not matter
+            noise = torch.rand(1, 8)
+            mask = mce.subset_masks([pattern], modalities)
+            row = torch.where(mask, row, noise)
+            phi = mce.shapley_values(row, torch.tensor([pattern]))[0]
+            assert float(phi.sum()) == pytest.approx(row[0, pattern].item())
+            for m in range(modalities):
+                if not pattern & (1 << m):
+                    assert phi[m] == 0
+
+
+def test_a_batch_mixes_patterns():
+    values = torch.cat([values_table(2, {1: 1, 2: 0, 3: 1}),
+                        values_table(2, {2: 1}), values_table(2, {1: 0})])
+    phi = mce.shapley_values(values, torch.tensor([3, 2, 1]))
+    assert phi.tolist() == [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+
+
+def test_subsets_skip_the_empty_and_the_full_set():
+    assert mce.nonempty_subsets(0b101) == (1, 4, 5)
+    assert mce.proper_subsets(0b101) == (1, 4)
+    assert mce.proper_subsets(0b111) == (1, 2, 3, 4, 5, 6)
+    assert mce.proper_subsets(0b010) == ()
+    assert 0 not in mce.nonempty_subsets(7) and 7 not in mce.proper_subsets(7)
+
+
+def test_dataset_factors_from_pattern_counts():
+    # 100 samples: hs+sar+lidar 20, sar+lidar 40, lidar 40 -> hs in 20, sar in 60, lidar 100
+    a = mce.dataset_factors({0b111: 20, 0b110: 40, 0b100: 40}, 3)
+    assert a.tolist() == pytest.approx([5.0, 100 / 60, 1.0])
+    assert mce.dataset_factors({0b10: 5}, 2).tolist() == [0.0, 1.0]   # never present: 0
+
+
+def test_under_learning_is_zero_when_the_fused_model_beats_every_head():
+    patterns = torch.tensor([3, 3, 1])
+    phi = torch.tensor([[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]])
+    correct = torch.tensor([[0, 0], [1, 0], [1, 0]])      # never more than φ
+    assert mce.under_learning(correct, phi, patterns).tolist() == [0.0, 0.0]
+    # modality 1's head is right where its share is 0: b_1 = (1 + 1) / 2 over its samples
+    correct = torch.tensor([[1, 1], [1, 1], [1, 1]])
+    b = mce.under_learning(correct, phi, patterns)
+    assert b.tolist() == pytest.approx([(0.5 + 0 + 0) / 3, (0.5 + 1.0) / 2])
+
+
+def test_auxiliary_weights_average_one_over_present_modalities():
+    a = torch.tensor([5.0, 2.0, 1.0])
+    b = torch.tensor([0.2, 0.5, 0.0])
+    patterns = torch.tensor([0b011, 0b001])               # lidar absent from the batch
+    w = mce.auxiliary_weights(a, b, patterns)
+    assert w.tolist() == pytest.approx([1.0, 1.0, 0.0])   # a·b = 1, 1 -> mean 1
+    w = mce.auxiliary_weights(a, b, patterns, mode="a")
+    assert w.tolist() == pytest.approx([5 / 3.5, 2 / 3.5, 0.0])
+    assert float(w[:2].mean()) == pytest.approx(1.0)
+    assert mce.auxiliary_weights(a, torch.zeros(3), patterns).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError):
+        mce.auxiliary_weights(a, b, patterns, mode="ab")
+
+
+def test_shapley_table_weights_sum_to_one_per_modality():
+    """Σ over S ⊆ P∖{m} of |S|!(n−|S|−1)!/n! = 1: the weights of a permutation average."""
+    table = mce._shapley_table(3)
+    for pattern in range(1, 8):
+        for m in range(3):
+            if pattern & (1 << m):
+                assert float(table[pattern, m].sum()) == pytest.approx(1.0)
+    assert math.isclose(float(table[7, 0, 0]), 1 / 3)
