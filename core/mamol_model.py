@@ -87,9 +87,13 @@ class AdapterConfig:
     router_hidden: int = 64    # width of the router MLP f_t
     embedding_dim: int = 64    # size of the pattern and modality embeddings e(.)
     experts: ExpertSet = ExpertSet.FULL
+    mce: bool = False          # MCE training mode: fusion module, auxiliary heads, completion
 
     def to_json(self) -> Dict[str, object]:
-        return dict(dataclasses.asdict(self), experts=self.experts.value)
+        record = dict(dataclasses.asdict(self), experts=self.experts.value)
+        if not self.mce:
+            del record["mce"]   # a plain MaMOL model's header stays what it always was
+        return record
 
     @classmethod
     def from_json(cls, record: Mapping[str, object]) -> "AdapterConfig":
@@ -373,6 +377,43 @@ class MamolEncoder(nn.Module):
         return pooled
 
 
+class MceFusion(nn.Module):
+    """MCE's fusion of the M feature tokens before the head: a learned modality embedding
+    added to each f_m (zeros where the modality is missing), then a 2-layer Transformer
+    encoder (width = feature size, 4 heads, pre-norm, no dropout) over the M tokens."""
+
+    HEADS = 4
+    LAYERS = 2
+
+    def __init__(self, modalities: int, width: int) -> None:
+        super().__init__()
+        if width % self.HEADS:
+            raise MamolInputError(
+                f"MCE's fusion needs a feature size divisible by {self.HEADS}, got {width}.")
+        self.modality_embedding = nn.Parameter(torch.randn(modalities, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, self.HEADS, dim_feedforward=2 * width,
+                                           dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, self.LAYERS, enable_nested_tensor=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, M, D) feature tokens -> (batch, M, D) fused tokens."""
+        return self.encoder(features + self.modality_embedding)
+
+
+class CompletionPredictor(nn.Module):
+    """MCE's cross-modal completion of one target modality: a 2-layer MLP from the fused
+    tokens of the other M − 1 modalities to the target's feature."""
+
+    def __init__(self, others: int, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(others * width, width), nn.GELU(),
+                                 nn.Linear(width, width))
+
+    def forward(self, others: torch.Tensor) -> torch.Tensor:
+        """(batch, M − 1, D) -> (batch, D)."""
+        return self.net(others.flatten(1))
+
+
 class MamolModel(nn.Module):
     """Token embeddings + MaMOL encoder + pattern/modality embeddings + linear head."""
 
@@ -399,6 +440,18 @@ class MamolModel(nn.Module):
             self.pattern_embedding = None
             self.modality_embedding = None
         self.head = nn.Linear(len(modalities) * self.encoder.output_dim, class_count)
+        feature = self.encoder.output_dim
+        if config.mce:
+            # MCE (seed 001): fusion before the head; per-modality auxiliary heads and
+            # completion predictors, trained and stored but unused at inference
+            self.fusion = MceFusion(len(modalities), feature)
+            self.auxiliary_heads = nn.ModuleList(
+                nn.Linear(feature, class_count) for _ in modalities)
+            self.completion = nn.ModuleList(
+                CompletionPredictor(len(modalities) - 1, feature) for _ in modalities) \
+                if len(modalities) > 1 else None
+        else:
+            self.fusion = self.auxiliary_heads = self.completion = None
 
     @property
     def full_pattern(self) -> int:
@@ -427,7 +480,18 @@ class MamolModel(nn.Module):
         return self.encoder(tokens, context)
 
     def forward(self, windows: Mapping[str, torch.Tensor], pattern: torch.Tensor) -> torch.Tensor:
-        """fp32 class logits (batch, K).
+        """fp32 class logits (batch, K): :meth:`classify_features` of :meth:`features`."""
+        return self.classify_features(self.features(windows, pattern))
+
+    def classify_features(self, features: torch.Tensor) -> torch.Tensor:
+        """fp32 class logits from the (batch, M, D) features (zeros where missing): the
+        head over their concatenation, or with MCE over the fused tokens'."""
+        if self.fusion is not None:
+            features = self.fusion(features)
+        return self.head(features.flatten(1))
+
+    def features(self, windows: Mapping[str, torch.Tensor], pattern: torch.Tensor) -> torch.Tensor:
+        """fp32 features f_m (batch, M, D), a zero row where modality m is missing.
 
         Args:
             windows: modality name -> (batch, bands, P, P) normalised fp32 windows. A
@@ -461,7 +525,7 @@ class MamolModel(nn.Module):
                                   pattern_device.index_select(0, rows))
             feature = self.head.weight.new_zeros(batch, self.encoder.output_dim)
             features.append(feature.index_copy(0, rows, encoded.float()))
-        return self.head(torch.cat(features, dim=1))
+        return torch.stack(features, dim=1)
 
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         """Only the tensors that training changes (everything but the frozen backbone)."""

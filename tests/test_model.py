@@ -401,3 +401,57 @@ def test_vit_b16_trainable_parameter_count(capsys):
               f"{frozen:,} frozen")
     assert count == expected_trainable_count([48, 2, 1], 768, 512, 7, mm.AdapterConfig())
     assert 1_000_000 < count < 4_000_000
+
+
+# ------------------------------------------------------------------ MCE mode (issue 16)
+
+def test_mce_off_is_exactly_the_plain_model(tiny_visual):
+    """Off, the model has today's tensors and its logits are the head over the concatenated
+    features, bit for bit; the header's adapter record is unchanged."""
+    model = make_model(tiny_visual)
+    assert model.fusion is None and model.auxiliary_heads is None and model.completion is None
+    assert not any(name.startswith(("fusion", "auxiliary_heads", "completion"))
+                   for name in model.state_dict())
+    assert "mce" not in model.config.to_json()
+    randomise_lora_b(model)
+    windows, pattern, _ = batch()
+    with torch.no_grad():
+        logits = model(windows, pattern)
+        features = model.features(windows, pattern)
+        by_hand = model.head(torch.cat([features[:, m] for m in range(3)], dim=1))
+    assert torch.equal(logits, by_hand)
+    assert mm.AdapterConfig.from_json(model.config.to_json()) == model.config
+
+
+def test_mce_on_adds_fusion_auxiliary_heads_and_completion(tiny_visual):
+    model = make_model(tiny_visual, mce=True)
+    width = model.encoder.output_dim
+    assert model.config.to_json()["mce"] is True
+    assert mm.AdapterConfig.from_json(model.config.to_json()).mce
+    assert len(model.fusion.encoder.layers) == 2
+    assert model.fusion.encoder.layers[0].self_attn.num_heads == 4
+    assert model.fusion.modality_embedding.shape == (3, width)
+    assert [head.out_features for head in model.auxiliary_heads] == [CLASSES] * 3
+    assert all(p.requires_grad for p in model.fusion.parameters())
+    windows, pattern, _ = batch()
+    features = model.features(windows, pattern)
+    assert features.shape == (len(pattern), 3, width)
+    for m in range(3):    # zeros where missing
+        missing = ((pattern >> m) & 1) == 0
+        assert torch.count_nonzero(features[missing, m]) == 0
+    logits = model(windows, pattern)
+    assert logits.shape == (len(pattern), CLASSES)
+    fused = model.fusion(features)
+    assert torch.allclose(logits, model.head(fused.flatten(1)))
+    # the fusion mixes modalities: zeroing one feature changes the others' fused tokens
+    zeroed = features.clone()
+    zeroed[:, 2] = 0
+    assert not torch.allclose(model.fusion(zeroed)[:, 0], fused[:, 0])
+    completed = model.completion[0](fused[:, [1, 2]])
+    assert completed.shape == (len(pattern), width)
+
+
+def test_mce_fusion_needs_a_width_divisible_by_its_heads():
+    from mamol.core.errors import MamolInputError
+    with pytest.raises(MamolInputError, match="divisible by 4"):
+        mm.MceFusion(3, 30)
