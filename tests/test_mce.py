@@ -124,3 +124,76 @@ def test_shapley_table_weights_sum_to_one_per_modality():
             if pattern & (1 << m):
                 assert float(table[pattern, m].sum()) == pytest.approx(1.0)
     assert math.isclose(float(table[7, 0, 0]), 1 / 3)
+
+
+# ---- the losses on a tiny MCE model -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mce_model():
+    import copy
+
+    from mamol.core import backbone as bb
+    from mamol.core import mamol_model as mm
+    visual = bb.build_visual_tower(bb.BackboneSpec(arch=bb.TINY_ARCH, seed=11))
+    torch.manual_seed(0)
+    modalities = [mm.ModalitySpec("hs", 4), mm.ModalitySpec("sar", 2),
+                  mm.ModalitySpec("lidar", 1)]
+    return mm.MamolModel(modalities, 4, copy.deepcopy(visual),
+                         mm.AdapterConfig(layers=2, mce=True))
+
+
+def mce_batch(model, patterns, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    windows = {m.name: torch.randn(len(patterns), m.bands, 5, 5, generator=generator)
+               for m in model.modalities}
+    pattern = torch.tensor(patterns)
+    targets = torch.randint(0, 4, (len(patterns),), generator=generator)
+    return model.features(windows, pattern), pattern, targets
+
+
+def test_losses_reach_every_mce_part(mce_model):
+    mce_model.zero_grad(set_to_none=True)
+    features, pattern, targets = mce_batch(mce_model, [7, 7, 3, 5, 6, 1, 4, 2])
+    a = mce.dataset_factors({7: 2, 3: 1, 5: 1, 6: 1, 1: 1, 4: 1, 2: 1}, 3)
+    loss, stats = mce.mce_losses(mce_model, features, pattern, targets, a, mce.MceConfig())
+    assert torch.isfinite(loss)
+    loss.backward()
+    for part in ("fusion", "auxiliary_heads", "completion", "token_embeddings", "head"):
+        grads = [p.grad for n, p in mce_model.named_parameters() if n.startswith(part)]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), part
+    assert stats["present"].tolist() == [5, 5, 5]
+    assert 0 <= float(stats["aux_correct"].max()) <= 5
+
+
+def test_only_the_fused_loss_when_every_lambda_is_zero(mce_model):
+    features, pattern, targets = mce_batch(mce_model, [7, 3, 5, 1])
+    config = mce.MceConfig(auxiliary=0.0, subsets=0.0, completion=0.0)
+    loss, _ = mce.mce_losses(mce_model, features, pattern, targets, torch.ones(3), config)
+    plain = torch.nn.functional.cross_entropy(mce_model.classify_features(features), targets,
+                                              reduction="sum")
+    assert torch.allclose(loss, plain)
+
+
+def test_completion_loss_ignores_absent_targets(mce_model):
+    """With LiDAR absent from every sample, its completion predictor gets no gradient;
+    the others' do."""
+    mce_model.zero_grad(set_to_none=True)
+    features, pattern, targets = mce_batch(mce_model, [3, 3, 1, 2])
+    config = mce.MceConfig(auxiliary=0.0, subsets=0.0, completion=1.0)
+    loss, _ = mce.mce_losses(mce_model, features, pattern, targets, torch.ones(3), config)
+    loss.backward()
+    lidar = [p.grad for p in mce_model.completion[2].parameters()]
+    assert all(g is None or g.abs().sum() == 0 for g in lidar)
+    hs = [p.grad for p in mce_model.completion[0].parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in hs)
+
+
+def test_subset_loss_needs_a_proper_subset(mce_model):
+    """Single-modality samples have no proper subset: the subset loss adds nothing."""
+    features, pattern, targets = mce_batch(mce_model, [1, 2, 4, 1])
+    with_subsets = mce.MceConfig(auxiliary=0.0, subsets=1.0, completion=0.0)
+    without = mce.MceConfig(auxiliary=0.0, subsets=0.0, completion=0.0)
+    first, _ = mce.mce_losses(mce_model, features, pattern, targets, torch.ones(3),
+                              with_subsets)
+    second, _ = mce.mce_losses(mce_model, features, pattern, targets, torch.ones(3), without)
+    assert torch.allclose(first, second)

@@ -24,9 +24,11 @@ M ≤ 3 modalities index small tables.
 The auxiliary loss of m is weighted by a_m · b_m (or one of them), normalised so that the
 weights average 1 over the modalities present in the batch.
 """
+import dataclasses
 import math
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
 
@@ -148,3 +150,130 @@ def subset_masks(patterns: Sequence[int], modalities: int) -> torch.Tensor:
     size = 1 << modalities
     rows = [[s != 0 and s & p == s for s in range(size)] for p in patterns]
     return torch.tensor(rows, dtype=torch.bool)
+
+
+# ---- the losses -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MceConfig:
+    """MCE's loss weights: loss = CE(fused) + λ_aux · weighted auxiliary CE + λ_sub · subset
+    CE + λ_rec · completion L1."""
+
+    factors: str = "both"        # what weights the auxiliary losses: a·b, a only, b only
+    auxiliary: float = 1.0       # λ_aux
+    subsets: float = 1.0         # λ_sub
+    completion: float = 1.0      # λ_rec
+
+    def validate(self) -> None:
+        from ..core.errors import MamolInputError
+        if self.factors not in FACTOR_MODES:
+            raise MamolInputError(f"MCE factors must be one of {', '.join(FACTOR_MODES)}, "
+                                  f"got '{self.factors}'.")
+        for name in ("auxiliary", "subsets", "completion"):
+            if getattr(self, name) < 0:
+                raise MamolInputError(f"MCE's λ_{name} must not be negative.")
+
+    def to_json(self) -> Dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def _subset_mask(subset: int, modalities: int, like: torch.Tensor) -> torch.Tensor:
+    """(1, M, 1) multiplier keeping the features of ``subset`` only."""
+    keep = [(subset >> m) & 1 for m in range(modalities)]
+    return like.new_tensor(keep).view(1, modalities, 1)
+
+
+def mce_losses(model, features: torch.Tensor, patterns: torch.Tensor, targets: torch.Tensor,
+               availability: torch.Tensor, config: MceConfig) -> Tuple[torch.Tensor, Dict]:
+    """The MCE loss of one (micro-)batch, summed over its samples (the caller divides by the
+    batch size, as for the plain loss), and the batch's statistics.
+
+    Args:
+        model: a MamolModel built with ``AdapterConfig(mce=True)``.
+        features: (B, M, D) fp32 features f_m, zeros where missing (``model.features``).
+        patterns: (B,) int64 bitmasks (any device).
+        targets: (B,) class indices on the features' device.
+        availability: (M,) the dataset factors a_m (:func:`dataset_factors`).
+    Returns:
+        (loss, stats): stats hold per-modality sums over the batch for the report:
+        ``present`` (samples with m), ``aux_correct``, ``phi`` and the batch's ``b`` and
+        ``weight`` (M values each, detached, on the CPU).
+    """
+    functional = torch.nn.functional
+    batch, modalities, _ = features.shape
+    device = features.device
+    patterns = patterns.to(device).long()
+    bits = 1 << torch.arange(modalities, device=device)
+    present = (patterns.unsqueeze(1) & bits) != 0                            # (B, M)
+
+    loss = functional.cross_entropy(model.classify_features(features), targets,
+                                    reduction="sum")
+
+    # auxiliary heads on each f_m alone, for the samples that have m
+    aux_ce = torch.stack([functional.cross_entropy(head(features[:, m]), targets,
+                                                   reduction="none")
+                          for m, head in enumerate(model.auxiliary_heads)], dim=1)
+    with torch.no_grad():
+        aux_correct = torch.stack([head(features[:, m]).argmax(dim=1) == targets
+                                   for m, head in enumerate(model.auxiliary_heads)], dim=1)
+        # v(S): the fused model fed the features of S alone is right (no re-encoding)
+        values = torch.zeros(batch, 1 << modalities, device=device)
+        for subset in range(1, 1 << modalities):
+            masked = features * _subset_mask(subset, modalities, features)
+            values[:, subset] = (model.classify_features(masked).argmax(dim=1)
+                                 == targets).float()
+        phi = shapley_values(values, patterns)
+        b = under_learning(aux_correct, phi, patterns)
+        weights = auxiliary_weights(availability.to(device), b, patterns, config.factors)
+    counts = present.sum(dim=0)
+    per_modality = (aux_ce * present).sum(dim=0) / counts.clamp(min=1)       # mean CE of m
+    used = counts > 0
+    auxiliary = (weights * per_modality)[used].sum() / used.sum().clamp(min=1)
+    loss = loss + config.auxiliary * auxiliary * batch
+
+    # subset prediction over each sample's proper non-empty subsets
+    if config.subsets > 0:
+        subset_sum = features.new_zeros(batch)
+        subset_count = features.new_zeros(batch)
+        for subset in range(1, (1 << modalities) - 1):
+            inside = ((patterns & subset) == subset) & (patterns != subset)
+            if not bool(inside.any()):
+                continue
+            masked = features * _subset_mask(subset, modalities, features)
+            ce = functional.cross_entropy(model.classify_features(masked), targets,
+                                          reduction="none")
+            subset_sum = subset_sum + ce * inside
+            subset_count = subset_count + inside
+        has = subset_count > 0
+        if bool(has.any()):
+            loss = loss + config.subsets * (subset_sum[has] / subset_count[has]).sum()
+
+    # cross-modal completion: f_m from the fused tokens of the others, for subsets that
+    # omit m; L1 to the detached f_m where m is present
+    if config.completion > 0 and model.completion is not None:
+        target_features = features.detach()
+        for m in range(modalities):
+            others = [k for k in range(modalities) if k != m]
+            l1_sum = features.new_zeros(batch)
+            l1_count = features.new_zeros(batch)
+            for subset in range(1, 1 << modalities):
+                if subset & (1 << m):
+                    continue
+                inside = present[:, m] & ((patterns & subset) == subset)
+                if not bool(inside.any()):
+                    continue
+                fused = model.fusion(features * _subset_mask(subset, modalities, features))
+                predicted = model.completion[m](fused[:, others])
+                l1 = (predicted - target_features[:, m]).abs().mean(dim=1)
+                l1_sum = l1_sum + l1 * inside
+                l1_count = l1_count + inside
+            has = l1_count > 0
+            if bool(has.any()):
+                loss = loss + config.completion * (l1_sum[has] / l1_count[has]).sum() \
+                    / modalities
+
+    stats = {"present": counts.float().cpu(),
+             "aux_correct": (aux_correct & present).sum(dim=0).float().cpu(),
+             "phi": (phi * present).sum(dim=0).float().cpu(),
+             "b": b.detach().float().cpu(), "weight": weights.detach().float().cpu()}
+    return loss, stats
