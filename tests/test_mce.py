@@ -197,3 +197,34 @@ def test_subset_loss_needs_a_proper_subset(mce_model):
                               with_subsets)
     second, _ = mce.mce_losses(mce_model, features, pattern, targets, torch.ones(3), without)
     assert torch.allclose(first, second)
+
+
+# ---- training with MCE on the sample scene ----------------------------------------------
+
+def test_training_with_mce_learns_and_records_the_factors(small_scene, tmp_path):
+    from conftest import tiny_training_config
+
+    from mamol.core.inference import ClassifyConfig, classify
+    from mamol.core.model_file import read_header
+    from mamol.training.missing import MissingSimulation, SimulationMode
+    from mamol.training.trainer import train_model
+    config = tiny_training_config(
+        small_scene, tmp_path / "mce.mamol", epochs=3, mce=mce.MceConfig(),
+        simulation=MissingSimulation(SimulationMode.AVAILABILITY,
+                                     availability=(0.4, 0.7, 1.0), seed=2))
+    result = train_model(config)
+    history = result.summary["epochs"]
+    assert all(set(record["mce"]) == {"hs", "sar", "lidar"} for record in history)
+    last = history[-1]["mce"]
+    assert last["hs"]["a"] > last["sar"]["a"] > last["lidar"]["a"] == pytest.approx(1.0)
+    assert all(0.0 <= last[m]["aux_accuracy"] <= 1.0 for m in last)
+    header = read_header(result.model_path)
+    assert header.adapter["mce"] is True
+    assert header.training["mce"]["factors"] == "both"
+    best = max(r["validation_oa"] for r in history)
+    assert best > 1 / 7 + 0.1          # learns: above chance (7 classes)
+    classified = classify(ClassifyConfig(
+        model_path=str(result.model_path), rasters=(("hs", str(small_scene.hs)),
+                                                    ("lidar", str(small_scene.lidar))),
+        output_classes=str(tmp_path / "c.tif"), stride=8, device="cpu"))
+    assert sum(classified.class_counts.values()) > 0

@@ -14,7 +14,7 @@ def training_record(config, train, validation, train_patterns, validation_patter
     """The training summary stored in the model file (no timings or host details, so that
     seeded runs write identical files)."""
     best = history[best_epoch - 1] if best_epoch else {}
-    return {
+    record = {
         "rasters": {name: os.path.basename(path) for name, path in config.modalities},
         "polygons": os.path.basename(config.polygons.path),
         "class_field": getattr(config.polygons, "class_field", None),
@@ -33,6 +33,9 @@ def training_record(config, train, validation, train_patterns, validation_patter
         "validation_kappa": best.get("validation_kappa"),
         "validation_per_pattern": evaluation.get("per_pattern", []),
     }
+    if config.mce is not None:   # plain MaMOL files keep exactly their old record
+        record["mce"] = config.mce.to_json()
+    return record
 
 
 def training_summary(config, infos, classes, split, train_patterns, validation_patterns,
@@ -55,6 +58,11 @@ def training_summary(config, infos, classes, split, train_patterns, validation_p
     }
     if config.adapter:
         settings.update({f"adapter {k}": v for k, v in config.adapter.items()})
+    settings["training mode"] = "MaMOL + MCE" if config.mce is not None else "MaMOL"
+    if config.mce is not None:
+        settings.update({"MCE factors": config.mce.factors,
+                         "MCE λ_aux": config.mce.auxiliary, "MCE λ_sub": config.mce.subsets,
+                         "MCE λ_rec": config.mce.completion})
     validation = None
     if evaluation:
         validation = {k: evaluation[k] for k in ("samples", "oa", "kappa", "confusion_matrix",

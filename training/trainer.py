@@ -16,9 +16,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:   # training.mce imports torch, which this module imports lazily
+    from .mce import MceConfig
 
 from ..core import metrics, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
@@ -79,6 +82,7 @@ class TrainingConfig:
     device: str = "auto"                      # auto | cpu | cuda | cuda:N
     precision: str = "auto"                   # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
     compile_mode: str = "off"                 # torch.compile: off | default | max-autotune
+    mce: Optional["MceConfig"] = None         # MCE training mode (seed 001); None = plain MaMOL
     seed: int = 0
 
     @property
@@ -112,6 +116,8 @@ class TrainingConfig:
             if not ok:
                 raise MamolInputError(message)
         self.split.validate()
+        if self.mce is not None:
+            self.mce.validate()
         self.simulation.validate(names)
         self.validation_simulation.validate(names)
         resolve_device(self.device)
@@ -364,7 +370,8 @@ def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_coun
                  device, say=None):
     torch = torch_compat.import_torch()
     from ..core.mamol_model import AdapterConfig, MamolModel, ModalitySpec
-    adapter = AdapterConfig.from_json(dict(AdapterConfig().to_json(), **config.adapter))
+    adapter = AdapterConfig.from_json(dict(AdapterConfig().to_json(), **config.adapter,
+                                           **({"mce": True} if config.mce else {})))
     visual = build_visual_tower(config.backbone, log=say)
     spec_fingerprint = fingerprint(visual)
     # The trainable initialisation is drawn from the run's seed.
@@ -407,6 +414,14 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     validation_batches = Batches(validation, names, statistics, device)
     validation_batch = _validation_batch(config, model, device)
     labels = to_device(torch.from_numpy(train.class_index), device)
+    availability = None
+    if config.mce is not None:
+        from .mce import dataset_factors
+        codes, counts = np.unique(train_patterns, return_counts=True)
+        availability = dataset_factors(dict(zip(codes.tolist(), counts.tolist())),
+                                       len(names))
+        say("MCE: dataset factors a_m = N / N_m: " + ", ".join(
+            f"{name} {value:.2f}" for name, value in zip(names, availability.tolist())))
     history: List[Dict[str, object]] = []
     best_key, best_epoch, best_state = None, None, None
     seen, busy = 0, 0.0
@@ -417,6 +432,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float32, device=device)
         loss_count = 0
+        tally = _MceTally(len(names)) if availability is not None else None
         for start in range(0, order.size, config.batch_size):
             reporter.check()
             index = order[start:start + config.batch_size]
@@ -426,10 +442,18 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
                 chunk = index[part:part + micro_batch]
                 pattern = train_patterns[chunk]
                 windows = train_batches.windows(chunk, pattern)
-                logits = model(windows, torch.from_numpy(pattern))
                 targets = labels.index_select(0, to_device(torch.from_numpy(chunk), device))
-                loss = torch.nn.functional.cross_entropy(logits, targets,
-                                                         reduction="sum") / index.size
+                if availability is None:
+                    logits = model(windows, torch.from_numpy(pattern))
+                    loss = torch.nn.functional.cross_entropy(logits, targets,
+                                                             reduction="sum") / index.size
+                else:
+                    from .mce import mce_losses
+                    features = model.features(windows, torch.from_numpy(pattern))
+                    loss, stats = mce_losses(model, features, torch.from_numpy(pattern),
+                                             targets, availability, config.mce)
+                    loss = loss / index.size
+                    tally.add(stats)
                 loss.backward()
                 loss_sum += loss.detach() * index.size
                 reporter.check()
@@ -448,6 +472,8 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
                   "validation_oa": None, "validation_kappa": None,
                   "samples": loss_count, "train_seconds": train_seconds,
                   "samples_per_second": loss_count / max(train_seconds, 1e-9)}
+        if tally is not None:
+            record["mce"] = tally.record(names, availability)
         if len(validation):
             predicted = predict(model, validation_batches, validation_patterns,
                                 validation_batch, reporter)
@@ -471,6 +497,34 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
               "steady_samples_per_second": steady_rate(history),
               "validation_seconds": sum(r["seconds"] - r["train_seconds"] for r in history)}
     return history, best_epoch, best_state, timing
+
+
+class _MceTally:
+    """One epoch's MCE statistics: per modality, the auxiliary head's accuracy and the mean
+    φ over the samples that had it, the mean b and auxiliary weight over the batches."""
+
+    def __init__(self, modalities: int) -> None:
+        self.sums = {key: [0.0] * modalities for key in
+                     ("present", "aux_correct", "phi", "b", "weight")}
+        self.batches = 0
+
+    def add(self, stats) -> None:
+        self.batches += 1
+        for key, values in self.sums.items():
+            for m, value in enumerate(stats[key].tolist()):
+                values[m] += value
+
+    def record(self, names, availability) -> Dict[str, Dict[str, Optional[float]]]:
+        out = {}
+        for m, name in enumerate(names):
+            present = self.sums["present"][m]
+            out[name] = {
+                "aux_accuracy": self.sums["aux_correct"][m] / present if present else None,
+                "a": float(availability[m]),
+                "b": self.sums["b"][m] / max(1, self.batches),
+                "phi": self.sums["phi"][m] / present if present else None,
+                "weight": self.sums["weight"][m] / max(1, self.batches)}
+        return out
 
 
 def steady_rate(history: Sequence[Dict[str, object]]) -> Optional[float]:
