@@ -63,6 +63,11 @@ class TrainModelAlgorithm(MamolAlgorithm):
     SIMULATE_VALIDATION = "SIMULATE_VALIDATION"
     DEVICE = "DEVICE"
     SEED = "SEED"
+    TRAINING_MODE = "TRAINING_MODE"
+    MCE_FACTORS = "MCE_FACTORS"
+    LAMBDA_AUX = "LAMBDA_AUX"
+    LAMBDA_SUB = "LAMBDA_SUB"
+    LAMBDA_REC = "LAMBDA_REC"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     OUTPUT_REPORT_JSON = "OUTPUT_REPORT_JSON"
@@ -191,6 +196,28 @@ class TrainModelAlgorithm(MamolAlgorithm):
             defaultValue=False),
             "Apply the same simulation to validation samples (the paper's protocol tests "
             "under the training availability).", advanced=True)
+        add_parameter(self, QgsProcessingParameterEnum(
+            self.TRAINING_MODE, self.tr("Training mode"),
+            options=[self.tr("MaMOL"), self.tr("MaMOL + MCE (imbalanced missing rates)")],
+            defaultValue=0),
+            "MCE adds a fusion module before the head and trains per-modality auxiliary "
+            "heads, weighted by how rarely each modality is present and how little the "
+            "fused model uses it, plus subset prediction and cross-modal completion: for "
+            "modalities missing at very different rates.")
+        add_parameter(self, QgsProcessingParameterEnum(
+            self.MCE_FACTORS, self.tr("MCE: auxiliary-loss factors"),
+            options=[self.tr("Availability × under-learning"),
+                     self.tr("Availability only"), self.tr("Under-learning only")],
+            defaultValue=0), "What weights each modality's auxiliary loss.", advanced=True)
+        for key, label, help_text in (
+                (self.LAMBDA_AUX, "MCE: λ auxiliary heads", "Weight of the auxiliary loss."),
+                (self.LAMBDA_SUB, "MCE: λ subset prediction",
+                 "Weight of the subset prediction loss."),
+                (self.LAMBDA_REC, "MCE: λ cross-modal completion",
+                 "Weight of the completion loss.")):
+            add_parameter(self, QgsProcessingParameterNumber(
+                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                minValue=0.0, maxValue=100.0), help_text, advanced=True)
         add_parameter(self, QgsProcessingParameterString(
             self.DEVICE, self.tr("Device"), defaultValue="auto"),
             "auto, cpu, cuda or cuda:N.", advanced=True)
@@ -255,6 +282,13 @@ class TrainModelAlgorithm(MamolAlgorithm):
         arguments += self._simulation(parameters, context, names)
         if self.parameterAsBoolean(parameters, self.SIMULATE_VALIDATION, context):
             arguments.append("--simulate-validation")
+        if self.parameterAsEnum(parameters, self.TRAINING_MODE, context) == 1:
+            arguments += ["--mce", "--mce-factors", ("both", "a", "b")[
+                self.parameterAsEnum(parameters, self.MCE_FACTORS, context)]]
+            for key, option in ((self.LAMBDA_AUX, "--lambda-aux"),
+                                (self.LAMBDA_SUB, "--lambda-sub"),
+                                (self.LAMBDA_REC, "--lambda-rec")):
+                arguments += [option, repr(self._float(parameters, key, context))]
         arguments += ["--output", self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL,
                                                              context)]
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)

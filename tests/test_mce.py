@@ -228,3 +228,20 @@ def test_training_with_mce_learns_and_records_the_factors(small_scene, tmp_path)
                                                     ("lidar", str(small_scene.lidar))),
         output_classes=str(tmp_path / "c.tif"), stride=8, device="cpu"))
     assert sum(classified.class_counts.values()) > 0
+
+
+def test_command_line_options(small_scene, tmp_path):
+    from mamol.training.engine import build_parser
+
+    from mamol.training import cli
+    base = ["train", "--hs", str(small_scene.hs), "--polygons",
+            str(small_scene.training_polygons), "--class-field", "class_id", "--output",
+            str(tmp_path / "m.mamol")]
+    parser = build_parser()
+    assert cli.config_from_args(parser.parse_args(base)).mce is None
+    config = cli.config_from_args(parser.parse_args(
+        base + ["--mce", "--mce-factors", "a", "--lambda-rec", "0.25"]))
+    assert config.mce == mce.MceConfig(factors="a", completion=0.25)
+    from mamol.core.errors import MamolInputError
+    with pytest.raises(MamolInputError, match="--lambda-aux only apply with --mce"):
+        cli.config_from_args(parser.parse_args(base + ["--lambda-aux", "2"]))

@@ -179,3 +179,28 @@ def test_host_benchmark_trains_in_both_hosts(qgis_env):
         assert float(cells[2]) > 0 and float(cells[4]) > 0, row
         assert "libtorch" not in cells[6]
     assert "qgis_process / engine command: training" in done.stdout
+
+
+@pytest.mark.slow
+def test_an_mce_model_trains_and_classifies_through_qgis_process(qgis_env, small_scene,
+                                                                  tmp_path):
+    """MaMOL + MCE from the command line of QGIS: the model file records the mode, and
+    classify takes it without a new parameter."""
+    from mamol.core.model_file import read_header
+    trained = qgis_process(
+        qgis_env, "run", "mamol:trainmodel", "--json", "--",
+        f"HS={small_scene.hs}", f"SAR={small_scene.sar}", f"LIDAR={small_scene.lidar}",
+        f"POLYGONS={small_scene.training_polygons}", "CLASS_FIELD=class_id",
+        "BACKBONE=mamol-tiny-vit", "WEIGHTS=2", "PATCH_SIZE=5", "EPOCHS=1",
+        "MAX_SAMPLES_PER_CLASS=20", "DEVICE=cpu", "TRAINING_MODE=1", "LAMBDA_SUB=0.5",
+        f"OUTPUT_MODEL={tmp_path / 'mce.mamol'}", f"OUTPUT_REPORT={tmp_path / 'r.html'}",
+        timeout=900)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    header = read_header(tmp_path / "mce.mamol")
+    assert header.adapter["mce"] is True and header.training["mce"]["subsets"] == 0.5
+    classified = qgis_process(
+        qgis_env, "run", "mamol:classify", "--json", "--", f"MODEL={tmp_path / 'mce.mamol'}",
+        f"HS={small_scene.hs}", "STRIDE=8", "DEVICE=cpu", f"OUTPUT={tmp_path / 'c.tif'}",
+        timeout=900)
+    assert classified.returncode == 0, classified.stdout[-2000:] + classified.stderr[-2000:]
+    assert (tmp_path / "c.tif").is_file()

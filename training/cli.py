@@ -79,6 +79,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "on the CPU (trainable weights stay fp32)")
     optimiser.add_argument("--compile", choices=["off", "default", "max-autotune"],
                            default="off", help="torch.compile the encoder once per run")
+    mce = parser.add_argument_group(
+        "MCE training mode (imbalanced missing rates, seed 001)")
+    mce.add_argument("--mce", action="store_true",
+                     help="train MaMOL + MCE: a fusion module before the head, auxiliary "
+                          "heads weighted by each modality's availability and Shapley "
+                          "contribution, subset prediction and cross-modal completion")
+    mce.add_argument("--mce-factors", choices=["both", "a", "b"], default="both",
+                     help="what weights the auxiliary losses: a_m·b_m, the availability "
+                          "factor a_m only, or the under-learning factor b_m only")
+    mce.add_argument("--lambda-aux", type=float, default=1.0,
+                     help="weight of the auxiliary heads' loss (default 1)")
+    mce.add_argument("--lambda-sub", type=float, default=1.0,
+                     help="weight of the subset prediction loss (default 1)")
+    mce.add_argument("--lambda-rec", type=float, default=1.0,
+                     help="weight of the cross-modal completion loss (default 1)")
     missing = parser.add_argument_group("missing-modality simulation (paper §4.1)")
     missing.add_argument("--missing-rate", type=float,
                          help="η: share of incomplete samples, all incomplete patterns equally")
@@ -170,7 +185,23 @@ def config_from_args(args):
         balance_classes=not args.no_balance, simulation=simulation,
         validation_simulation=simulation if args.simulate_validation else MissingSimulation(),
         device=args.device, precision=args.precision, compile_mode=args.compile,
-        seed=args.seed)
+        mce=_mce(args), seed=args.seed)
+
+
+def _mce(args):
+    """The MCE settings, or None for plain MaMOL (λ options without --mce are an error)."""
+    changed = [option for option, value in (("--mce-factors", args.mce_factors != "both"),
+                                            ("--lambda-aux", args.lambda_aux != 1.0),
+                                            ("--lambda-sub", args.lambda_sub != 1.0),
+                                            ("--lambda-rec", args.lambda_rec != 1.0))
+               if value]
+    if not args.mce:
+        if changed:
+            raise MamolInputError(f"{', '.join(changed)} only apply with --mce.")
+        return None
+    from .mce import MceConfig
+    return MceConfig(factors=args.mce_factors, auxiliary=args.lambda_aux,
+                     subsets=args.lambda_sub, completion=args.lambda_rec)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
