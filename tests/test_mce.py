@@ -230,6 +230,28 @@ def test_training_with_mce_learns_and_records_the_factors(small_scene, tmp_path)
     assert sum(classified.class_counts.values()) > 0
 
 
+def test_the_report_shows_the_factor_curves(small_scene, tmp_path):
+    """A short MCE run's report has the MCE figure with a line per modality; a plain run's
+    has none."""
+    from conftest import tiny_training_config
+
+    from mamol.training.trainer import train_model
+    for mode, expected in ((mce.MceConfig(), True), (None, False)):
+        config = tiny_training_config(
+            small_scene, tmp_path / f"{expected}.mamol", epochs=1, mce=mode,
+            report_html=str(tmp_path / f"{expected}.html"),
+            report_json=str(tmp_path / f"{expected}.json"))
+        train_model(config)
+        html = (tmp_path / f"{expected}.html").read_text()
+        assert ('class="figure mce"' in html) is expected
+        assert ("MCE: modality capability per epoch" in html) is expected
+        if expected:
+            figure = html[html.index('class="figure mce"'):]
+            figure = figure[:figure.index("</svg>")]
+            for name in ("hs", "sar", "lidar", "Auxiliary head accuracy", "Inverse"):
+                assert name in figure
+
+
 def test_command_line_options(small_scene, tmp_path):
     from mamol.training.engine import build_parser
 

@@ -359,6 +359,46 @@ def _curves_svg(epochs: Any, best_epoch: Any) -> str:
     return _svg("curves", (4.4 * len(panels), 3.0), draw, layout="constrained")
 
 
+def _mce_svg(epochs: Any) -> str:
+    """MCE's factors per epoch and modality: the auxiliary head's accuracy, mean φ, mean b
+    and a, one panel each, one line per modality (empty without MCE)."""
+    epochs = [e for e in _records(epochs) if isinstance(e.get("mce"), Mapping)]
+    if not epochs:
+        return ""
+    names = list(_mapping(epochs[0]["mce"]))
+    xs = [_number(e.get("epoch")) for e in epochs]
+
+    def series(name: str, key: str) -> List[float]:
+        values = []
+        for e in epochs:
+            value = _number(_mapping(_mapping(e["mce"]).get(name)).get(key))
+            values.append(math.nan if value is None else value)
+        return values
+
+    panels = (("Auxiliary head accuracy", "aux_accuracy", True),
+              ("Mean Shapley value φ", "phi", True),
+              ("Under-learning b (mean per batch)", "b", False),
+              ("Inverse availability a", "a", False))
+
+    def draw(figure) -> None:
+        from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+        for index, (title, key, percent) in enumerate(panels):
+            axes = figure.add_subplot(1, len(panels), index + 1)
+            for name, colour in zip(names, _SERIES):
+                axes.plot(xs, series(name, key), marker="o", markersize=4, linewidth=1.8,
+                          color=colour, label=name)
+            if percent:
+                axes.set_ylim(-0.02, 1.02)
+                axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.grid(axis="y", color=_GRID)
+            axes.set(title=title, xlabel="Epoch")
+            axes.legend(frameon=False)
+
+    return _svg("mce", (3.6 * len(panels), 3.0), draw, layout="constrained")
+
+
 def _pattern_oa_svg(per_pattern: Any) -> str:
     """Overall accuracy per missing pattern as horizontal bars (no bar where it is None)."""
     rows = _records(per_pattern)
@@ -440,7 +480,7 @@ def _environment() -> jinja2.Environment:
         environment.globals.update(
             default_title=DEFAULT_TITLE, one_class_note=ONE_CLASS_NOTE,
             pattern_shares=_pattern_shares,
-            curves_svg=_curves_svg, pattern_oa_svg=_pattern_oa_svg,
+            curves_svg=_curves_svg, mce_svg=_mce_svg, pattern_oa_svg=_pattern_oa_svg,
             pattern_f1_svg=_pattern_f1_svg)
         _ENVIRONMENT = environment
     return _ENVIRONMENT
