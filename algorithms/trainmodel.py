@@ -30,7 +30,8 @@ from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, 
 from .engine_runner import run_engine
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
-MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY)
+MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY,
+                 SimulationMode.INDEPENDENT)
 
 
 class TrainModelAlgorithm(MamolAlgorithm):
@@ -178,7 +179,9 @@ class TrainModelAlgorithm(MamolAlgorithm):
             self.MISSING_MODE, self.tr("Missing-modality simulation"),
             options=[self.tr("None (real missingness only)"),
                      self.tr("Missing rate η over all incomplete patterns"),
-                     self.tr("Per-modality availability")], defaultValue=1),
+                     self.tr("Per-modality availability"),
+                     self.tr("Per-modality availability, each modality independently")],
+            defaultValue=1),
             "How modalities are hidden from training samples.")
         add_parameter(self, QgsProcessingParameterNumber(
             self.MISSING_RATE, self.tr("Missing rate η"), QgsProcessingParameterNumber.Double,
@@ -324,9 +327,10 @@ class TrainModelAlgorithm(MamolAlgorithm):
         mode = MISSING_MODES[self.parameterAsEnum(parameters, self.MISSING_MODE, context)]
         availability_keys = {"hs": self.HS_AVAILABILITY, "sar": self.SAR_AVAILABILITY,
                              "lidar": self.LIDAR_AVAILABILITY}
-        if mode is SimulationMode.AVAILABILITY:
+        if mode in (SimulationMode.AVAILABILITY, SimulationMode.INDEPENDENT):
             return ["--availability"] + [repr(self._float(parameters, availability_keys[n],
-                                                          context)) for n in names]
+                                                          context)) for n in names] + \
+                (["--independent"] if mode is SimulationMode.INDEPENDENT else [])
         if mode is SimulationMode.RATE and len(names) > 1:
             return ["--missing-rate", repr(self._float(parameters, self.MISSING_RATE,
                                                        context))]

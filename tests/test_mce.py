@@ -267,3 +267,26 @@ def test_command_line_options(small_scene, tmp_path):
     from mamol.core.errors import MamolInputError
     with pytest.raises(MamolInputError, match="--lambda-aux only apply with --mce"):
         cli.config_from_args(parser.parse_args(base + ["--lambda-aux", "2"]))
+
+
+def test_independent_availability_from_the_command_lines(small_scene, tmp_path):
+    from mamol.training import cli
+    from mamol.training.engine import build_parser
+    from mamol.training.evaluation import availability_simulation
+    from mamol.training.missing import SimulationMode
+    parser = build_parser()
+    config = cli.config_from_args(parser.parse_args(
+        ["train", "--hs", str(small_scene.hs), "--sar", str(small_scene.sar), "--lidar",
+         str(small_scene.lidar), "--polygons", str(small_scene.training_polygons),
+         "--class-field", "class_id", "--output", str(tmp_path / "m.mamol"),
+         "--availability", "0.2", "0.6", "1", "--independent"]))
+    assert config.simulation.mode is SimulationMode.INDEPENDENT
+    config.validate()
+    args = parser.parse_args(["evaluate", "--model", "m.mamol", "--hs", "x.tif", "--labels",
+                              "l.tif", "--report", "r.html", "--availability", "hs=0.2",
+                              "sar=0.6", "--independent"])
+    assert args.independent
+    simulation = availability_simulation(["hs", "sar", "lidar"], dict(args.availability),
+                                         independent=True)
+    assert simulation.mode is SimulationMode.INDEPENDENT
+    assert simulation.availability == (0.2, 0.6, 1.0)

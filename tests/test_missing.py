@@ -206,3 +206,31 @@ def test_valid_settings_pass_and_describe_themselves():
     assert "each of the 6 incomplete patterns on 10.0%" in rate(0.6).describe(NAMES)
     assert rate(0.6, seed=3).to_json() == {"mode": "rate", "missing_rate": 0.6,
                                            "availability": [], "seed": 3}
+
+
+def test_independent_availability_combines_per_modality_drops():
+    """HS 20 % / SAR 60 % / LiDAR 100 %: more missing than one-per-sample allows (120 %),
+    each modality present on exactly its share, patterns in product proportions."""
+    simulation = MissingSimulation(SimulationMode.INDEPENDENT,
+                                   availability=(0.2, 0.6, 1.0), seed=3)
+    simulation.validate(["hs", "sar", "lidar"])
+    with pytest.raises(MamolInputError, match="at most 100 %"):
+        MissingSimulation(SimulationMode.AVAILABILITY, availability=(0.2, 0.6, 1.0)
+                          ).validate(["hs", "sar", "lidar"])
+    shares = simulation.shares(3)
+    assert shares == pytest.approx({0b111: 0.12, 0b110: 0.48, 0b101: 0.08, 0b100: 0.32})
+    patterns = simulated_patterns(simulation, 1000, 3)
+    for bit, rate in enumerate((0.2, 0.6, 1.0)):
+        assert int(((patterns >> bit) & 1).sum()) == round(1000 * rate)
+    assert "independent" in simulation.describe(["hs", "sar", "lidar"])
+    assert simulation.to_json()["mode"] == "independent"
+
+
+def test_independent_availability_keeps_the_real_pattern_when_all_would_go():
+    simulation = MissingSimulation(SimulationMode.INDEPENDENT, availability=(0.5, 0.5),
+                                   seed=1)
+    assert simulation.shares(2)[0] == pytest.approx(0.25)
+    real = np.full(400, 0b11)
+    effective = apply_simulation(real, simulation, 2)
+    assert (effective != 0).all()
+    assert int((effective == 0b11).sum()) == 100 + 100   # complete, plus the emptied ones

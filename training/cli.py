@@ -99,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="η: share of incomplete samples, all incomplete patterns equally")
     missing.add_argument("--availability", type=float, nargs="+", metavar="A",
                          help="availability per given modality, in order hs sar lidar")
+    missing.add_argument("--independent", action="store_true",
+                         help="with --availability: drop each modality on its own (patterns "
+                              "combine; the missing shares may add up to more than 100 %%)")
     missing.add_argument("--table1", nargs=2, metavar=("ETA", "CASE"),
                          help="paper Table 1 row: η and missing_other | missing_hs | "
                               "missing_both (two modalities, HS first)")
@@ -127,8 +130,11 @@ def _simulation(args, names: Sequence[str]) -> MissingSimulation:
     if args.missing_rate is not None:
         return MissingSimulation(SimulationMode.RATE, missing_rate=args.missing_rate,
                                  seed=args.seed)
+    if args.independent and not args.availability:
+        raise MamolInputError("--independent applies to --availability only.")
     if args.availability:
-        return MissingSimulation(SimulationMode.AVAILABILITY,
+        return MissingSimulation(SimulationMode.INDEPENDENT if args.independent
+                                 else SimulationMode.AVAILABILITY,
                                  availability=tuple(args.availability), seed=args.seed)
     if args.table1:
         if len(names) != 2 or names[0] != "hs":

@@ -287,6 +287,9 @@ def _evaluate_parser(sub) -> None:
     forced.add_argument("--availability", nargs="+", type=_availability, default=[],
                         metavar="NAME=RATE", help="share of samples that keep a modality, "
                         "e.g. hs=0.5 (the others lose it, chosen with the seed)")
+    forced.add_argument("--independent", action="store_true",
+                        help="with --availability: force each modality on its own "
+                             "(patterns combine)")
     options = parser.add_argument_group("options")
     options.add_argument("--max-samples-per-class", type=int, default=0,
                          help="evaluate a seeded subset of each class (0 = all)")
@@ -323,7 +326,8 @@ def run_evaluate(args, channel: Channel, is_cancelled) -> Dict[str, object]:
         model_path=args.model, rasters=_rasters(args), labels=_label_source(args),
         report_html=str(report), report_json=str(report.with_suffix(".json")),
         absent=tuple(args.absent), availability=dict(args.availability),
-        simulation_seed=args.seed, max_samples_per_class=args.max_samples_per_class,
+        simulation_seed=args.seed, independent=args.independent,
+        max_samples_per_class=args.max_samples_per_class,
         max_missing_fraction=args.max_missing_fraction, batch_size=args.batch_size,
         device=args.device, precision=args.precision, seed=args.seed)
     result = evaluate(config, channel.progress, is_cancelled, log=channel.log,

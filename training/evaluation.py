@@ -64,6 +64,7 @@ class EvaluationConfig:
     absent: Tuple[str, ...] = ()                  # modalities to treat as not given
     availability: Mapping[str, float] = field(default_factory=dict)  # name -> a_m (< 1 forces)
     simulation_seed: int = 0                      # chooses the samples that lose a modality
+    independent: bool = False                     # each modality forced on its own
     max_samples_per_class: int = 0                # 0 = every labelled pixel
     max_missing_fraction: Optional[float] = None  # None = the model's
     batch_size: int = 0                           # samples per model call; 0 = automatic
@@ -105,9 +106,10 @@ class EvaluationResult:
 
 
 def availability_simulation(model_names: Sequence[str], rates: Mapping[str, float],
-                            seed: int = 0) -> MissingSimulation:
+                            seed: int = 0, independent: bool = False) -> MissingSimulation:
     """A per-modality availability simulation in model order from ``{name: rate}``
-    (unnamed modalities stay at 100 %); no simulation when every rate is 1."""
+    (unnamed modalities stay at 100 %; ``independent``: each modality dropped on its own);
+    no simulation when every rate is 1."""
     if all(rate >= 1.0 for rate in rates.values()):
         rates = {}
     if not rates:
@@ -117,7 +119,8 @@ def availability_simulation(model_names: Sequence[str], rates: Mapping[str, floa
         raise MamolInputError(
             f"Availability given for {', '.join(unknown)}, which the model does not use "
             f"(it uses {', '.join(model_names)}).")
-    return MissingSimulation(SimulationMode.AVAILABILITY,
+    return MissingSimulation(SimulationMode.INDEPENDENT if independent
+                             else SimulationMode.AVAILABILITY,
                              availability=tuple(float(rates.get(n, 1.0)) for n in model_names),
                              seed=seed)
 
@@ -178,7 +181,7 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
         raise MamolInputError(
             "Every given raster is forced absent; leave at least one modality to evaluate.")
     simulation = availability_simulation(model_names, config.availability,
-                                         config.simulation_seed)
+                                         config.simulation_seed, config.independent)
     simulation.validate(model_names)
     threshold = header.training.get("max_missing_fraction", 0.5) \
         if config.max_missing_fraction is None else config.max_missing_fraction

@@ -6,6 +6,12 @@ Two ways to say how many samples lose which modality, both from the paper:
   each of the 2^M − 2 incomplete, non-empty patterns gets η / (2^M − 2) of them; 1 − η
   stay complete. (The paper prints "M^2 − 2"; with M = 2 both give 2, and 2^M − 2 is the
   number of incomplete non-empty patterns, so that is what is meant.)
+* **Independent availability** a_m (for imbalanced missing rates, MCE's setting): each
+  modality m is dropped from a share 1 − a_m of the samples independently of the others,
+  so patterns combine (HS 20 % / SAR 60 % / LiDAR 100 % leaves HS + SAR + LiDAR on 12 %,
+  SAR + LiDAR on 48 %, HS + LiDAR on 8 % and LiDAR alone on 32 %); the pattern shares are
+  the products Π a_m or (1 − a_m), assigned in exact proportions like the others. A sample
+  whose every modality is dropped keeps its real pattern (as below).
 * **Per-modality availability** a_m (paper Table 3, and Table 1's "Train/Test HS other"
   columns): an incomplete sample lacks exactly one modality, modality m is dropped from
   a share 1 − a_m of the samples, and the rest stay complete. This reproduces the paper's
@@ -33,7 +39,8 @@ from ..core.windows import pattern_name
 class SimulationMode(str, enum.Enum):
     NONE = "none"                  # only the real missingness
     RATE = "rate"                  # missing rate η over all incomplete patterns
-    AVAILABILITY = "availability"  # per-modality availability rates
+    AVAILABILITY = "availability"  # per-modality availability rates, one missing per sample
+    INDEPENDENT = "independent"    # per-modality availability, each modality on its own
 
 
 class Table1Case(str, enum.Enum):
@@ -75,7 +82,7 @@ class MissingSimulation:
                 raise MamolInputError(
                     "Missing-modality simulation needs at least two modalities; only "
                     f"{', '.join(modality_names)} was given.")
-        if self.mode is SimulationMode.AVAILABILITY:
+        if self.mode in (SimulationMode.AVAILABILITY, SimulationMode.INDEPENDENT):
             if len(self.availability) != count:
                 raise MamolInputError(
                     f"Give one availability rate per modality ({', '.join(modality_names)}), "
@@ -85,13 +92,19 @@ class MissingSimulation:
                     raise MamolInputError(
                         f"The availability of {name} must be between 0 and 1, got {rate}.")
             dropped = sum(1.0 - rate for rate in self.availability)
+            if self.mode is SimulationMode.INDEPENDENT:
+                if count < 2 and dropped > 0:
+                    raise MamolInputError(
+                        "An availability below 100 % needs at least two modalities.")
+                return
             if dropped > 1.0 + 1e-9:
                 rates = ", ".join(f"{n} {r:.0%}" for n, r in zip(modality_names,
                                                                   self.availability))
                 raise MamolInputError(
                     f"Availabilities {rates} would remove a modality from {dropped:.0%} of "
                     "the samples, but each incomplete sample lacks exactly one modality, so "
-                    "the missing shares (1 − availability) must add up to at most 100 %.")
+                    "the missing shares (1 − availability) must add up to at most 100 % "
+                    "(independent availability has no such limit).")
             if count < 2 and dropped > 0:
                 raise MamolInputError(
                     "An availability below 100 % needs at least two modalities.")
@@ -104,6 +117,15 @@ class MissingSimulation:
             each = self.missing_rate / len(incomplete)
             shares = {p: each for p in incomplete}
             shares[full] = 1.0 - self.missing_rate
+            return shares
+        if self.mode is SimulationMode.INDEPENDENT:
+            shares = {}
+            for pattern in range(full + 1):
+                share = 1.0
+                for m, rate in enumerate(self.availability):
+                    share *= rate if pattern & (1 << m) else 1.0 - rate
+                if share > 0:
+                    shares[pattern] = share
             return shares
         if self.mode is SimulationMode.AVAILABILITY:
             shares = {full & ~(1 << m): 1.0 - rate for m, rate in enumerate(self.availability)
@@ -118,6 +140,10 @@ class MissingSimulation:
             return (f"missing rate η = {self.missing_rate:.0%}: each of the {count} incomplete "
                     f"patterns on {self.missing_rate / max(count, 1):.1%} of the samples, "
                     f"{1 - self.missing_rate:.0%} complete (seed {self.seed})")
+        if self.mode is SimulationMode.INDEPENDENT:
+            rates = ", ".join(f"{n} {r:.0%}" for n, r in zip(modality_names, self.availability))
+            return (f"independent per-modality availability {rates}; each modality dropped "
+                    f"on its own (seed {self.seed})")
         if self.mode is SimulationMode.AVAILABILITY:
             rates = ", ".join(f"{n} {r:.0%}" for n, r in zip(modality_names, self.availability))
             return (f"per-modality availability {rates}; each incomplete sample lacks one "
