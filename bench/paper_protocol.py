@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -49,6 +50,7 @@ from mamol.core.model_file import software_versions  # noqa: E402
 from mamol.training.evaluation import (EvaluationConfig, availability_simulation,  # noqa: E402
                                        evaluate)
 from mamol.training.labels import SplitConfig  # noqa: E402
+from mamol.training.mce import MceConfig  # noqa: E402
 from mamol.training.missing import (Table1Case,  # noqa: E402
                                     table1_availability)
 from mamol.training.trainer import TrainingConfig, train_model  # noqa: E402
@@ -109,16 +111,32 @@ class Run:
     modalities: Tuple[str, ...]
     availability: Tuple[float, ...]   # per modality in ``modalities``
     experts: str = "full"
+    independent: bool = False         # each modality dropped on its own (imbalance table)
+    mce: bool = False                 # MaMOL + MCE (imbalance table)
+    seed: Optional[int] = None        # None: the command's --seed
 
     @property
     def key(self) -> str:
         rates = "-".join(f"{m}{round(100 * a)}" for m, a in zip(self.modalities,
                                                                   self.availability))
-        return f"{self.experts}_{rates}"
+        key = f"{self.experts}_{rates}"
+        if self.independent:
+            key += "_independent"
+        if self.mce:
+            key += "_mce"
+        if self.seed is not None:
+            key += f"_seed{self.seed}"
+        return key
+
+
+#: The imbalance table's availabilities (issue 16): three modalities, and HS against the rest.
+IMBALANCE_THREE = ((0.2, 0.6, 1.0), (0.1, 1.0, 1.0))
+IMBALANCE_PAIR = ((0.2, 1.0), (0.1, 1.0))
 
 
 def planned_runs(tables: Sequence[int], names: Sequence[str], other: str,
-                 rates: Sequence[float]) -> Dict[str, List[Tuple[str, Run]]]:
+                 rates: Sequence[float], seeds: Sequence[int] = (0, 1, 2)
+                 ) -> Dict[str, List[Tuple[str, Run]]]:
     """The runs of each table, as (row label, run); a run shared by two tables runs once."""
     plan: Dict[str, List[Tuple[str, Run]]] = {}
     pair = ("hs", other)
@@ -140,12 +158,20 @@ def planned_runs(tables: Sequence[int], names: Sequence[str], other: str,
         plan["5"] = [(f"{experts}|{eta}", Run(pair, table1_availability(
             eta, Table1Case.MISSING_BOTH), experts)) for experts, _ in ABLATIONS
             for eta in rates]
+    if 6 in tables:
+        three = tuple(names) == ("hs", "sar", "lidar")
+        modalities = ("hs", "sar", "lidar") if three else pair
+        rows = IMBALANCE_THREE if three else IMBALANCE_PAIR
+        plan["6"] = [(f"{'|'.join(map(str, row))}|{'mce' if mce else 'mamol'}|{seed}",
+                      Run(modalities, row, independent=True, mce=mce, seed=seed))
+                     for row in rows for mce in (False, True) for seed in seeds]
     return plan
 
 
 def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, seed: int,
              folder: Path) -> Dict[str, object]:
     """Train and evaluate one run (or read its earlier result)."""
+    seed = seed if run.seed is None else run.seed
     result_path = folder / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
@@ -153,7 +179,7 @@ def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, s
     rasters = dict(dataset.modalities)
     modalities = tuple((name, rasters[name]) for name in run.modalities)
     training_simulation = availability_simulation(run.modalities, dict(
-        zip(run.modalities, run.availability)), seed)
+        zip(run.modalities, run.availability)), seed, run.independent)
     started = time.perf_counter()
     trained = train_model(TrainingConfig(
         modalities=modalities, polygons=dataset.train,
@@ -164,7 +190,8 @@ def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, s
         warmup_fraction=settings.warmup_fraction,
         split=SplitConfig(validation_fraction=0.0, max_train_per_class=settings.train_per_class,
                           min_pixels_per_class=1, seed=seed),
-        simulation=training_simulation, device=settings.device, seed=seed),
+        simulation=training_simulation, device=settings.device,
+        mce=MceConfig() if run.mce else None, seed=seed),
         log=lambda line: LOG.debug(line))
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -173,6 +200,7 @@ def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, s
         report_json=str(folder / "evaluation.json"),
         report_html=str(folder / "evaluation.html"),
         availability=dict(zip(run.modalities, run.availability)), simulation_seed=seed + 1,
+        independent=run.independent,
         max_samples_per_class=settings.test_per_class, device=settings.device, seed=seed),
         log=lambda line: LOG.debug(line))
     evaluation = evaluated.summary["evaluation"]
@@ -247,7 +275,62 @@ def markdown(plan: Dict[str, List[Tuple[str, Run]]], results: Dict[str, Dict[str
             lines.append(f"| {title} (`{experts}`) | " + " | ".join(
                 "—" if v is None else f"{v:.2f}" for v in values) + f" | {average} |")
         parts.append("\n".join(lines))
+    if "6" in plan:
+        parts.append(_imbalance_markdown(plan["6"], results))
     return "\n\n".join(parts) + "\n"
+
+
+def _spread(values: Sequence[float]) -> str:
+    """mean ± sample standard deviation, in percent; "—" when nothing is there."""
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{100 * mean:.2f}"
+    deviation = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{100 * mean:.2f} ± {100 * deviation:.2f}"
+
+
+def _imbalance_markdown(rows: List[Tuple[str, Run]], results) -> str:
+    """MaMOL against MaMOL + MCE per availability row: OA and κ as mean ± standard deviation
+    over the seeds, OA per missing pattern, and whether the gap exceeds the spread."""
+    names = rows[0][1].modalities
+    lines = ["### Imbalanced availability — MaMOL vs MaMOL + MCE (independent per-modality "
+             "availability, train = test; OA % / κ × 100, mean ± std over seeds)", "",
+             "| " + " | ".join(modality_label(n) for n in names) +
+             " | Method | Seeds | OA | κ | OA per pattern |",
+             "|" + "---:|" * len(names) + "---|---:|---:|---:|---|"]
+    groups: Dict[Tuple, List[Dict[str, object]]] = {}
+    for _, run in rows:
+        groups.setdefault((run.availability, run.mce), [])
+        record = results.get(run.key)
+        if record and record.get("oa") is not None:
+            groups[(run.availability, run.mce)].append(record)
+    verdicts = []
+    for (availability, mce), records in groups.items():
+        patterns: Dict[str, List[float]] = {}
+        for record in records:
+            for entry in record["per_pattern"]:
+                if entry.get("oa") is not None:
+                    patterns.setdefault(entry["pattern"], []).append(entry["oa"])
+        per_pattern = ", ".join(f"{p} {_spread(v)}" for p, v in sorted(patterns.items()))
+        lines.append("| " + " | ".join(_pct(a) for a in availability) +
+                     f" | {'MaMOL + MCE' if mce else 'MaMOL'} | {len(records)} | "
+                     f"{_spread([r['oa'] for r in records])} | "
+                     f"{_spread([r['kappa'] for r in records if r.get('kappa') is not None])}"
+                     f" | {per_pattern or '—'} |")
+        if mce and groups.get((availability, False)):
+            plain = [r["oa"] for r in groups[(availability, False)]]
+            ours = [r["oa"] for r in records]
+            if len(plain) > 1 and len(ours) > 1:
+                gap = sum(ours) / len(ours) - sum(plain) / len(plain)
+                spread = max(max(plain) - min(plain), max(ours) - min(ours))
+                verdicts.append(
+                    f"- {' / '.join(_pct(a) for a in availability)}: MCE − MaMOL = "
+                    f"{100 * gap:+.2f} OA points; the larger seed range is "
+                    f"{100 * spread:.2f} points, so the gap "
+                    f"{'exceeds' if abs(gap) > spread else 'does not exceed'} the spread.")
+    return "\n".join(lines + [""] + verdicts)
 
 
 def prepare_dataset(args, folder: Path) -> protocol_datasets.Dataset:
@@ -279,7 +362,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--settings", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--tables", type=int, nargs="+", default=None,
-                        help="which of 1 3 5 (default: every table the dataset allows)")
+                        help="which of 1 3 5 6 (6: the imbalance table, MaMOL vs MaMOL + "
+                             "MCE; default: every paper table the dataset allows)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds of the imbalance table (default 0 1 2)")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     parser.add_argument("--other", help="the non-HS modality of Tables 1 and 5")
     parser.add_argument("--seed", type=int, default=0)
@@ -313,7 +399,7 @@ def _run(args) -> int:
         raise MamolInputError(f"--other must be one of the dataset's non-HS modalities "
                               f"({', '.join(n for n in names if n != 'hs')}), got {other}.")
     tables = args.tables or ([1, 3, 5] if tuple(names) == ("hs", "sar", "lidar") else [1, 5])
-    plan = planned_runs(tables, names, other, args.rates)
+    plan = planned_runs(tables, names, other, args.rates, args.seeds)
     runs = {run.key: run for rows in plan.values() for _, run in rows}
     LOG.info("%s: %d runs (%s settings: %s, P=%d, %d epochs) into %s", dataset.name,
              len(runs), args.settings, settings.arch, settings.patch_size, settings.epochs,
