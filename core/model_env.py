@@ -384,12 +384,12 @@ torch_compat = importlib.import_module(sys.argv[2] + ".core.torch_compat")
 open_clip = torch_compat.import_open_clip()
 import numpy, safetensors, torch, torchvision
 from osgeo import gdal
-print("MAMOL-ENV " + json.dumps({
+sys.stdout.write("MAMOL-ENV " + json.dumps({
     "prefix": sys.prefix, "python": sys.version.split()[0], "torch": torch.__version__,
     "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
     "safetensors": safetensors.__version__, "numpy": numpy.__version__,
     "gdal": gdal.__version__, "cuda": torch.version.cuda,
-    "cuda_available": bool(torch.cuda.is_available())}))
+    "cuda_available": bool(torch.cuda.is_available())}) + "\\n")
 """
 
 
@@ -408,9 +408,9 @@ try:
     version = numpy.__version__
 except ImportError:
     version = None
-print("MAMOL-BASE " + json.dumps({
+sys.stdout.write("MAMOL-BASE " + json.dumps({
     "numpy": version, "python": sys.version.split()[0],
-    "missing": [n for n in sys.argv[1:] if importlib.util.find_spec(n) is None]}))
+    "missing": [n for n in sys.argv[1:] if importlib.util.find_spec(n) is None]}) + "\\n")
 """
 
 
