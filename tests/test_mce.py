@@ -290,3 +290,28 @@ def test_independent_availability_from_the_command_lines(small_scene, tmp_path):
                                          independent=True)
     assert simulation.mode is SimulationMode.INDEPENDENT
     assert simulation.availability == (0.2, 0.6, 1.0)
+
+
+def test_mce_trains_and_classifies_with_a_bf16_tower(small_scene, tmp_path):
+    """The dtype path the GPU takes (bf16 frozen tower, fp32 pooled features into the
+    fusion, auxiliary heads and completion predictor), run on the CPU."""
+    from conftest import tiny_training_config
+
+    from mamol.core.inference import ClassifyConfig, classify
+    from mamol.training.missing import MissingSimulation, SimulationMode
+    from mamol.training.trainer import train_model
+    config = tiny_training_config(
+        small_scene, tmp_path / "bf16.mamol", epochs=2, precision="bf16",
+        mce=mce.MceConfig(),
+        simulation=MissingSimulation(SimulationMode.INDEPENDENT,
+                                     availability=(0.3, 0.7, 1.0), seed=4))
+    result = train_model(config)
+    assert result.summary["timing"]["precision"] == "bfloat16"
+    history = result.summary["epochs"]
+    assert all(math.isfinite(r["train_loss"]) for r in history)
+    assert all(math.isfinite(r["mce"][m]["phi"]) for r in history for m in r["mce"])
+    classified = classify(ClassifyConfig(
+        model_path=str(result.model_path), rasters=(("sar", str(small_scene.sar)),
+                                                    ("lidar", str(small_scene.lidar))),
+        output_classes=str(tmp_path / "c.tif"), stride=8, device="cpu", precision="bf16"))
+    assert sum(classified.class_counts.values()) > 0
