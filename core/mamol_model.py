@@ -26,6 +26,11 @@ Decision: the top-k gates are the router's softmax probabilities, not renormalis
 selected experts; with k = 1 renormalising would make every gate 1 and cut the router off
 from the gradient.
 
+Model kinds (issue 17): the *pixel* kind above is the paper's; the *tile* kind shares every
+part but classifies all P² pixel tokens of the last block, each through ``ln_post`` and
+``proj`` and the same head (:meth:`MamolModel.forward_tiles`), so one pass per modality
+labels a whole tile. A pixel model's file and tensors are exactly what they were.
+
 Precision (one rule book for the CPU and CUDA, no autocast): the frozen tower holds its
 weights in the *compute dtype* (fp32, or bf16 via :meth:`MamolModel.set_compute_dtype`)
 and every activation of the tower is in that dtype. Trainable tensors stay fp32 and are
@@ -51,6 +56,13 @@ from torch import nn
 
 from .devices import CompileMode, to_device
 from .errors import MamolInputError
+
+
+class ModelKind(str, enum.Enum):
+    """What one encoder pass labels (issue 17)."""
+
+    PIXEL = "pixel"   # the paper's model: one P x P window per pixel, its CLS feature
+    TILE = "tile"     # every pixel token of a P x P tile, one pass per tile and modality
 
 
 class ExpertSet(str, enum.Enum):
@@ -88,17 +100,22 @@ class AdapterConfig:
     embedding_dim: int = 64    # size of the pattern and modality embeddings e(.)
     experts: ExpertSet = ExpertSet.FULL
     mce: bool = False          # MCE training mode: fusion module, auxiliary heads, completion
+    kind: ModelKind = ModelKind.PIXEL  # per-pixel windows (the paper) or dense tiles
 
     def to_json(self) -> Dict[str, object]:
-        record = dict(dataclasses.asdict(self), experts=self.experts.value)
+        record = dict(dataclasses.asdict(self), experts=self.experts.value,
+                      kind=ModelKind(self.kind).value)
         if not self.mce:
             del record["mce"]   # a plain MaMOL model's header stays what it always was
+        if ModelKind(self.kind) is ModelKind.PIXEL:
+            del record["kind"]  # likewise: files without the key are pixel models
         return record
 
     @classmethod
     def from_json(cls, record: Mapping[str, object]) -> "AdapterConfig":
         values = dict(record)
         values["experts"] = ExpertSet(values.get("experts", "full"))
+        values["kind"] = ModelKind(values.get("kind", ModelKind.PIXEL.value))
         return cls(**values)
 
     def validate(self, backbone_layers: int) -> None:
@@ -298,6 +315,7 @@ class MamolEncoder(nn.Module):
         self._position_cache: Dict[tuple, torch.Tensor] = {}
         self._pool_class_token = _pools_class_token(visual)
         self._compiled = None
+        self._compiled_tokens = None
         self.freeze_backbone()
 
     def freeze_backbone(self) -> None:
@@ -329,6 +347,8 @@ class MamolEncoder(nn.Module):
         mode = CompileMode(mode)
         self._compiled = (None if mode is CompileMode.OFF
                           else torch.compile(self._encode, mode=mode.value))
+        self._compiled_tokens = (None if mode is CompileMode.OFF
+                                 else torch.compile(self._encode_tokens, mode=mode.value))
 
     def position_embedding(self, patch: int) -> torch.Tensor:
         """Frozen CLS + grid position embedding for a P x P token grid (interpolated)."""
@@ -353,10 +373,20 @@ class MamolEncoder(nn.Module):
         return run(tokens.to(self.compute_dtype), position, context.pattern_embedding,
                    context.modality_embedding, context.modality_index)
 
-    def _encode(self, tokens: torch.Tensor, position: torch.Tensor,
-                pattern_embedding: Optional[torch.Tensor],
-                modality_embedding: Optional[torch.Tensor], modality_index: int) -> torch.Tensor:
-        context = RoutingContext(pattern_embedding, modality_embedding, modality_index)
+    def encode_tokens(self, tokens: torch.Tensor, context: "RoutingContext") -> torch.Tensor:
+        """Encode (batch, P², D) tokens of one modality into per-token features
+        (batch, P², output_dim) in the compute dtype (the tile model kind): the last block's
+        pixel tokens through the frozen ``ln_post`` and ``proj``, token by token; the CLS
+        token is dropped. ``tokens`` are cast to the compute dtype first."""
+        patch = int(round(math.sqrt(tokens.shape[1])))
+        position = self.position_embedding(patch)
+        run = self._compiled_tokens or self._encode_tokens
+        return run(tokens.to(self.compute_dtype), position, context.pattern_embedding,
+                   context.modality_embedding, context.modality_index)
+
+    def _blocks(self, tokens: torch.Tensor, position: torch.Tensor,
+                context: "RoutingContext") -> torch.Tensor:
+        """The last block's output (batch, 1 + P², D): CLS + tokens through the tower."""
         visual = self.visual
         batch = tokens.shape[0]
         cls = visual.class_embedding.expand(batch, 1, -1)
@@ -368,6 +398,27 @@ class MamolEncoder(nn.Module):
             if index >= self.first_adapted and self.adapters:
                 update = update + self.adapters[index - self.first_adapted](z, context)
             x = x + update
+        return x
+
+    def _encode_tokens(self, tokens: torch.Tensor, position: torch.Tensor,
+                       pattern_embedding: Optional[torch.Tensor],
+                       modality_embedding: Optional[torch.Tensor],
+                       modality_index: int) -> torch.Tensor:
+        context = RoutingContext(pattern_embedding, modality_embedding, modality_index)
+        x = self._blocks(tokens, position, context)
+        # ln_post is per token, so applying it to the pixel tokens is what the tower does to
+        # the CLS token before pooling; proj maps each token into the feature space f_m.
+        features = self.visual.ln_post(x[:, 1:])
+        if self.visual.proj is not None:
+            features = features @ self.visual.proj
+        return features
+
+    def _encode(self, tokens: torch.Tensor, position: torch.Tensor,
+                pattern_embedding: Optional[torch.Tensor],
+                modality_embedding: Optional[torch.Tensor], modality_index: int) -> torch.Tensor:
+        context = RoutingContext(pattern_embedding, modality_embedding, modality_index)
+        visual = self.visual
+        x = self._blocks(tokens, position, context)
         if self._pool_class_token:
             pooled = visual.ln_post(x[:, 0])
         else:
@@ -427,6 +478,8 @@ class MamolModel(nn.Module):
             raise MamolInputError(f"Modality names must be unique, got {names}.")
         if class_count < 2:
             raise MamolInputError(f"A classifier needs at least 2 classes, got {class_count}.")
+        if ModelKind(config.kind) is ModelKind.TILE and config.mce:
+            raise MamolInputError("MCE is available for the pixel model kind only.")
         self.modalities = list(modalities)
         self.config = config
         self.encoder = MamolEncoder(visual, len(modalities), config)
@@ -468,16 +521,32 @@ class MamolModel(nn.Module):
         self.encoder.set_compute_dtype(dtype)
         return self
 
-    def encode(self, index: int, window: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-        """Feature f_m (compute dtype) of modality ``index`` for samples that have it."""
-        context = RoutingContext(
+    @property
+    def kind(self) -> ModelKind:
+        """The model kind: per-pixel windows or dense tiles."""
+        return ModelKind(self.config.kind)
+
+    def _routing_context(self, index: int, pattern: torch.Tensor) -> RoutingContext:
+        return RoutingContext(
             pattern_embedding=(self.pattern_embedding(pattern)
                                if self.pattern_embedding is not None else None),
             modality_embedding=(self.modality_embedding.weight[index]
                                 if self.modality_embedding is not None else None),
             modality_index=index)
+
+    def encode(self, index: int, window: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+        """Feature f_m (compute dtype) of modality ``index`` for samples that have it."""
+        context = self._routing_context(index, pattern)
         tokens = self.token_embeddings[self.modalities[index].name](window)
         return self.encoder(tokens, context)
+
+    def encode_tiles(self, index: int, tiles: torch.Tensor,
+                     tile_pattern: torch.Tensor) -> torch.Tensor:
+        """Per-token features (batch, P², output_dim), compute dtype, of modality ``index``
+        for tiles that have it somewhere; the router sees ``tile_pattern`` (batch,)."""
+        context = self._routing_context(index, tile_pattern)
+        tokens = self.token_embeddings[self.modalities[index].name](tiles)
+        return self.encoder.encode_tokens(tokens, context)
 
     def forward(self, windows: Mapping[str, torch.Tensor], pattern: torch.Tensor) -> torch.Tensor:
         """fp32 class logits (batch, K): :meth:`classify_features` of :meth:`features`."""
@@ -526,6 +595,91 @@ class MamolModel(nn.Module):
             feature = self.head.weight.new_zeros(batch, self.encoder.output_dim)
             features.append(feature.index_copy(0, rows, encoded.float()))
         return torch.stack(features, dim=1)
+
+    def tile_pattern(self, pixel_patterns: torch.Tensor) -> torch.Tensor:
+        """(batch,) int64: the pattern of each tile (batch, P, P) of pixel patterns, the union
+        (bitwise OR) of the modalities present at any of its pixels — the modalities whose
+        encoder pass runs for the tile (see :meth:`forward_tiles`)."""
+        flat = pixel_patterns.reshape(pixel_patterns.shape[0], -1)
+        union = torch.zeros(flat.shape[0], dtype=torch.int64, device=flat.device)
+        for bit in range(len(self.modalities)):
+            union |= (((flat >> bit) & 1).amax(dim=1) << bit)
+        return union
+
+    def forward_tiles(self, windows: Mapping[str, torch.Tensor],
+                      pixel_patterns: torch.Tensor) -> torch.Tensor:
+        """fp32 class logits (batch, K, P, P) of every pixel of each tile (tile model kind).
+
+        One encoder pass per tile and modality present somewhere in it: the last block's
+        pixel tokens go through the frozen ``ln_post`` and ``proj`` one by one, the M
+        modalities' token features are concatenated (zeros where missing) and the pixel
+        model's linear head classifies each token.
+
+        Missing pattern per pixel: modality m's pass is skipped for a tile where m is
+        missing at every pixel; where it ran, its token features are zeroed at the pixels
+        whose pattern marks m missing, so such a pixel is classified from the same feature
+        layout as a pixel sample with that pattern.
+
+        Decision (mixed tiles): the router's pattern e(pattern) for a tile is the union of
+        the modalities present at any of its pixels, i.e. exactly the set of passes run for
+        the tile. A pass is one token sequence whose attention mixes all its tokens, so its
+        routing context is per pass, not per token: what a token's features hold depends on
+        which modalities were encoded for the tile, and the union names those. Per-pixel
+        differences inside the tile reach the head through the zeroing above. In a tile with
+        one pattern everywhere (the common case away from coverage edges) the union is that
+        pattern, the one the pixel model's router would see.
+
+        Args:
+            windows: modality name -> (batch, bands, P, P) normalised fp32 tiles. A modality
+                missing in every tile may be left out; values at pixels marked missing are
+                never needed (they enter a pass only as context of present pixels).
+            pixel_patterns: (batch, P, P) int64 bitmask per pixel, bit m = modality m
+                present. Pass it on the CPU (see :meth:`features`).
+        """
+        features = self.tile_features(windows, pixel_patterns)   # (batch, P², M, D)
+        batch, tokens = features.shape[:2]
+        patch = int(round(math.sqrt(tokens)))
+        logits = self.head(features.flatten(2))                  # (batch, P², K)
+        return logits.transpose(1, 2).reshape(batch, -1, patch, patch)
+
+    def tile_features(self, windows: Mapping[str, torch.Tensor],
+                      pixel_patterns: torch.Tensor) -> torch.Tensor:
+        """fp32 per-token features (batch, P², M, D): zeros at the pixels where modality m is
+        missing, and for the whole tile where it is missing at every pixel (not encoded)."""
+        if self.kind is not ModelKind.TILE:
+            raise MamolInputError("forward_tiles needs a model of the tile kind.")
+        device = self.head.weight.device
+        on_host = pixel_patterns.cpu().long()
+        batch = on_host.shape[0]
+        tokens = on_host.shape[1] * on_host.shape[2]
+        per_pixel = on_host.reshape(batch, tokens)
+        tile_pattern = self.tile_pattern(on_host)
+        tile_pattern_device = to_device(tile_pattern, device)
+        width = self.encoder.output_dim
+        features: List[torch.Tensor] = []
+        for index, spec in enumerate(self.modalities):
+            present_tile = ((tile_pattern >> index) & 1).bool()
+            count = int(present_tile.sum())
+            if count == 0:
+                features.append(self.head.weight.new_zeros(batch, tokens, width))
+                continue
+            if spec.name not in windows:
+                raise MamolInputError(
+                    f"The pattern marks modality '{spec.name}' present but no window was "
+                    "given for it.")
+            window = windows[spec.name]
+            present_pixel = to_device(((per_pixel >> index) & 1).bool(), device)[..., None]
+            if count == batch:
+                encoded = self.encode_tiles(index, window, tile_pattern_device).float()
+                features.append(torch.where(present_pixel, encoded, 0.0))
+                continue
+            rows = to_device(torch.nonzero(present_tile, as_tuple=True)[0], device)
+            encoded = self.encode_tiles(index, window.index_select(0, rows),
+                                        tile_pattern_device.index_select(0, rows)).float()
+            feature = self.head.weight.new_zeros(batch, tokens, width)
+            feature = feature.index_copy(0, rows, encoded)
+            features.append(torch.where(present_pixel, feature, 0.0))
+        return torch.stack(features, dim=2)
 
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         """Only the tensors that training changes (everything but the frozen backbone)."""
