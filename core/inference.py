@@ -23,6 +23,13 @@
   given. The model runs the encoder only for (pixel, modality) pairs present. With a
   stride s only the centre pixel of each s×s cell is classified and the cell takes its
   result (nearest upsampling), for fast previews.
+* **Tile models** (issue 17). A model of the tile kind labels every pixel of a P×P tile in
+  one pass per modality. Tiles overlap on a lattice of the full grid (every S = P/2
+  pixels) and each pixel takes the prediction of the tile in whose central S×S cell it
+  lies (:func:`core.windows.tile_layout`); blocks read a further halo of P − 1 pixels
+  (:func:`core.windows.tile_halo`), so results do not depend on the block size or the
+  extent. The per-pixel missing pattern is the same rule as above; a tile's pass of a
+  modality runs when the modality is present at any of its pixels. Stride must be 1.
 * **Unfamiliar input.** Per modality, the share of classified pixels whose values lie far
   from the training data (:mod:`core.value_range`) is logged, written into the class
   raster's metadata (``MAMOL_FAR_SHARE_<MODALITY>``) and warned about above 5 %; the run
@@ -54,7 +61,7 @@ from .raster_io import (DEFAULT_GDAL_CACHE_MB, VECTOR_MEMORY_DRIVER, create_geot
                         gdal_cache_limit)
 from .staging import staged_files
 from .value_range import FarTally
-from .windows import DEFAULT_MAX_MISSING_FRACTION, window_offset
+from .windows import DEFAULT_MAX_MISSING_FRACTION, tile_halo, tile_layout, window_offset
 
 LOG = logging.getLogger(__name__)
 
@@ -133,6 +140,7 @@ class ClassifyResult:
     pattern_counts: Dict[int, int]      # modalities-used code -> pixels (0 = none)
     seconds: float
     pixels_per_second: float            # classified (target) pixels per second
+    encoder_passes: Optional[int] = None  # tile models: (tile, modality) passes run
 
 
 def class_nodata(values: Sequence[int]) -> Tuple[np.dtype, int]:
@@ -312,8 +320,10 @@ class _Block:
     pattern: np.ndarray                  # (height, width) int64 bitmask per pixel
     anchor_rows: np.ndarray              # grid row classified for each block row
     anchor_cols: np.ndarray
-    bands: Dict[str, np.ndarray]         # name -> (bands, height + P - 1, width + P - 1)
+    bands: Dict[str, np.ndarray]         # name -> (bands, height + 2 margin + P - 1, ...)
     far: FarTally                        # the block's pixels against the training data
+    margin: int = 0                      # extra pixels read on every side (tile models)
+    outer_pattern: Optional[np.ndarray] = None  # pattern of the block with its margin
 
 
 class _BlockReader:
@@ -336,35 +346,46 @@ class _BlockReader:
                                np.asarray(m.std, np.float32)[:, None, None])
                       for m in header.modalities}
 
-    def read(self, col0: int, row0: int, width: int, height: int) -> _Block:
+    def read(self, col0: int, row0: int, width: int, height: int, margin: int = 0) -> _Block:
+        """The block at (col0, row0) of width x height pixels; with a ``margin`` the pattern
+        and bands also cover ``margin`` pixels beyond every edge (mirrored past the grid's
+        edges, masked like the block), which a tile model's tiles reach into."""
         patch, offset = self.patch, window_offset(self.patch)
-        pattern = np.zeros((height, width), dtype=np.int64)
+        outer_h, outer_w = height + 2 * margin, width + 2 * margin
+        pattern = np.zeros((outer_h, outer_w), dtype=np.int64)
+        inner = (slice(margin, margin + height), slice(margin, margin + width))
+        own_rows = slice(offset + margin, offset + margin + height)
+        own_cols = slice(offset + margin, offset + margin + width)
         bands, valid = {}, {}
         for name in self.order:
-            raw = self.aligned[name].read(self.crop[0] + col0 - offset,
-                                          self.crop[1] + row0 - offset,
-                                          width + patch - 1, height + patch - 1)
+            raw = self.aligned[name].read(self.crop[0] + col0 - margin - offset,
+                                          self.crop[1] + row0 - margin - offset,
+                                          outer_w + patch - 1, outer_h + patch - 1)
             present = window_presence(np.isnan(raw).any(axis=0), patch, self.threshold)
             pattern |= present.astype(np.int64) << self.bits[name]
             mean, std = self.stats[name]
-            own = raw[:, offset:offset + height, offset:offset + width]
+            own = raw[:, own_rows, own_cols]
             valid[name] = np.isfinite(own).all(axis=0)
             bands[name] = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
         if self.mask_layer is not None:
-            inside = _mask_block(self.mask_layer, self.grid, col0, row0, width, height)
+            inside = _mask_block(self.mask_layer, self.grid, col0 - margin, row0 - margin,
+                                 outer_w, outer_h)
             pattern[~inside] = 0
+        outer_pattern = pattern
+        pattern = outer_pattern[inner] if margin else outer_pattern
         far = FarTally(self.order)
         for name, finite in valid.items():
             # Pixels where the model uses this modality (present, inside the mask) count.
             counted = finite & (((pattern >> self.bits[name]) & 1) > 0)
-            own = bands[name][:, offset:offset + height, offset:offset + width]
+            own = bands[name][:, own_rows, own_cols]
             far.add(name, own[:, counted])
         # Anchor pixels (the ones classified) of this block, in grid coords; with stride 1
         # every pixel is its own anchor. Anchors lie inside the block because blocks are
         # whole multiples of the stride.
         return _Block(col0, row0, width, height, pattern,
                       _anchors(row0, height, self.stride, self.grid.height),
-                      _anchors(col0, width, self.stride, self.grid.width), bands, far)
+                      _anchors(col0, width, self.stride, self.grid.width), bands, far,
+                      margin, outer_pattern)
 
 
 def _classify_block(model, block: _Block, device, batch_size: int, patch: int,
@@ -407,6 +428,65 @@ def _classify_block(model, block: _Block, device, batch_size: int, patch: int,
     return probabilities[:, a_rows, a_cols], anchor_pattern, int(todo_r.size)
 
 
+def _classify_tiles(model, block: _Block, phase: Tuple[int, int], device, batch_size: int,
+                    patch: int, class_count: int, reporter: Reporter):
+    """The tile model kind's :func:`_classify_block`: (probabilities (K, h, w) float32, NaN
+    where not classified, the pixels' pattern (h, w), number classified, encoder passes).
+
+    ``phase`` is (column, row) of the block's first pixel within its lattice cell
+    (:func:`core.windows.tile_layout`, full-grid coordinates modulo S); the block was read
+    with a margin of :func:`core.windows.tile_halo`. Each tile whose central S x S cell holds
+    a pixel to classify runs once, and that cell takes its probabilities."""
+    torch = torch_compat.import_torch()
+    stride, lead = tile_layout(patch)
+    height, width, pattern = block.height, block.width, block.pattern
+    margin, outer = block.margin, block.outer_pattern
+    phase_c, phase_r = phase
+    cells_r, cells_c = -(-(height + phase_r) // stride), -(-(width + phase_c) // stride)
+    probabilities = np.full((class_count, cells_r, stride, cells_c, stride), np.nan,
+                            dtype=np.float32)
+    inner = (slice(None), slice(phase_r, phase_r + height), slice(phase_c, phase_c + width))
+    padded = np.zeros((cells_r * stride, cells_c * stride), dtype=bool)
+    padded[inner[1:]] = pattern > 0
+    wanted = padded.reshape(cells_r, stride, cells_c, stride).any(axis=(1, 3))
+    cell_r, cell_c = np.nonzero(wanted)
+    count = int((pattern > 0).sum())
+    if cell_r.size == 0:
+        return probabilities.reshape(class_count, cells_r * stride, -1)[inner], pattern, 0, 0
+    # each tile's first row/column in the outer pattern (the block with its margin)
+    tile_r = margin - phase_r - lead + cell_r * stride
+    tile_c = margin - phase_c - lead + cell_c * stride
+    ramp = np.arange(patch)
+    pixel_patterns = torch.from_numpy(np.ascontiguousarray(
+        outer[(tile_r[:, None] + ramp)[:, :, None], (tile_c[:, None] + ramp)[:, None, :]]))
+    tensors = {name: to_device(torch.from_numpy(bands), device)
+               for name, bands in block.bands.items()}
+    offset = window_offset(patch)    # the bands reach the window halo beyond the margin
+    rows_all = to_device(torch.from_numpy(tile_r + offset), device)
+    cols_all = to_device(torch.from_numpy(tile_c + offset), device)
+    ramp_device = torch.arange(patch, device=device)
+    results, passes = [], 0
+    with torch.no_grad():
+        for start in range(0, cell_r.size, batch_size):
+            reporter.check()
+            stop = start + batch_size
+            window_rows = (rows_all[start:stop, None] + ramp_device[None, :])[:, :, None]
+            window_cols = (cols_all[start:stop, None] + ramp_device[None, :])[:, None, :]
+            windows = {name: tensor[:, window_rows, window_cols].permute(1, 0, 2, 3)
+                       for name, tensor in tensors.items()}
+            codes = pixel_patterns[start:stop]
+            passes += sum(bin(int(code)).count("1") for code in model.tile_pattern(codes))
+            logits = model.forward_tiles(windows, codes)
+            kept = logits[:, :, lead:lead + stride, lead:lead + stride]
+            results.append(torch.softmax(kept, dim=1))
+    result = torch.cat(results).cpu().numpy()     # the one wait for the device per block
+    probabilities[:, cell_r, :, cell_c, :] = result   # advanced indices first: (n, K, S, S)
+    probabilities = probabilities.reshape(class_count, cells_r * stride,
+                                          cells_c * stride)[inner]
+    probabilities[:, pattern == 0] = np.nan
+    return probabilities, pattern, count, passes
+
+
 def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None,
              is_cancelled: Optional[CancelCheck] = None,
              log: Optional[Callable[[str], None]] = None,
@@ -431,8 +511,18 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     device = resolve_device(config.device)
     grid, full_grid, crop_col, crop_row = _resolve_grid(config, infos, order)
     stride = config.stride
+    tiled = header.model_kind == "tile"
+    if tiled and stride > 1:
+        raise MamolInputError(
+            "A stride is for models of the pixel kind; a tile model labels every pixel of "
+            "each tile in one pass. Use stride 1.")
+    margin = tile_halo(header.patch_size) if tiled else 0
+    # Blocks are whole multiples of the stride, or of a tile model's lattice step, so that
+    # no lattice cell is split between blocks (its tile would run twice) unless a crop
+    # shifts the lattice; results never depend on it.
+    unit = tile_layout(header.patch_size)[0] if tiled else stride
     block_size = config.block_size or auto_block_size(device)
-    block = max(stride, block_size - block_size % stride)
+    block = max(unit, block_size - block_size % unit)
     threshold = (config.max_missing_fraction if config.max_missing_fraction is not None
                  else float(header.training.get("max_missing_fraction",
                                                 DEFAULT_MAX_MISSING_FRACTION)))
@@ -441,12 +531,14 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     model, header = load_model(Path(config.model_path), log=say)
     model = prepare_model(model, device, config.precision, config.compile_mode).eval()
     patch = header.patch_size
+    tile_stride = tile_layout(patch)[0]
     batch_size = config.batch_size or model_inference_batch(model, device, patch)
     say(f"Grid: {grid.width} × {grid.height} pixels of {grid.pixel_width:g} × "
         f"{grid.pixel_height:g} ({crs_label(grid.crs_wkt)}), blocks of {block} px, "
         f"batches of {batch_size}, device {device} "
         f"({dtype_name(model.compute_dtype)})"
-        + (f", stride {stride}" if stride > 1 else ""))
+        + (f", stride {stride}" if stride > 1 else "")
+        + (f", tiles of {patch} px every {tile_stride} px" if tiled else ""))
     if missing_modalities:
         say("Not given (missing everywhere): " + ", ".join(missing_modalities))
     values = np.array([c.value for c in header.classes])
@@ -456,6 +548,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     class_counts = np.zeros(class_count, dtype=np.int64)
     pattern_counts = np.zeros(2 ** len(header.modalities), dtype=np.int64)
     classified = 0
+    passes = 0
     tally = FarTally(order)
     started = time.perf_counter()
     # GDAL's block cache is capped for the run, so memory does not grow with the scene.
@@ -471,14 +564,24 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
             with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
                 outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
                 try:
-                    pending = prefetch.submit(reader.read, *blocks[0]) if blocks else None
+                    pending = (prefetch.submit(reader.read, *blocks[0], margin)
+                               if blocks else None)
                     for number in range(len(blocks)):
                         reporter.check()
                         current = pending.result()
-                        pending = (prefetch.submit(reader.read, *blocks[number + 1])
+                        pending = (prefetch.submit(reader.read, *blocks[number + 1], margin)
                                    if number + 1 < len(blocks) else None)
-                        pixel_probabilities, anchor_pattern, count = _classify_block(
-                            model, current, device, batch_size, patch, class_count, reporter)
+                        if tiled:
+                            pixel_probabilities, anchor_pattern, count, block_passes = \
+                                _classify_tiles(model, current, (
+                                    (crop_col + current.col0) % tile_stride,
+                                    (crop_row + current.row0) % tile_stride), device,
+                                    batch_size, patch, class_count, reporter)
+                            passes += block_passes
+                        else:
+                            pixel_probabilities, anchor_pattern, count = _classify_block(
+                                model, current, device, batch_size, patch, class_count,
+                                reporter)
                         col0, row0 = current.col0, current.row0
                         # Upsample anchors to pixels; nodata where the pixel has no modality.
                         valid = (current.pattern > 0) & (anchor_pattern > 0)
@@ -517,7 +620,9 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                 raster.close()
     seconds = time.perf_counter() - started
     say(f"Classified {classified} pixels in {seconds:.1f} s "
-        f"({classified / max(seconds, 1e-9):.0f} pixels/s).")
+        f"({classified / max(seconds, 1e-9):.0f} pixels/s)"
+        + (f", {passes} encoder passes ({passes / max(classified, 1):.3f} per pixel)."
+           if tiled else "."))
     say(tally.line())
     for message in tally.warnings():
         caution(message)
@@ -529,4 +634,5 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
         class_names={c.value: c.name for c in header.classes},
         far_shares=tally.shares(),
         pattern_counts={code: int(n) for code, n in enumerate(pattern_counts) if n},
-        seconds=seconds, pixels_per_second=classified / max(seconds, 1e-9))
+        seconds=seconds, pixels_per_second=classified / max(seconds, 1e-9),
+        encoder_passes=passes if tiled else None)

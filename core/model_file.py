@@ -7,7 +7,8 @@ holds one key, ``mamol``, whose value is a JSON document::
 
     format, format_version, modalities (name, bands, band names, wavelengths,
     normalisation mean/std), patch_size, backbone (arch, source, tag/path/seed,
-    fingerprint), adapter (L_e, N_d, k, r, alpha, ..., experts), classes (value, name,
+    fingerprint), adapter (L_e, N_d, k, r, alpha, ..., experts; "mce": true and
+    "kind": "tile" only where set, so a plain pixel model's record is unchanged), classes (value, name,
     colour), training (free-form summary), reference_grid, software, checksum
 
 ``checksum`` is a SHA-256 over the rest of the JSON and every tensor's bytes, so a
@@ -84,6 +85,12 @@ class ModelHeader:
     @property
     def modality_names(self) -> List[str]:
         return [m.name for m in self.modalities]
+
+    @property
+    def model_kind(self) -> str:
+        """"pixel" or "tile" (``AdapterConfig.kind``); files written before model kinds
+        existed hold no key and are pixel models."""
+        return str(self.adapter.get("kind", "pixel"))
 
     def to_json(self) -> Dict[str, object]:
         return {

@@ -10,7 +10,7 @@ Shared by training and inference so both see a sample the same way:
 * Inside a present window, missing pixels are set to the band mean (0 after
   normalisation), so they carry no signal.
 """
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -33,6 +33,31 @@ def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                                                     axis=(1, 2))
     # view: (bands, H-P+1, W-P+1, P, P) -> (n, bands, P, P)
     return np.ascontiguousarray(np.moveaxis(view[:, rows, cols], 1, 0))
+
+
+def tile_layout(patch_size: int) -> Tuple[int, int]:
+    """(stride S, lead) of the tile lattice a tile model classifies with (issue 17).
+
+    Tiles of P x P pixels start every S = max(1, P // 2) pixels along each axis of the
+    (uncropped) reference grid, at ``k * S - lead``; tile k keeps its predictions only for
+    the S x S cell ``[k * S, (k + 1) * S)``, which sits at its centre (``lead = (P - S) // 2``
+    pixels of the tile before the cell, ``P - S - lead`` after it). The cells tile the grid,
+    so every pixel takes the prediction of the tile in which it is most central (up to half
+    a pixel when P - S is odd), and the lattice belongs to the grid, not to a block or a
+    crop: results do not depend on the block size or the extent.
+    """
+    stride = max(1, patch_size // 2)
+    return stride, (patch_size - stride) // 2
+
+
+def tile_halo(patch_size: int) -> int:
+    """Pixels a block of a tile model reads beyond each of its edges, besides the window
+    halo of its pixels' missing rule: enough for every tile whose cell meets the block,
+    wherever the block lies on the lattice. With the block's first row at phase
+    ``φ = row mod S`` of its cell, the first tile starts ``φ + lead <= (S - 1) + (P - S)``
+    pixels before the block; the last cell overhangs the block's end by at most S - 1, so
+    the last tile ends at most ``(S - 1) - S + (P - lead) <= P - 1`` pixels after it."""
+    return patch_size - 1
 
 
 def modality_present(windows: np.ndarray, max_missing_fraction: float) -> np.ndarray:

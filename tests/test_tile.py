@@ -2,6 +2,8 @@
 of a P x P tile. Model, model file and tile classification, on a tiny seeded ViT."""
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -224,3 +226,175 @@ def test_a_file_without_the_kind_loads_as_a_pixel_model(tiny_visual, tmp_path):
     model = trained_like(mf.build_model(header, copy.deepcopy(tiny_visual)))
     loaded, _ = mf.load_model(mf.save_model(tmp_path / "pixel.mamol", model, header))
     assert loaded.kind is mm.ModelKind.PIXEL
+
+
+# ------------------------------------------------------------------ tile classification
+
+def tile_copy(pixel_model_path, path):
+    """The trained tiny pixel model's tensors in a model of the tile kind (same tensors), so
+    tile classification runs with the training data's normalisation."""
+    import dataclasses
+    model, header = mf.load_model(pixel_model_path)
+    header = dataclasses.replace(header, adapter=dict(header.adapter, kind="tile"))
+    tile = mf.build_model(header, model.encoder.visual)
+    tile.load_state_dict(model.state_dict())
+    return mf.save_model(path, tile, header)
+
+
+@pytest.fixture(scope="module")
+def tile_model(tiny_model, tmp_path_factory):
+    return tile_copy(tiny_model, tmp_path_factory.mktemp("tile-model") / "tile.mamol")
+
+
+def classify_scene(model_path, scene, folder, tag, **changes):
+    import dataclasses
+
+    from mamol.core.inference import ClassifyConfig, classify
+    config = ClassifyConfig(
+        model_path=str(model_path),
+        rasters=tuple((name, str(getattr(scene, name))) for name in ("hs", "sar", "lidar")),
+        output_classes=str(folder / f"classes_{tag}.tif"),
+        output_probabilities=str(folder / f"probabilities_{tag}.tif"),
+        output_confidence=str(folder / f"confidence_{tag}.tif"),
+        output_entropy=str(folder / f"entropy_{tag}.tif"),
+        output_modalities=str(folder / f"modalities_{tag}.tif"), device="cpu")
+    config = dataclasses.replace(config, **changes)
+    return classify(config), config
+
+
+def read(path):
+    from osgeo import gdal
+    return gdal.Open(str(path)).ReadAsArray()
+
+
+@pytest.fixture(scope="module")
+def tile_whole(tile_model, small_scene, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tile-classified")
+    result, config = classify_scene(tile_model, small_scene, folder, "b256", block_size=256)
+    return result, config, folder
+
+
+def test_tile_classification_does_not_depend_on_block_size(tile_whole, tile_model,
+                                                           small_scene):
+    """Blocks of 16 (the smallest) and 45 (odd: 44 after rounding to the lattice step,
+    partial at the scene's edges) give every pixel, probability and pattern the one-block run gives: the
+    halo reaches every tile a block needs."""
+    reference_result, reference, folder = tile_whole
+    for size in (16, 45):
+        result, other = classify_scene(tile_model, small_scene, folder, f"b{size}",
+                                       block_size=size)
+        assert np.array_equal(read(reference.output_classes), read(other.output_classes))
+        assert np.array_equal(read(reference.output_modalities),
+                              read(other.output_modalities))
+        np.testing.assert_allclose(read(reference.output_probabilities),
+                                   read(other.output_probabilities), atol=1e-6)
+        # blocks are rounded to the lattice step, so no tile runs twice
+        assert result.encoder_passes == reference_result.encoder_passes
+
+
+def test_tile_outputs_are_complete_and_consistent(tile_whole, small_scene, tmp_path,
+                                                  tiny_model):
+    """Same outputs as the pixel kind: the same modalities-used raster (same per-pixel
+    rule), every pixel with a modality classified, probabilities summing to 1, confidence
+    their maximum; far fewer encoder passes than pixel passes."""
+    result, config, _ = tile_whole
+    _, pixel = classify_scene(tiny_model, small_scene, tmp_path, "pixel",
+                              output_probabilities=None, output_confidence=None,
+                              output_entropy=None)
+    used = read(config.output_modalities)
+    assert np.array_equal(used, read(pixel.output_modalities))
+    classes = read(config.output_classes)
+    assert np.array_equal(classes == 255, used == 0)
+    probabilities = read(config.output_probabilities)
+    valid = used > 0
+    np.testing.assert_allclose(probabilities[:, valid].sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(read(config.output_confidence)[valid],
+                               probabilities[:, valid].max(axis=0), atol=1e-6)
+    entropy = read(config.output_entropy)[valid]
+    assert ((entropy >= 0) & (entropy <= 1 + 1e-6)).all()
+    # P = 5: tiles every 2 px, 64 x 64 cells on the 128 px scene, <= 3 passes per tile
+    pixel_passes = sum(bin(code).count("1") * n for code, n in result.pattern_counts.items())
+    assert result.encoder_passes <= 3 * 64 * 64
+    assert result.encoder_passes * 3.5 < pixel_passes
+    assert sum(result.class_counts.values()) == int(valid.sum())
+
+
+def test_each_pixel_takes_the_tile_where_it_is_most_central(tile_whole, tile_model,
+                                                            small_scene):
+    """A pixel's probabilities are those of forward_tiles on the lattice tile whose central
+    cell holds it, cut from the aligned, normalised rasters by hand."""
+    from mamol.core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
+    from mamol.core.windows import tile_layout
+    result, config, _ = tile_whole
+    model, header = mf.load_model(tile_model)
+    patch = header.patch_size
+    stride, lead = tile_layout(patch)
+    used = read(config.output_modalities).astype(np.int64)
+    probabilities = read(config.output_probabilities)
+    stats = {m.name: (np.asarray(m.mean)[:, None, None], np.asarray(m.std)[:, None, None])
+             for m in header.modalities}
+    infos = {name: inspect_raster(str(getattr(small_scene, name)), modality_label(name))
+             for name in ("hs", "sar", "lidar")}
+    grid = reference_grid(list(infos.values()))
+    rasters = {}
+    for name, info in infos.items():
+        with AlignedRaster(info, grid) as aligned:
+            raw = aligned.read(0, 0, 128, 128)
+        mean, std = stats[name]
+        rasters[name] = np.nan_to_num((raw - mean) / std, nan=0.0).astype(np.float32)
+    for row, col in ((40, 41), (63, 64), (101, 7)):     # inside the scene, away from edges
+        r0 = row - row % stride - lead
+        c0 = col - col % stride - lead
+        windows = {name: torch.from_numpy(a[None, :, r0:r0 + patch, c0:c0 + patch].copy())
+                   for name, a in rasters.items()}
+        codes = torch.from_numpy(used[None, r0:r0 + patch, c0:c0 + patch].copy())
+        with torch.no_grad():
+            expected = torch.softmax(model.forward_tiles(windows, codes), dim=1)[
+                0, :, row - r0, col - c0].numpy()
+        np.testing.assert_allclose(probabilities[:, row, col], expected, atol=1e-5)
+        # a neighbouring tile (shifted by one cell) predicts otherwise: the choice matters
+        windows = {name: torch.from_numpy(
+            a[None, :, r0 + stride:r0 + stride + patch, c0:c0 + patch].copy())
+            for name, a in rasters.items()}
+        codes = torch.from_numpy(used[None, r0 + stride:r0 + stride + patch,
+                                      c0:c0 + patch].copy())
+        with torch.no_grad():
+            other = torch.softmax(model.forward_tiles(windows, codes), dim=1)[
+                0, :, row - r0 - stride, col - c0].numpy()
+        assert np.abs(other - expected).max() > 1e-6
+
+
+def test_a_tile_crop_gives_the_whole_scene_pixels(tile_whole, tile_model, small_scene,
+                                                  tmp_path):
+    """The lattice belongs to the full grid: a crop at an odd offset is exactly the
+    corresponding part of the whole-scene result."""
+    from mamol.core import sample_scene as ss
+    _, full_config, _ = tile_whole
+    x0, y0 = ss.hs_geotransform()[0], ss.hs_geotransform()[3]
+    _, cropped = classify_scene(tile_model, small_scene, tmp_path, "crop", block_size=32,
+                                extent=(x0 + 5, y0 - 60, x0 + 70, y0 - 5))
+    np.testing.assert_array_equal(read(cropped.output_classes),
+                                  read(full_config.output_classes)[5:60, 5:70])
+    np.testing.assert_allclose(read(cropped.output_probabilities),
+                               read(full_config.output_probabilities)[:, 5:60, 5:70],
+                               atol=1e-6)
+
+
+def test_tile_model_refuses_a_stride(tile_model, small_scene, tmp_path):
+    with pytest.raises(MamolInputError, match="Use stride 1"):
+        classify_scene(tile_model, small_scene, tmp_path, "s", stride=2)
+    assert not list(tmp_path.iterdir())
+
+
+def test_tile_classification_cancels_and_reports_progress(tile_model, small_scene, tmp_path):
+    from mamol.core.errors import Cancelled
+    from mamol.core.inference import ClassifyConfig, classify
+    seen = []
+    config = ClassifyConfig(
+        model_path=str(tile_model),
+        rasters=(("hs", str(small_scene.hs)), ("sar", str(small_scene.sar))),
+        output_classes=str(tmp_path / "c.tif"), device="cpu", block_size=32)
+    with pytest.raises(Cancelled):
+        classify(config, progress=seen.append, is_cancelled=lambda: len(seen) >= 3)
+    assert seen == sorted(seen) and 0 < seen[-1] < 100
+    assert not list(tmp_path.iterdir())
