@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mamol.core import backbone as bb
+from mamol.core import sample_scene as ss
 from mamol.core import mamol_model as mm
 from mamol.core import model_file as mf
 from mamol.core.errors import MamolInputError
@@ -368,7 +369,6 @@ def test_a_tile_crop_gives_the_whole_scene_pixels(tile_whole, tile_model, small_
                                                   tmp_path):
     """The lattice belongs to the full grid: a crop at an odd offset is exactly the
     corresponding part of the whole-scene result."""
-    from mamol.core import sample_scene as ss
     _, full_config, _ = tile_whole
     x0, y0 = ss.hs_geotransform()[0], ss.hs_geotransform()[3]
     _, cropped = classify_scene(tile_model, small_scene, tmp_path, "crop", block_size=32,
@@ -398,3 +398,89 @@ def test_tile_classification_cancels_and_reports_progress(tile_model, small_scen
         classify(config, progress=seen.append, is_cancelled=lambda: len(seen) >= 3)
     assert seen == sorted(seen) and 0 < seen[-1] < 100
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ training (tile kind)
+
+def sample_set(rows, cols, classes, patch=5, nan_at=None):
+    from mamol.training.dataset import SampleSet
+    count = len(rows)
+    cube = np.ones((count, 2, patch, patch), np.float32)
+    other = np.ones((count, 1, patch, patch), np.float32)
+    if nan_at is not None:
+        other[nan_at] = np.nan
+    return SampleSet({"hs": cube, "sar": other}, class_index=np.asarray(classes, np.int64),
+                     pattern=np.full(count, 3, np.int64), polygon=np.zeros(count, np.int64),
+                     rows=np.asarray(rows), cols=np.asarray(cols))
+
+
+def test_tile_labels_hold_exactly_the_sets_own_samples():
+    from mamol.training.tiles import IGNORE_INDEX, label_tiles
+    # P = 5: tile of (10, 10) spans rows/cols 8..12
+    samples = sample_set([10, 10, 12, 30, 8], [10, 12, 7, 30, 12], [0, 1, 2, 3, 4])
+    labels = label_tiles(samples, 5)
+    assert labels.shape == (5, 5, 5)
+    first = labels[0]
+    assert first[2, 2] == 0              # its own pixel, at the centre
+    assert first[2, 4] == 1              # (10, 12)
+    assert first[0, 4] == 4              # (8, 12)
+    assert (first == IGNORE_INDEX).sum() == 25 - 3   # (12, 7) lies outside, (30, 30) too
+    assert (labels[3] != IGNORE_INDEX).sum() == 1    # an isolated sample labels only itself
+    # a validation pixel next to a training one: training tiles never carry its label
+    train = sample_set([10], [10], [0])
+    assert (label_tiles(train, 5) != IGNORE_INDEX).sum() == 1
+
+
+def test_tile_pixel_patterns_are_valid_modalities_within_the_tile_pattern():
+    from mamol.training.tiles import pixel_presence, tile_pixel_patterns
+    samples = sample_set([10, 20], [10, 20], [0, 1])
+    samples.windows["sar"][0, :, 1, 3] = np.nan
+    presence = pixel_presence(samples, ["hs", "sar"])
+    assert presence.dtype == np.uint8 and presence.shape == (2, 5, 5)
+    assert presence[0, 1, 3] == 0b01 and (presence[1] == 0b11).all()
+    codes = tile_pixel_patterns(presence, np.array([0b11, 0b01]))
+    assert codes[0, 1, 3] == 0b01 and codes[0, 0, 0] == 0b11
+    assert (codes[1] == 0b01).all()      # the simulation dropped sar for the whole tile
+
+
+@pytest.fixture(scope="module")
+def trained_tile(small_scene, tmp_path_factory):
+    from conftest import tiny_training_config
+
+    from mamol.training.trainer import train_model
+    folder = tmp_path_factory.mktemp("tile-trained")
+    return train_model(tiny_training_config(small_scene, folder / "tile.mamol",
+                                            model_kind="tile"))
+
+
+def test_training_a_tile_model(trained_tile, small_scene, tmp_path):
+    """The model file records the kind; validation ran on the tiles' centre pixels; the
+    trained model classifies the scene through the tile path, better than chance."""
+    header = mf.read_header(trained_tile.model_path)
+    assert header.model_kind == "tile" and header.adapter["kind"] == "tile"
+    assert header.training["model_kind"] == "tile"
+    assert header.training["validation_oa"] is not None
+    result, config = classify_scene(trained_tile.model_path, small_scene, tmp_path, "t")
+    assert result.encoder_passes is not None and result.encoder_passes > 0
+    classes = read(config.output_classes)
+    assert (classes != 255).mean() > 0.9
+    reference = read(small_scene.reference_labels)
+    labelled = reference != ss.REFERENCE_NODATA
+    accuracy = (classes[labelled] == reference[labelled]).mean()
+    assert accuracy > 1.5 / len(header.classes), accuracy
+
+
+def test_model_kind_from_the_command_line(small_scene, tmp_path):
+    from mamol.training import cli
+    from mamol.training.engine import build_parser
+    base = ["train", "--hs", str(small_scene.hs), "--polygons",
+            str(small_scene.training_polygons), "--class-field", "class_id", "--output",
+            str(tmp_path / "m.mamol")]
+    parser = build_parser()
+    assert cli.config_from_args(parser.parse_args(base)).model_kind == "pixel"
+    config = cli.config_from_args(parser.parse_args(base + ["--model-kind", "tile"]))
+    assert config.model_kind == "tile"
+    config.validate()
+    with pytest.raises(MamolInputError, match="pixel model kind only"):
+        cli.config_from_args(parser.parse_args(base + ["--model-kind", "tile", "--mce"])) \
+            .validate()

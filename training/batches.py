@@ -12,6 +12,7 @@ from ..core import torch_compat
 from ..core.devices import free_gpu_bytes, to_device
 from ..core.feedback import Reporter
 from .dataset import Normalisation, SampleSet, normalise
+from .tiles import pixel_presence, tile_pixel_patterns
 
 
 #: Normalised training windows up to this size are held in memory (CPU) ...
@@ -38,6 +39,7 @@ class Batches:
         self.device = device
         self.torch = torch_compat.import_torch()
         self.resident: Optional[Dict[str, object]] = None
+        self._presence: Optional[np.ndarray] = None
         size = sum(int(np.prod(w.shape)) * 4 for w in samples.windows.values())
         free = free_gpu_bytes(device)
         budget = RESIDENT_CPU_BYTES if free is None else RESIDENT_GPU_SHARE * free
@@ -54,6 +56,13 @@ class Batches:
             target[start:start + chunk.shape[0]] = to_device(torch.from_numpy(chunk),
                                                              self.device)
         return target
+
+    def pixel_presence(self) -> np.ndarray:
+        """(n, P, P) uint8 valid modalities per window pixel (:mod:`training.tiles`), read
+        from the raw windows once and kept."""
+        if self._presence is None:
+            self._presence = pixel_presence(self.samples, self.names)
+        return self._presence
 
     def windows(self, index: np.ndarray, pattern: np.ndarray) -> Dict[str, object]:
         torch = self.torch
@@ -82,9 +91,15 @@ def predict(model, batches: Batches, patterns: np.ndarray, batch_size: int,
             samples: Optional[np.ndarray] = None) -> np.ndarray:
     """Predicted class index of ``samples`` (indices into ``batches.samples``; default all)
     under ``patterns`` (one per sample of the set). Predictions stay on the device until
-    the end: the host waits for the GPU once, not once per batch."""
+    the end: the host waits for the GPU once, not once per batch.
+
+    A model of the tile kind classifies each sample's window as a tile (its pixels'
+    patterns: their valid modalities among the sample's pattern) and the prediction is the
+    tile's centre pixel's, the pixel a tile is most central for, as in classification."""
     torch = batches.torch
     samples = np.arange(patterns.size) if samples is None else samples
+    tiled = getattr(getattr(model, "kind", None), "value", "pixel") == "tile"
+    presence = batches.pixel_presence() if tiled and samples.size else None
     parts = []
     model.eval()
     with torch.no_grad():
@@ -93,7 +108,14 @@ def predict(model, batches: Batches, patterns: np.ndarray, batch_size: int,
                 reporter.check()
             index = samples[start:start + batch_size]
             pattern = patterns[index]
-            logits = model(batches.windows(index, pattern), torch.from_numpy(pattern))
+            windows = batches.windows(index, pattern)
+            if tiled:
+                codes = tile_pixel_patterns(presence[index], pattern)
+                logits = model.forward_tiles(windows, torch.from_numpy(codes))
+                centre = logits.shape[-1] // 2
+                parts.append(logits[:, :, centre, centre].argmax(dim=1))
+                continue
+            logits = model(windows, torch.from_numpy(pattern))
             parts.append(logits.argmax(dim=1))
     if not parts:
         return np.empty(0, dtype=np.int64)

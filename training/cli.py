@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--patch-size", type=int, default=14)
     model.add_argument("--experts", choices=["full", "no_dynamic", "no_static",
                                              "no_modality_specific", "none"], default="full")
+    model.add_argument("--model-kind", choices=["pixel", "tile"], default="pixel",
+                       help="pixel: one window per pixel (the paper); tile: one pass labels "
+                            "every pixel of a P x P tile")
     optimiser = parser.add_argument_group("optimiser")
     optimiser.add_argument("--epochs", type=int, default=20)
     optimiser.add_argument("--batch-size", type=int, default=128)
@@ -191,7 +194,7 @@ def config_from_args(args):
         balance_classes=not args.no_balance, simulation=simulation,
         validation_simulation=simulation if args.simulate_validation else MissingSimulation(),
         device=args.device, precision=args.precision, compile_mode=args.compile,
-        mce=_mce(args), seed=args.seed)
+        mce=_mce(args), seed=args.seed, model_kind=args.model_kind)
 
 
 def _mce(args):

@@ -33,6 +33,8 @@ class SampleSet:
     class_index: np.ndarray
     pattern: np.ndarray
     polygon: np.ndarray
+    rows: Optional[np.ndarray] = None    # grid row / column of each target pixel (tile
+    cols: Optional[np.ndarray] = None    # models label every sample of a set in its tile)
 
     def __len__(self) -> int:
         return int(self.class_index.size)
@@ -83,7 +85,7 @@ def extract_samples(aligned: Sequence[Tuple[str, AlignedRaster]], pixels: Labell
                 kept[start:start + 4096] = windows[name][keep[start:start + 4096]]
             windows[name] = kept
     return SampleSet(windows, pixels.class_index[keep], pattern[keep],
-                     pixels.polygon[keep]), dropped
+                     pixels.polygon[keep], pixels.rows[keep], pixels.cols[keep]), dropped
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ def training_record(config, train, validation, train_patterns, validation_patter
     }
     if config.mce is not None:   # plain MaMOL files keep exactly their old record
         record["mce"] = config.mce.to_json()
+    if config.model_kind != "pixel":   # likewise for the model kind
+        record["model_kind"] = config.model_kind
     return record
 
 
@@ -59,6 +61,8 @@ def training_summary(config, infos, classes, split, train_patterns, validation_p
     if config.adapter:
         settings.update({f"adapter {k}": v for k, v in config.adapter.items()})
     settings["training mode"] = "MaMOL + MCE" if config.mce is not None else "MaMOL"
+    if config.model_kind != "pixel":
+        settings["model kind"] = config.model_kind
     if config.mce is not None:
         settings.update({"MCE factors": config.mce.factors,
                          "MCE λ_aux": config.mce.auxiliary, "MCE λ_sub": config.mce.subsets,

@@ -84,6 +84,7 @@ class TrainingConfig:
     compile_mode: str = "off"                 # torch.compile: off | default | max-autotune
     mce: Optional["MceConfig"] = None         # MCE training mode (seed 001); None = plain MaMOL
     seed: int = 0
+    model_kind: str = "pixel"                 # pixel (the paper's) | tile (issue 17)
 
     @property
     def modality_names(self) -> List[str]:
@@ -116,7 +117,12 @@ class TrainingConfig:
             if not ok:
                 raise MamolInputError(message)
         self.split.validate()
+        if self.model_kind not in ("pixel", "tile"):
+            raise MamolInputError(
+                f"The model kind must be 'pixel' or 'tile', got '{self.model_kind}'.")
         if self.mce is not None:
+            if self.model_kind != "pixel":
+                raise MamolInputError("MCE is available for the pixel model kind only.")
             self.mce.validate()
         self.simulation.validate(names)
         self.validation_simulation.validate(names)
@@ -370,8 +376,11 @@ def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_coun
                  device, say=None):
     torch = torch_compat.import_torch()
     from ..core.mamol_model import AdapterConfig, MamolModel, ModalitySpec
-    adapter = AdapterConfig.from_json(dict(AdapterConfig().to_json(), **config.adapter,
-                                           **({"mce": True} if config.mce else {})))
+    record = dict(AdapterConfig().to_json(), **config.adapter,
+                  **({"mce": True} if config.mce else {}))
+    if config.model_kind != "pixel":
+        record["kind"] = config.model_kind
+    adapter = AdapterConfig.from_json(record)
     visual = build_visual_tower(config.backbone, log=say)
     spec_fingerprint = fingerprint(visual)
     # The trainable initialisation is drawn from the run's seed.
@@ -414,6 +423,14 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     validation_batches = Batches(validation, names, statistics, device)
     validation_batch = _validation_batch(config, model, device)
     labels = to_device(torch.from_numpy(train.class_index), device)
+    tiled = model.kind.value == "tile"
+    if tiled:
+        # Tile kind: every training sample of the tile is a label, the rest is ignored;
+        # each pixel's modalities are its valid ones among the tile's simulated pattern.
+        from .tiles import IGNORE_INDEX, label_tiles, tile_pixel_patterns
+        tile_labels_host = label_tiles(train, config.patch_size)
+        tile_labels = to_device(torch.from_numpy(tile_labels_host), device)
+        presence = train_batches.pixel_presence()
     availability = None
     if config.mce is not None:
         from .mce import dataset_factors
@@ -437,11 +454,29 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
             reporter.check()
             index = order[start:start + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
+            if tiled:   # the loss is the mean over the batch's labelled tokens
+                batch_codes = tile_pixel_patterns(presence[index], train_patterns[index])
+                labelled = int(((tile_labels_host[index] != IGNORE_INDEX)
+                                & (batch_codes > 0)).sum())
             # Gradients of micro-batches add up to the whole batch's mean-loss gradient.
             for part in range(0, index.size, micro_batch):
                 chunk = index[part:part + micro_batch]
                 pattern = train_patterns[chunk]
                 windows = train_batches.windows(chunk, pattern)
+                if tiled:
+                    codes = torch.from_numpy(batch_codes[part:part + micro_batch])
+                    logits = model.forward_tiles(windows, codes)
+                    targets = tile_labels.index_select(
+                        0, to_device(torch.from_numpy(chunk), device))
+                    # a token without any modality is not classified at inference either
+                    targets = targets.masked_fill(to_device(codes == 0, device), IGNORE_INDEX)
+                    loss = torch.nn.functional.cross_entropy(
+                        logits, targets, ignore_index=IGNORE_INDEX,
+                        reduction="sum") / max(1, labelled)
+                    loss.backward()
+                    loss_sum += loss.detach() * index.size
+                    reporter.check()
+                    continue
                 targets = labels.index_select(0, to_device(torch.from_numpy(chunk), device))
                 if availability is None:
                     logits = model(windows, torch.from_numpy(pattern))
