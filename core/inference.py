@@ -100,6 +100,7 @@ class ClassifyConfig:
     device: str = "auto"
     precision: str = "auto"                    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
     compile_mode: str = "off"                  # torch.compile: off | default | max-autotune
+    tile_blend: str = "central"                # tile models: central | weighted (issue 17)
 
     def validate(self) -> None:
         if not self.rasters:
@@ -128,6 +129,9 @@ class ClassifyConfig:
                 "given.")
         parse_precision(self.precision)
         parse_compile_mode(self.compile_mode)
+        if self.tile_blend not in ("central", "weighted"):
+            raise MamolInputError(
+                f"Tile blending is 'central' or 'weighted', got '{self.tile_blend}'.")
 
 
 @dataclass
@@ -428,6 +432,97 @@ def _classify_block(model, block: _Block, device, batch_size: int, patch: int,
     return probabilities[:, a_rows, a_cols], anchor_pattern, int(todo_r.size)
 
 
+def _run_tiles(model, block: _Block, tile_r: np.ndarray, tile_c: np.ndarray, device,
+               batch_size: int, patch: int, reporter: Reporter, keep: slice):
+    """Softmax probabilities (n, K, k, k) float32 of the tiles whose first row/column in the
+    block's outer pattern (the block with its margin) are ``tile_r``/``tile_c``, for the
+    tile rows and columns ``keep``; and the number of encoder passes run. The host waits
+    for the device once."""
+    torch = torch_compat.import_torch()
+    ramp = np.arange(patch)
+    outer = block.outer_pattern
+    pixel_patterns = torch.from_numpy(np.ascontiguousarray(
+        outer[(tile_r[:, None] + ramp)[:, :, None], (tile_c[:, None] + ramp)[:, None, :]]))
+    tensors = {name: to_device(torch.from_numpy(bands), device)
+               for name, bands in block.bands.items()}
+    offset = window_offset(patch)    # the bands reach the window halo beyond the margin
+    rows_all = to_device(torch.from_numpy(tile_r + offset), device)
+    cols_all = to_device(torch.from_numpy(tile_c + offset), device)
+    ramp_device = torch.arange(patch, device=device)
+    results, passes = [], 0
+    with torch.no_grad():
+        for start in range(0, tile_r.size, batch_size):
+            reporter.check()
+            stop = start + batch_size
+            window_rows = (rows_all[start:stop, None] + ramp_device[None, :])[:, :, None]
+            window_cols = (cols_all[start:stop, None] + ramp_device[None, :])[:, None, :]
+            windows = {name: tensor[:, window_rows, window_cols].permute(1, 0, 2, 3)
+                       for name, tensor in tensors.items()}
+            codes = pixel_patterns[start:stop]
+            passes += sum(bin(int(code)).count("1") for code in model.tile_pattern(codes))
+            logits = model.forward_tiles(windows, codes)
+            results.append(torch.softmax(logits[:, :, keep, keep], dim=1))
+    return torch.cat(results).cpu().numpy(), passes
+
+
+def tile_weights(patch_size: int) -> np.ndarray:
+    """(P, P) float64 weights of a tile's pixels when overlapping tiles are averaged: a tent
+    in each axis, highest at the tile's centre, (P + 1) / 2 - |d - (P - 1) / 2| at distance
+    d from its first row/column (never zero inside the tile)."""
+    d = np.arange(patch_size)
+    tent = (patch_size + 1) / 2 - np.abs(d - (patch_size - 1) / 2)
+    return np.outer(tent, tent)
+
+
+def _classify_tiles_weighted(model, block: _Block, phase: Tuple[int, int], device,
+                             batch_size: int, patch: int, class_count: int,
+                             reporter: Reporter):
+    """As :func:`_classify_tiles`, but each pixel's probabilities are the average of every
+    lattice tile covering it, weighted by :func:`tile_weights` (centre-weighted blending).
+    The tiles are the same lattice's; those overlapping the block reach at most P - 1
+    pixels beyond it, within :func:`core.windows.tile_halo`."""
+    stride, lead = tile_layout(patch)
+    height, width, pattern = block.height, block.width, block.pattern
+    margin = block.margin
+    phase_c, phase_r = phase
+    count = int((pattern > 0).sum())
+    empty = np.full((class_count, height, width), np.nan, dtype=np.float32)
+    if count == 0:
+        return empty, pattern, 0, 0
+
+    def origins(length: int, phase_axis: int) -> np.ndarray:
+        # lattice tiles meeting pixels [0, length) of the block, in outer coordinates
+        first = -(-(lead + phase_axis - patch + 1) // stride)
+        last = (length - 1 + lead + phase_axis) // stride
+        return margin + np.arange(first, last + 1) * stride - lead - phase_axis
+
+    rows, cols = origins(height, phase_r), origins(width, phase_c)
+    # run a tile only when one of its pixels inside the block is to be classified
+    wanted = np.zeros(block.outer_pattern.shape, dtype=np.int64)
+    wanted[margin:margin + height, margin:margin + width] = pattern > 0
+    integral = np.zeros((wanted.shape[0] + 1, wanted.shape[1] + 1), dtype=np.int64)
+    integral[1:, 1:] = wanted.cumsum(0).cumsum(1)
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    sums = (integral[r + patch, c + patch] - integral[r, c + patch]
+            - integral[r + patch, c] + integral[r, c])
+    tile_r, tile_c = r[sums > 0], c[sums > 0]
+    result, passes = _run_tiles(model, block, tile_r, tile_c, device, batch_size, patch,
+                                reporter, slice(None))
+    weights = tile_weights(patch)
+    total = np.zeros((class_count,) + wanted.shape, dtype=np.float64)
+    weight_sum = np.zeros(wanted.shape, dtype=np.float64)
+    # one offset at a time: the tiles' pixels at one offset are distinct pixels
+    for dr in range(patch):
+        for dc in range(patch):
+            total[:, tile_r + dr, tile_c + dc] += weights[dr, dc] * result[:, :, dr, dc].T
+            weight_sum[tile_r + dr, tile_c + dc] += weights[dr, dc]
+    inside = (slice(margin, margin + height), slice(margin, margin + width))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        probabilities = (total[(slice(None),) + inside] / weight_sum[inside]).astype(np.float32)
+    probabilities[:, pattern == 0] = np.nan
+    return probabilities, pattern, count, passes
+
+
 def _classify_tiles(model, block: _Block, phase: Tuple[int, int], device, batch_size: int,
                     patch: int, class_count: int, reporter: Reporter):
     """The tile model kind's :func:`_classify_block`: (probabilities (K, h, w) float32, NaN
@@ -437,10 +532,9 @@ def _classify_tiles(model, block: _Block, phase: Tuple[int, int], device, batch_
     (:func:`core.windows.tile_layout`, full-grid coordinates modulo S); the block was read
     with a margin of :func:`core.windows.tile_halo`. Each tile whose central S x S cell holds
     a pixel to classify runs once, and that cell takes its probabilities."""
-    torch = torch_compat.import_torch()
     stride, lead = tile_layout(patch)
     height, width, pattern = block.height, block.width, block.pattern
-    margin, outer = block.margin, block.outer_pattern
+    margin = block.margin
     phase_c, phase_r = phase
     cells_r, cells_c = -(-(height + phase_r) // stride), -(-(width + phase_c) // stride)
     probabilities = np.full((class_count, cells_r, stride, cells_c, stride), np.nan,
@@ -456,30 +550,8 @@ def _classify_tiles(model, block: _Block, phase: Tuple[int, int], device, batch_
     # each tile's first row/column in the outer pattern (the block with its margin)
     tile_r = margin - phase_r - lead + cell_r * stride
     tile_c = margin - phase_c - lead + cell_c * stride
-    ramp = np.arange(patch)
-    pixel_patterns = torch.from_numpy(np.ascontiguousarray(
-        outer[(tile_r[:, None] + ramp)[:, :, None], (tile_c[:, None] + ramp)[:, None, :]]))
-    tensors = {name: to_device(torch.from_numpy(bands), device)
-               for name, bands in block.bands.items()}
-    offset = window_offset(patch)    # the bands reach the window halo beyond the margin
-    rows_all = to_device(torch.from_numpy(tile_r + offset), device)
-    cols_all = to_device(torch.from_numpy(tile_c + offset), device)
-    ramp_device = torch.arange(patch, device=device)
-    results, passes = [], 0
-    with torch.no_grad():
-        for start in range(0, cell_r.size, batch_size):
-            reporter.check()
-            stop = start + batch_size
-            window_rows = (rows_all[start:stop, None] + ramp_device[None, :])[:, :, None]
-            window_cols = (cols_all[start:stop, None] + ramp_device[None, :])[:, None, :]
-            windows = {name: tensor[:, window_rows, window_cols].permute(1, 0, 2, 3)
-                       for name, tensor in tensors.items()}
-            codes = pixel_patterns[start:stop]
-            passes += sum(bin(int(code)).count("1") for code in model.tile_pattern(codes))
-            logits = model.forward_tiles(windows, codes)
-            kept = logits[:, :, lead:lead + stride, lead:lead + stride]
-            results.append(torch.softmax(kept, dim=1))
-    result = torch.cat(results).cpu().numpy()     # the one wait for the device per block
+    result, passes = _run_tiles(model, block, tile_r, tile_c, device, batch_size, patch,
+                                reporter, slice(lead, lead + stride))
     probabilities[:, cell_r, :, cell_c, :] = result   # advanced indices first: (n, K, S, S)
     probabilities = probabilities.reshape(class_count, cells_r * stride,
                                           cells_c * stride)[inner]
@@ -532,6 +604,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     model = prepare_model(model, device, config.precision, config.compile_mode).eval()
     patch = header.patch_size
     tile_stride = tile_layout(patch)[0]
+    blend = _classify_tiles_weighted if config.tile_blend == "weighted" else _classify_tiles
     batch_size = config.batch_size or model_inference_batch(model, device, patch)
     say(f"Grid: {grid.width} × {grid.height} pixels of {grid.pixel_width:g} × "
         f"{grid.pixel_height:g} ({crs_label(grid.crs_wkt)}), blocks of {block} px, "
@@ -573,7 +646,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                                    if number + 1 < len(blocks) else None)
                         if tiled:
                             pixel_probabilities, anchor_pattern, count, block_passes = \
-                                _classify_tiles(model, current, (
+                                blend(model, current, (
                                     (crop_col + current.col0) % tile_stride,
                                     (crop_row + current.row0) % tile_stride), device,
                                     batch_size, patch, class_count, reporter)

@@ -320,18 +320,12 @@ def test_tile_outputs_are_complete_and_consistent(tile_whole, small_scene, tmp_p
     assert sum(result.class_counts.values()) == int(valid.sum())
 
 
-def test_each_pixel_takes_the_tile_where_it_is_most_central(tile_whole, tile_model,
-                                                            small_scene):
-    """A pixel's probabilities are those of forward_tiles on the lattice tile whose central
-    cell holds it, cut from the aligned, normalised rasters by hand."""
+def scene_by_hand(tile_model, small_scene, config):
+    """(model, patch, per-pixel patterns, normalised aligned rasters) of the whole scene,
+    for tiles cut by hand."""
     from mamol.core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
-    from mamol.core.windows import tile_layout
-    result, config, _ = tile_whole
     model, header = mf.load_model(tile_model)
-    patch = header.patch_size
-    stride, lead = tile_layout(patch)
     used = read(config.output_modalities).astype(np.int64)
-    probabilities = read(config.output_probabilities)
     stats = {m.name: (np.asarray(m.mean)[:, None, None], np.asarray(m.std)[:, None, None])
              for m in header.modalities}
     infos = {name: inspect_raster(str(getattr(small_scene, name)), modality_label(name))
@@ -343,26 +337,85 @@ def test_each_pixel_takes_the_tile_where_it_is_most_central(tile_whole, tile_mod
             raw = aligned.read(0, 0, 128, 128)
         mean, std = stats[name]
         rasters[name] = np.nan_to_num((raw - mean) / std, nan=0.0).astype(np.float32)
-    for row, col in ((40, 41), (63, 64), (101, 7)):     # inside the scene, away from edges
+    return model, header.patch_size, used, rasters
+
+
+def tile_by_hand(model, patch, used, rasters, r0, c0):
+    """Softmax probabilities (K, P, P) of the tile whose first pixel is (r0, c0)."""
+    windows = {name: torch.from_numpy(a[None, :, r0:r0 + patch, c0:c0 + patch].copy())
+               for name, a in rasters.items()}
+    codes = torch.from_numpy(used[None, r0:r0 + patch, c0:c0 + patch].copy())
+    with torch.no_grad():
+        return torch.softmax(model.forward_tiles(windows, codes), dim=1)[0].numpy()
+
+
+PIXELS_AWAY_FROM_EDGES = ((40, 41), (63, 64), (101, 7))
+
+
+def test_each_pixel_takes_the_tile_where_it_is_most_central(tile_whole, tile_model,
+                                                            small_scene):
+    """A pixel's probabilities are those of forward_tiles on the lattice tile whose central
+    cell holds it, cut from the aligned, normalised rasters by hand."""
+    from mamol.core.windows import tile_layout
+    _, config, _ = tile_whole
+    model, patch, used, rasters = scene_by_hand(tile_model, small_scene, config)
+    stride, lead = tile_layout(patch)
+    probabilities = read(config.output_probabilities)
+    for row, col in PIXELS_AWAY_FROM_EDGES:
         r0 = row - row % stride - lead
         c0 = col - col % stride - lead
-        windows = {name: torch.from_numpy(a[None, :, r0:r0 + patch, c0:c0 + patch].copy())
-                   for name, a in rasters.items()}
-        codes = torch.from_numpy(used[None, r0:r0 + patch, c0:c0 + patch].copy())
-        with torch.no_grad():
-            expected = torch.softmax(model.forward_tiles(windows, codes), dim=1)[
-                0, :, row - r0, col - c0].numpy()
+        expected = tile_by_hand(model, patch, used, rasters, r0, c0)[:, row - r0, col - c0]
         np.testing.assert_allclose(probabilities[:, row, col], expected, atol=1e-5)
         # a neighbouring tile (shifted by one cell) predicts otherwise: the choice matters
-        windows = {name: torch.from_numpy(
-            a[None, :, r0 + stride:r0 + stride + patch, c0:c0 + patch].copy())
-            for name, a in rasters.items()}
-        codes = torch.from_numpy(used[None, r0 + stride:r0 + stride + patch,
-                                      c0:c0 + patch].copy())
-        with torch.no_grad():
-            other = torch.softmax(model.forward_tiles(windows, codes), dim=1)[
-                0, :, row - r0 - stride, col - c0].numpy()
+        other = tile_by_hand(model, patch, used, rasters, r0 + stride, c0)[
+            :, row - r0 - stride, col - c0]
         assert np.abs(other - expected).max() > 1e-6
+
+
+@pytest.fixture(scope="module")
+def weighted_whole(tile_model, small_scene, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tile-weighted")
+    result, config = classify_scene(tile_model, small_scene, folder, "b256", block_size=256,
+                                    tile_blend="weighted")
+    return result, config, folder
+
+
+def test_weighted_blending_averages_every_covering_tile(weighted_whole, tile_whole,
+                                                        tile_model, small_scene):
+    """Centre-weighted blending: a pixel's probabilities are the tent-weighted mean over
+    every lattice tile covering it; not the central tile's alone; the same per block size;
+    about the encoder passes of the central rule (same lattice)."""
+    from mamol.core.inference import tile_weights
+    from mamol.core.windows import tile_layout
+    result, config, folder = weighted_whole
+    model, patch, used, rasters = scene_by_hand(tile_model, small_scene, config)
+    stride, lead = tile_layout(patch)
+    weights = tile_weights(patch)
+    probabilities = read(config.output_probabilities)
+    central = read(tile_whole[1].output_probabilities)
+    for row, col in PIXELS_AWAY_FROM_EDGES:
+        total, weight = 0.0, 0.0
+        for r0 in range(row - patch + 1, row + 1):
+            for c0 in range(col - patch + 1, col + 1):
+                if (r0 + lead) % stride or (c0 + lead) % stride:
+                    continue     # not a lattice tile
+                w = weights[row - r0, col - c0]
+                total = total + w * tile_by_hand(model, patch, used, rasters, r0, c0)[
+                    :, row - r0, col - c0]
+                weight += w
+        np.testing.assert_allclose(probabilities[:, row, col], total / weight, atol=1e-5)
+        assert np.abs(probabilities[:, row, col] - central[:, row, col]).max() > 1e-6
+    valid = used > 0
+    np.testing.assert_allclose(probabilities[:, valid].sum(axis=0), 1.0, atol=1e-5)
+    other, other_config = classify_scene(tile_model, small_scene, folder, "b45", block_size=45,
+                                         tile_blend="weighted")
+    np.testing.assert_allclose(read(other_config.output_probabilities), probabilities,
+                               atol=1e-6)
+    assert np.array_equal(read(other_config.output_classes), read(config.output_classes))
+    # the same lattice; only tiles reaching past the scene's edges run in addition (and
+    # with several blocks, tiles overlapping two blocks run for each)
+    assert tile_whole[0].encoder_passes < result.encoder_passes \
+        < 1.1 * tile_whole[0].encoder_passes
 
 
 def test_a_tile_crop_gives_the_whole_scene_pixels(tile_whole, tile_model, small_scene,
