@@ -537,3 +537,22 @@ def test_model_kind_from_the_command_line(small_scene, tmp_path):
     with pytest.raises(MamolInputError, match="pixel model kind only"):
         cli.config_from_args(parser.parse_args(base + ["--model-kind", "tile", "--mce"])) \
             .validate()
+
+
+def test_evaluating_a_tile_model(trained_tile, small_scene, tmp_path):
+    """mamol:evaluate takes a tile model without new parameters: each reference pixel is
+    predicted at the centre of a tile centred on it (classification takes the lattice tile
+    whose central cell holds it, at most S/2 off centre), so the two agree closely but need
+    not agree exactly."""
+    from mamol.core.assessment import assess
+    from mamol.training.evaluation import EvaluationConfig, evaluate
+    from mamol.training.labels import LabelRasterSource
+    rasters = tuple((name, str(getattr(small_scene, name))) for name in ("hs", "sar", "lidar"))
+    result, config = classify_scene(trained_tile.model_path, small_scene, tmp_path, "e")
+    expected = assess(config.output_classes, small_scene.reference_labels,
+                      config.output_modalities)
+    evaluated = evaluate(EvaluationConfig(
+        model_path=str(trained_tile.model_path), rasters=rasters,
+        labels=LabelRasterSource(str(small_scene.reference_labels)), device="cpu"))
+    assert evaluated.summary["evaluation"]["samples"] == expected["samples"]
+    assert abs(evaluated.oa - expected["oa"]) < 0.05, (evaluated.oa, expected["oa"])
