@@ -8,8 +8,8 @@ holds one key, ``mamol``, whose value is a JSON document::
     format, format_version, modalities (name, bands, band names, wavelengths,
     normalisation mean/std), patch_size, backbone (arch, source, tag/path/seed,
     fingerprint), adapter (L_e, N_d, k, r, alpha, ..., experts; "mce": true and
-    "kind": "tile" only where set, so a plain pixel model's record is unchanged), classes (value, name,
-    colour), training (free-form summary), reference_grid, software, checksum
+    "kind": "tile" only where set, so a plain pixel model's record is unchanged), classes
+    (value, name, colour), training (free-form summary), reference_grid, software, checksum
 
 ``checksum`` is a SHA-256 over the rest of the JSON and every tensor's bytes, so a
 truncated or edited file is refused rather than silently misused (safetensors itself does

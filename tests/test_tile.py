@@ -268,6 +268,33 @@ def read(path):
     return gdal.Open(str(path)).ReadAsArray()
 
 
+def test_tile_lattice_cells_cover_the_grid_and_the_halo_is_enough_and_tight():
+    """Every pixel lies in exactly one tile's central cell, and the tiles a block needs (those
+    whose cell or, for blending, whose pixels meet it) stay within tile_halo of it for any
+    block position and length; one pixel less would not do for some P."""
+    from mamol.core.windows import tile_halo, tile_layout
+    tight = False
+    for patch in range(1, 21):
+        stride, lead = tile_layout(patch)
+        assert 1 <= stride <= patch and 0 <= lead and lead + stride <= patch
+        # the cells [kS, (k + 1)S) tile the axis, each at the centre of its tile
+        assert patch - stride - lead - lead in (0, 1)
+        halo = tile_halo(patch)
+        needed = 0
+        for start in range(0, 3 * stride):
+            for length in range(1, 3 * patch):
+                stop = start + length
+                ks = range(-(-(start + lead - patch + 1) // stride),
+                           (stop - 1 + lead) // stride + 1)
+                for k in ks:                # every tile with a pixel in the block
+                    first, last = k * stride - lead, k * stride - lead + patch - 1
+                    assert first <= stop - 1 and last >= start
+                    needed = max(needed, start - first, last - (stop - 1))
+        assert needed <= halo, (patch, needed, halo)
+        tight |= needed == halo
+    assert tight
+
+
 @pytest.fixture(scope="module")
 def tile_whole(tile_model, small_scene, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tile-classified")
@@ -278,8 +305,8 @@ def tile_whole(tile_model, small_scene, tmp_path_factory):
 def test_tile_classification_does_not_depend_on_block_size(tile_whole, tile_model,
                                                            small_scene):
     """Blocks of 16 (the smallest) and 45 (odd: 44 after rounding to the lattice step,
-    partial at the scene's edges) give every pixel, probability and pattern the one-block run gives: the
-    halo reaches every tile a block needs."""
+    partial at the scene's edges) give every pixel, probability and pattern the one-block
+    run gives: the halo reaches every tile a block needs."""
     reference_result, reference, folder = tile_whole
     for size in (16, 45):
         result, other = classify_scene(tile_model, small_scene, folder, f"b{size}",
