@@ -6,6 +6,7 @@ import numpy as np
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mamol.core import backbone as bb
 from mamol.core import sample_scene as ss
@@ -521,6 +522,23 @@ def test_tile_pixel_patterns_are_valid_modalities_within_the_tile_pattern():
     codes = tile_pixel_patterns(presence, np.array([0b11, 0b01]))
     assert codes[0, 1, 3] == 0b01 and codes[0, 0, 0] == 0b11
     assert (codes[1] == 0b01).all()      # the simulation dropped sar for the whole tile
+
+
+def test_tile_loss_counts_labelled_tokens_with_a_modality_only():
+    from mamol.training.tiles import IGNORE_INDEX, tile_loss
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, generator=generator, requires_grad=True)
+    targets = torch.full((2, 4, 4), IGNORE_INDEX)
+    targets[0, 1, 2], targets[1, 3, 3], targets[1, 0, 0] = 2, 0, 1
+    codes = torch.full((2, 4, 4), 7)
+    codes[1, 0, 0] = 0                       # labelled, but no modality there
+    loss = tile_loss(logits, targets, codes, labelled=2)
+    by_hand = (F.cross_entropy(logits[0, :, 1, 2][None], torch.tensor([2]))
+               + F.cross_entropy(logits[1, :, 3, 3][None], torch.tensor([0]))) / 2
+    torch.testing.assert_close(loss, by_hand)
+    loss.backward()
+    touched = logits.grad.abs().sum(dim=1) > 0
+    assert touched.sum() == 2 and touched[0, 1, 2] and touched[1, 3, 3]
 
 
 @pytest.fixture(scope="module")

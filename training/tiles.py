@@ -73,3 +73,15 @@ def tile_pixel_patterns(presence: np.ndarray, tile_patterns: np.ndarray) -> np.n
     """(n, P, P) int64 pixel patterns: each pixel's valid modalities among its tile's
     (simulated) pattern."""
     return presence.astype(np.int64) & tile_patterns.astype(np.int64)[:, None, None]
+
+
+def tile_loss(logits, targets, pixel_patterns, labelled: int):
+    """Cross-entropy of (n, K, P, P) logits summed over the labelled tokens of the tiles and
+    divided by ``labelled`` (the whole batch's labelled tokens, so micro-batches add up to
+    the batch mean). Tokens labelled :data:`IGNORE_INDEX`, and tokens whose pixel has no
+    modality (``pixel_patterns`` 0, never classified), add nothing and get no gradient."""
+    import torch.nn.functional as F
+    no_modality = (pixel_patterns == 0).to(targets.device)
+    targets = targets.masked_fill(no_modality, IGNORE_INDEX)
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX,
+                           reduction="sum") / max(1, labelled)

@@ -427,7 +427,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     if tiled:
         # Tile kind: every training sample of the tile is a label, the rest is ignored;
         # each pixel's modalities are its valid ones among the tile's simulated pattern.
-        from .tiles import IGNORE_INDEX, label_tiles, tile_pixel_patterns
+        from .tiles import IGNORE_INDEX, label_tiles, tile_loss, tile_pixel_patterns
         tile_labels_host = label_tiles(train, config.patch_size)
         tile_labels = to_device(torch.from_numpy(tile_labels_host), device)
         presence = train_batches.pixel_presence()
@@ -468,11 +468,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
                     logits = model.forward_tiles(windows, codes)
                     targets = tile_labels.index_select(
                         0, to_device(torch.from_numpy(chunk), device))
-                    # a token without any modality is not classified at inference either
-                    targets = targets.masked_fill(to_device(codes == 0, device), IGNORE_INDEX)
-                    loss = torch.nn.functional.cross_entropy(
-                        logits, targets, ignore_index=IGNORE_INDEX,
-                        reduction="sum") / max(1, labelled)
+                    loss = tile_loss(logits, targets, codes, labelled)
                     loss.backward()
                     loss_sum += loss.detach() * index.size
                     reporter.check()
