@@ -101,6 +101,7 @@ class ClassifyConfig:
     precision: str = "auto"                    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
     compile_mode: str = "off"                  # torch.compile: off | default | max-autotune
     tile_blend: str = "central"                # tile models: central | weighted (issue 17)
+    tile_step: int = 0                         # tile models: lattice step; 0 = P // 2
 
     def validate(self) -> None:
         if not self.rasters:
@@ -129,6 +130,9 @@ class ClassifyConfig:
                 "given.")
         parse_precision(self.precision)
         parse_compile_mode(self.compile_mode)
+        if self.tile_step < 0:
+            raise MamolInputError(
+                f"The tile step must be 0 (automatic) or positive, got {self.tile_step}.")
         if self.tile_blend not in ("central", "weighted"):
             raise MamolInputError(
                 f"Tile blending is 'central' or 'weighted', got '{self.tile_blend}'.")
@@ -476,12 +480,12 @@ def tile_weights(patch_size: int) -> np.ndarray:
 
 def _classify_tiles_weighted(model, block: _Block, phase: Tuple[int, int], device,
                              batch_size: int, patch: int, class_count: int,
-                             reporter: Reporter):
+                             reporter: Reporter, step: int = 0):
     """As :func:`_classify_tiles`, but each pixel's probabilities are the average of every
     lattice tile covering it, weighted by :func:`tile_weights` (centre-weighted blending).
     The tiles are the same lattice's; those overlapping the block reach at most P - 1
     pixels beyond it, within :func:`core.windows.tile_halo`."""
-    stride, lead = tile_layout(patch)
+    stride, lead = tile_layout(patch, step)
     height, width, pattern = block.height, block.width, block.pattern
     margin = block.margin
     phase_c, phase_r = phase
@@ -524,7 +528,7 @@ def _classify_tiles_weighted(model, block: _Block, phase: Tuple[int, int], devic
 
 
 def _classify_tiles(model, block: _Block, phase: Tuple[int, int], device, batch_size: int,
-                    patch: int, class_count: int, reporter: Reporter):
+                    patch: int, class_count: int, reporter: Reporter, step: int = 0):
     """The tile model kind's :func:`_classify_block`: (probabilities (K, h, w) float32, NaN
     where not classified, the pixels' pattern (h, w), number classified, encoder passes).
 
@@ -532,7 +536,7 @@ def _classify_tiles(model, block: _Block, phase: Tuple[int, int], device, batch_
     (:func:`core.windows.tile_layout`, full-grid coordinates modulo S); the block was read
     with a margin of :func:`core.windows.tile_halo`. Each tile whose central S x S cell holds
     a pixel to classify runs once, and that cell takes its probabilities."""
-    stride, lead = tile_layout(patch)
+    stride, lead = tile_layout(patch, step)
     height, width, pattern = block.height, block.width, block.pattern
     margin = block.margin
     phase_c, phase_r = phase
@@ -588,11 +592,18 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
         raise MamolInputError(
             "A stride is for models of the pixel kind; a tile model labels every pixel of "
             "each tile in one pass. Use stride 1.")
+    if tiled and config.tile_step > header.patch_size:
+        raise MamolInputError(
+            f"The tile step must be at most the tile size, {header.patch_size} px; "
+            f"got {config.tile_step}.")
+    if not tiled and config.tile_step:
+        raise MamolInputError("A tile step is for models of the tile kind; this model "
+                              "classifies pixel by pixel.")
     margin = tile_halo(header.patch_size) if tiled else 0
     # Blocks are whole multiples of the stride, or of a tile model's lattice step, so that
     # no lattice cell is split between blocks (its tile would run twice) unless a crop
     # shifts the lattice; results never depend on it.
-    unit = tile_layout(header.patch_size)[0] if tiled else stride
+    unit = tile_layout(header.patch_size, config.tile_step)[0] if tiled else stride
     block_size = config.block_size or auto_block_size(device)
     block = max(unit, block_size - block_size % unit)
     threshold = (config.max_missing_fraction if config.max_missing_fraction is not None
@@ -603,7 +614,7 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     model, header = load_model(Path(config.model_path), log=say)
     model = prepare_model(model, device, config.precision, config.compile_mode).eval()
     patch = header.patch_size
-    tile_stride = tile_layout(patch)[0]
+    tile_stride = tile_layout(patch, config.tile_step)[0]
     blend = _classify_tiles_weighted if config.tile_blend == "weighted" else _classify_tiles
     batch_size = config.batch_size or model_inference_batch(model, device, patch)
     say(f"Grid: {grid.width} × {grid.height} pixels of {grid.pixel_width:g} × "
@@ -649,7 +660,8 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
                                 blend(model, current, (
                                     (crop_col + current.col0) % tile_stride,
                                     (crop_row + current.row0) % tile_stride), device,
-                                    batch_size, patch, class_count, reporter)
+                                    batch_size, patch, class_count, reporter,
+                                    config.tile_step)
                             passes += block_passes
                         else:
                             pixel_probabilities, anchor_pattern, count = _classify_block(

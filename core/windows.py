@@ -35,10 +35,11 @@ def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return np.ascontiguousarray(np.moveaxis(view[:, rows, cols], 1, 0))
 
 
-def tile_layout(patch_size: int) -> Tuple[int, int]:
+def tile_layout(patch_size: int, step: int = 0) -> Tuple[int, int]:
     """(stride S, lead) of the tile lattice a tile model classifies with (issue 17).
 
-    Tiles of P x P pixels start every S = max(1, P // 2) pixels along each axis of the
+    Tiles of P x P pixels start every S = ``step`` (0: the default, max(1, P // 2); at most
+    P) pixels along each axis of the
     (uncropped) reference grid, at ``k * S - lead``; tile k keeps its predictions only for
     the S x S cell ``[k * S, (k + 1) * S)``, which sits at its centre (``lead = (P - S) // 2``
     pixels of the tile before the cell, ``P - S - lead`` after it). The cells tile the grid,
@@ -46,7 +47,9 @@ def tile_layout(patch_size: int) -> Tuple[int, int]:
     a pixel when P - S is odd), and the lattice belongs to the grid, not to a block or a
     crop: results do not depend on the block size or the extent.
     """
-    stride = max(1, patch_size // 2)
+    stride = step or max(1, patch_size // 2)
+    if not 1 <= stride <= patch_size:
+        raise ValueError(f"A tile step must be in [1, {patch_size}], got {stride}.")
     return stride, (patch_size - stride) // 2
 
 

@@ -275,8 +275,9 @@ def test_tile_lattice_cells_cover_the_grid_and_the_halo_is_enough_and_tight():
     block position and length; one pixel less would not do for some P."""
     from mamol.core.windows import tile_halo, tile_layout
     tight = False
-    for patch in range(1, 21):
-        stride, lead = tile_layout(patch)
+    for patch, step in [(p, s) for p in range(1, 21) for s in (0,) + tuple(range(1, p + 1))]:
+        stride, lead = tile_layout(patch, step)
+        assert stride == (step or max(1, patch // 2))
         assert 1 <= stride <= patch and 0 <= lead and lead + stride <= patch
         # the cells [kS, (k + 1)S) tile the axis, each at the centre of its tile
         assert patch - stride - lead - lead in (0, 1)
@@ -291,7 +292,7 @@ def test_tile_lattice_cells_cover_the_grid_and_the_halo_is_enough_and_tight():
                     first, last = k * stride - lead, k * stride - lead + patch - 1
                     assert first <= stop - 1 and last >= start
                     needed = max(needed, start - first, last - (stop - 1))
-        assert needed <= halo, (patch, needed, halo)
+        assert needed <= halo, (patch, step, needed, halo)
         tight |= needed == halo
     assert tight
 
@@ -601,3 +602,35 @@ def test_evaluating_a_tile_model(trained_tile, small_scene, tmp_path):
         labels=LabelRasterSource(str(small_scene.reference_labels)), device="cpu"))
     assert evaluated.summary["evaluation"]["samples"] == expected["samples"]
     assert abs(evaluated.oa - expected["oa"]) < 0.05, (evaluated.oa, expected["oa"])
+
+
+def test_a_larger_tile_step_runs_fewer_tiles_and_keeps_the_rules(tile_whole, tile_model,
+                                                                 tiny_model, small_scene):
+    """A tile step of P (no overlap): fewer encoder passes than the default P // 2, results
+    still independent of the block size, each pixel still from the tile whose central
+    cell holds it; a step above P, or a step for a pixel model, is refused."""
+    from mamol.core.errors import MamolInputError
+    from mamol.core.model_file import read_header
+    from mamol.core.windows import tile_layout
+    default_result, _, folder = tile_whole
+    patch = read_header(tile_model).patch_size
+    runs = {size: classify_scene(tile_model, small_scene, folder, f"stepP-b{size}",
+                                 block_size=size, tile_step=patch)
+            for size in (256, 45)}
+    (big, big_config), (_, small_config) = runs[256], runs[45]
+    assert np.array_equal(read(big_config.output_classes), read(small_config.output_classes))
+    np.testing.assert_allclose(read(big_config.output_probabilities),
+                               read(small_config.output_probabilities), atol=1e-6)
+    assert big.encoder_passes < default_result.encoder_passes
+    model, patch, used, rasters = scene_by_hand(tile_model, small_scene, big_config)
+    stride, lead = tile_layout(patch, patch)
+    assert (stride, lead) == (patch, 0)
+    probabilities = read(big_config.output_probabilities)
+    for row, col in PIXELS_AWAY_FROM_EDGES:
+        r0, c0 = row - row % stride - lead, col - col % stride - lead
+        expected = tile_by_hand(model, patch, used, rasters, r0, c0)[:, row - r0, col - c0]
+        np.testing.assert_allclose(probabilities[:, row, col], expected, atol=1e-5)
+    with pytest.raises(MamolInputError, match="at most the tile size"):
+        classify_scene(tile_model, small_scene, folder, "too-big", tile_step=patch + 1)
+    with pytest.raises(MamolInputError, match="for models of the tile kind"):
+        classify_scene(tiny_model, small_scene, folder, "pixel-step", tile_step=2)

@@ -374,6 +374,14 @@ def _classify_parser(sub) -> None:
                               "counts as missing (default: the model's)")
     options.add_argument("--stride", type=int, default=1,
                          help="classify every s-th pixel and fill the s×s cell (preview)")
+    options.add_argument("--tile-step", type=int, default=0,
+                         help="tile models: start a tile every N pixels (0 = P // 2; at "
+                              "most P); larger is faster, each pixel then sits nearer its "
+                              "tile's edge")
+    options.add_argument("--tile-blend", choices=["central", "weighted"], default="central",
+                         help="tile models: take each pixel from the tile where it is most "
+                              "central, or average the covering tiles weighted towards "
+                              "their centres")
     options.add_argument("--block-size", type=int, default=0,
                          help="pixels per block side (0 = automatic); memory, not results")
     options.add_argument("--batch-size", type=int, default=0,
@@ -412,6 +420,7 @@ def run_classify(args, channel: Channel, is_cancelled) -> Dict[str, object]:
         extent_crs_wkt=_crs_wkt(args.extent_crs),
         mask=MaskSource(args.mask, args.mask_layer) if args.mask else None,
         max_missing_fraction=args.max_missing_fraction, stride=args.stride,
+        tile_step=args.tile_step, tile_blend=args.tile_blend,
         block_size=args.block_size, batch_size=args.batch_size,
         gdal_cache_mb=args.gdal_cache_mb, device=args.device, precision=args.precision,
         compile_mode=args.compile)
