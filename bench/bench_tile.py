@@ -106,7 +106,7 @@ def main() -> None:
                         help="side of the centred crop both kinds classify")
     parser.add_argument("--whole", action="store_true",
                         help="also classify the whole scene with the tile kind")
-    parser.add_argument("--tile-step", type=int, default=0, help="0 = P // 2")
+    parser.add_argument("--tile-step", type=int, default=0, help="0 = the default, P − 2·(P // 7)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
@@ -117,7 +117,8 @@ def main() -> None:
         single(args)
         return
     from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene
-    step = args.tile_step or args.patch_size // 2
+    from mamol.core.windows import tile_layout
+    step = tile_layout(args.patch_size, args.tile_step)[0]
     print(f"host {platform.node()} ({os.cpu_count()} CPUs), device {args.device}, "
           f"arch {args.arch}, P={args.patch_size}, tile step {step}, "
           f"precision {args.precision}, scene {args.size}², crop {args.crop}²")

@@ -24,8 +24,8 @@
   stride s only the centre pixel of each s×s cell is classified and the cell takes its
   result (nearest upsampling), for fast previews.
 * **Tile models** (issue 17). A model of the tile kind labels every pixel of a P×P tile in
-  one pass per modality. Tiles overlap on a lattice of the full grid (every S = P/2
-  pixels) and each pixel takes the prediction of the tile in whose central S×S cell it
+  one pass per modality. Tiles overlap on a lattice of the full grid (every S pixels,
+  ``tile_step``; by default P − 2·(P // 7), 10 for P = 14) and each pixel takes the prediction of the tile in whose central S×S cell it
   lies (:func:`core.windows.tile_layout`); blocks read a further halo of P − 1 pixels
   (:func:`core.windows.tile_halo`), so results do not depend on the block size or the
   extent. The per-pixel missing pattern is the same rule as above; a tile's pass of a
@@ -101,7 +101,7 @@ class ClassifyConfig:
     precision: str = "auto"                    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
     compile_mode: str = "off"                  # torch.compile: off | default | max-autotune
     tile_blend: str = "central"                # tile models: central | weighted (issue 17)
-    tile_step: int = 0                         # tile models: lattice step; 0 = P // 2
+    tile_step: int = 0                         # tile models: lattice step; 0 = default
 
     def validate(self) -> None:
         if not self.rasters:

@@ -35,11 +35,20 @@ def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return np.ascontiguousarray(np.moveaxis(view[:, rows, cols], 1, 0))
 
 
+def default_tile_step(patch_size: int) -> int:
+    """The default step of the tile lattice: P - 2 * max(1, P // 7), at least 1 (10 for
+    P = 14, 5 for P = 7), so each kept cell has a margin of P // 7 pixels of context on
+    every side. Measured on the sample scene (tiny backbone, P = 14, one trained tile
+    model, bench/RESULTS.md): step 7 (P / 2) 87.15 % OA, 966 passes; step 10 86.74 %,
+    453 passes; step 14 (no overlap) 85.79 %, 269 passes."""
+    return max(1, patch_size - 2 * max(1, patch_size // 7))
+
+
 def tile_layout(patch_size: int, step: int = 0) -> Tuple[int, int]:
     """(stride S, lead) of the tile lattice a tile model classifies with (issue 17).
 
-    Tiles of P x P pixels start every S = ``step`` (0: the default, max(1, P // 2); at most
-    P) pixels along each axis of the
+    Tiles of P x P pixels start every S = ``step`` pixels (at most P; 0: the default,
+    ``default_tile_step``) along each axis of the
     (uncropped) reference grid, at ``k * S - lead``; tile k keeps its predictions only for
     the S x S cell ``[k * S, (k + 1) * S)``, which sits at its centre (``lead = (P - S) // 2``
     pixels of the tile before the cell, ``P - S - lead`` after it). The cells tile the grid,
@@ -47,7 +56,7 @@ def tile_layout(patch_size: int, step: int = 0) -> Tuple[int, int]:
     a pixel when P - S is odd), and the lattice belongs to the grid, not to a block or a
     crop: results do not depend on the block size or the extent.
     """
-    stride = step or max(1, patch_size // 2)
+    stride = step or default_tile_step(patch_size)
     if not 1 <= stride <= patch_size:
         raise ValueError(f"A tile step must be in [1, {patch_size}], got {stride}.")
     return stride, (patch_size - stride) // 2
