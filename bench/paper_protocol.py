@@ -17,6 +17,13 @@ is recorded in ``protocol.json`` next to ``results.md``; each run's model, metri
 patterns are kept under ``runs/`` and a rerun with the same output folder skips runs that
 are already done.
 
+``--model-kind tile`` trains every run as a tile model (issue 17: one encoder pass labels a
+whole P × P tile) instead of the paper's per-pixel kind; its run keys end in ``_tile`` and it
+writes ``results_tile.md`` / ``protocol_tile.json``, so both kinds share one output folder.
+``--seeds S1 S2 …`` repeats each row of Tables 1 and 5 once per training seed (test
+simulation seed + 1) and shows mean ± standard deviation; without it they run once with
+``--seed`` (the imbalance table always uses the seeds, 0 1 2 by default).
+
 Settings: ``quick`` (tiny seeded-random ViT, P = 7, few epochs, capped samples per class;
 minutes on a CPU) and ``full`` (ViT-B-16 with pretrained CLIP weights, P = 14, the paper's
 optimiser: AdamW lr 2e-3, weight decay 2e-2, 10 % warm-up then linear decay, batch 128;
@@ -46,7 +53,7 @@ import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
 from mamol.core.backbone import TINY_ARCH, BackboneSpec, WeightsSource  # noqa: E402
 from mamol.core.errors import MamolInputError  # noqa: E402
 from mamol.core.grid import modality_label  # noqa: E402
-from mamol.core.model_file import software_versions  # noqa: E402
+from mamol.core.model_file import read_header, software_versions  # noqa: E402
 from mamol.training.evaluation import (EvaluationConfig, availability_simulation,  # noqa: E402
                                        evaluate)
 from mamol.training.labels import SplitConfig  # noqa: E402
@@ -114,6 +121,7 @@ class Run:
     independent: bool = False         # each modality dropped on its own (imbalance table)
     mce: bool = False                 # MaMOL + MCE (imbalance table)
     seed: Optional[int] = None        # None: the command's --seed
+    kind: str = "pixel"               # model kind: pixel (the paper's) or tile (issue 17)
 
     @property
     def key(self) -> str:
@@ -126,6 +134,8 @@ class Run:
             key += "_mce"
         if self.seed is not None:
             key += f"_seed{self.seed}"
+        if self.kind != "pixel":
+            key += f"_{self.kind}"
         return key
 
 
@@ -135,29 +145,42 @@ IMBALANCE_PAIR = ((0.2, 1.0), (0.1, 1.0))
 
 
 def planned_runs(tables: Sequence[int], names: Sequence[str], other: str,
-                 rates: Sequence[float], seeds: Sequence[int] = (0, 1, 2)
+                 rates: Sequence[float], seeds: Sequence[int] = (0, 1, 2),
+                 kind: str = "pixel", table_seeds: Optional[Sequence[int]] = None
                  ) -> Dict[str, List[Tuple[str, Run]]]:
-    """The runs of each table, as (row label, run); a run shared by two tables runs once."""
+    """The runs of each table, as (row label, run); a run shared by two tables runs once.
+
+    ``seeds`` are the imbalance table's training seeds; ``table_seeds`` repeat each row of
+    Tables 1 and 5 once per seed (None: one run with the command's --seed, as before).
+    ``kind`` is the model kind of every run.
+    """
+    if kind not in ("pixel", "tile"):
+        raise MamolInputError(f"The model kind must be pixel or tile, got {kind!r}.")
+    if 6 in tables and kind != "pixel":
+        raise MamolInputError("The imbalance table (6) compares MaMOL with MaMOL + MCE, which "
+                              "is available for the pixel model kind only.")
     plan: Dict[str, List[Tuple[str, Run]]] = {}
     pair = ("hs", other)
+    repeats: List[Optional[int]] = list(table_seeds) if table_seeds else [None]
     if 1 in tables or 5 in tables:
         for needed in pair:
             if needed not in names:
                 raise MamolInputError(f"Tables 1 and 5 need HS and {other}; the dataset has "
                                       f"{', '.join(names)}.")
     if 1 in tables:
-        plan["1"] = [(f"{eta}|{case.value}", Run(pair, table1_availability(eta, case)))
-                     for eta in rates for case in TABLE1_CASES]
+        plan["1"] = [(f"{eta}|{case.value}", Run(pair, table1_availability(eta, case),
+                                                  seed=seed, kind=kind))
+                     for eta in rates for case in TABLE1_CASES for seed in repeats]
     if 3 in tables:
         if tuple(names) != ("hs", "sar", "lidar"):
             raise MamolInputError("Table 3 needs three modalities (HS, SAR, LiDAR); the "
                                   f"dataset has {', '.join(names)}.")
-        plan["3"] = [("|".join(map(str, row)), Run(("hs", "sar", "lidar"), row))
+        plan["3"] = [("|".join(map(str, row)), Run(("hs", "sar", "lidar"), row, kind=kind))
                      for row in TABLE3_ROWS]
     if 5 in tables:
         plan["5"] = [(f"{experts}|{eta}", Run(pair, table1_availability(
-            eta, Table1Case.MISSING_BOTH), experts)) for experts, _ in ABLATIONS
-            for eta in rates]
+            eta, Table1Case.MISSING_BOTH), experts, seed=seed, kind=kind))
+            for experts, _ in ABLATIONS for eta in rates for seed in repeats]
     if 6 in tables:
         three = tuple(names) == ("hs", "sar", "lidar")
         modalities = ("hs", "sar", "lidar") if three else pair
@@ -191,7 +214,7 @@ def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, s
         split=SplitConfig(validation_fraction=0.0, max_train_per_class=settings.train_per_class,
                           min_pixels_per_class=1, seed=seed),
         simulation=training_simulation, device=settings.device,
-        mce=MceConfig() if run.mce else None, seed=seed),
+        mce=MceConfig() if run.mce else None, seed=seed, model_kind=run.kind),
         log=lambda line: LOG.debug(line))
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -216,6 +239,7 @@ def run_once(run: Run, dataset: protocol_datasets.Dataset, settings: Settings, s
         "train_seconds": round(train_seconds, 1),
         "evaluation_seconds": round(time.perf_counter() - started, 1),
         "train_seed": seed, "test_seed": seed + 1,
+        "model_kind": read_header(trained.model_path).model_kind,  # as the model file says
     }
     (folder / "model.mamol").unlink()  # models are not kept: reruns come from the seed
     result_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -233,26 +257,69 @@ def _pct(value: float) -> str:
     return f"{round(100 * value)}%"
 
 
+def _rows(rows: List[Tuple[str, Run]]) -> List[Tuple[str, List[Run]]]:
+    """The table's rows in plan order, each with its runs (one per seed)."""
+    grouped: Dict[str, List[Run]] = {}
+    for label, run in rows:
+        grouped.setdefault(label, []).append(run)
+    return list(grouped.items())
+
+
+def _done(runs: Sequence[Run], results) -> Optional[List[Dict[str, object]]]:
+    """The records of every run of a row, or None until all of them are done."""
+    records = [results.get(run.key) for run in runs]
+    if any(not r or r.get("oa") is None for r in records):
+        return None
+    return records
+
+
+def _seeded_cell(runs: Sequence[Run], results) -> str:
+    """OA % / κ × 100 of a row: a single run as before, several seeds as mean ± std."""
+    if len(runs) == 1:
+        return _cell(results.get(runs[0].key))
+    records = _done(runs, results)
+    if records is None:
+        return "—"
+    kappas = [r["kappa"] for r in records if r.get("kappa") is not None]
+    return (f"{_spread([r['oa'] for r in records])} / "
+            f"{_spread(kappas) if len(kappas) == len(records) else '—'}")
+
+
+def _labels(rows: List[Tuple[str, Run]]) -> Tuple[str, str]:
+    """(method column, title note) of a table: the model kind and the seeds, where they are
+    not the defaults (per pixel, one seed) whose tables stay as they were."""
+    runs = [run for _, run in rows]
+    kind = runs[0].kind
+    seeds = sorted({run.seed for run in runs if run.seed is not None})
+    method = "MaMOL" if kind == "pixel" else f"MaMOL ({kind})"
+    notes = [] if kind == "pixel" else [f"{kind} model kind"]
+    if seeds:
+        notes.append(f"mean ± std over seeds {', '.join(map(str, seeds))}")
+    return method, "".join(f"; {note}" for note in notes)
+
+
 def markdown(plan: Dict[str, List[Tuple[str, Run]]], results: Dict[str, Dict[str, object]],
              other: str) -> str:
     """The tables, in the paper's layout."""
     other = modality_label(other)
     parts = []
     if "1" in plan:
+        method, note = _labels(plan["1"])
         lines = ["### Table 1 — missing rate × train/test availability "
-                 f"(HS + {other}; OA % / κ × 100)", "",
-                 f"| Missing rate | Train/Test HS | Train/Test {other} | Case | MaMOL |",
+                 f"(HS + {other}; OA % / κ × 100{note})", "",
+                 f"| Missing rate | Train/Test HS | Train/Test {other} | Case | {method} |",
                  "|---:|---:|---:|---|---:|"]
-        for label, run in plan["1"]:
+        for label, runs in _rows(plan["1"]):
             eta, case = label.split("|")
-            lines.append(f"| {_pct(float(eta))} | {_pct(run.availability[0])} | "
-                         f"{_pct(run.availability[1])} | {case} | "
-                         f"{_cell(results.get(run.key))} |")
+            lines.append(f"| {_pct(float(eta))} | {_pct(runs[0].availability[0])} | "
+                         f"{_pct(runs[0].availability[1])} | {case} | "
+                         f"{_seeded_cell(runs, results)} |")
         parts.append("\n".join(lines))
     if "3" in plan:
+        method, note = _labels(plan["3"])
         lines = ["### Table 3 — three modalities, 75 % overall missing rate "
-                 "(OA % / κ × 100)", "",
-                 "| Missing rate | HS | SAR | LiDAR | MaMOL |", "|---:|---:|---:|---:|---:|"]
+                 f"(OA % / κ × 100{note})", "",
+                 f"| Missing rate | HS | SAR | LiDAR | {method} |", "|---:|---:|---:|---:|---:|"]
         for _, run in plan["3"]:
             hs, sar, lidar = run.availability
             lines.append(f"| 75% | {_pct(hs)} | {_pct(sar)} | {_pct(lidar)} | "
@@ -260,20 +327,23 @@ def markdown(plan: Dict[str, List[Tuple[str, Run]]], results: Dict[str, Dict[str
         parts.append("\n".join(lines))
     if "5" in plan:
         rates = sorted({float(label.split("|")[1]) for label, _ in plan["5"]})
-        lines = [f"### Table 5 — expert ablations, missing both (HS + {other}; OA %)", "",
-                 "| Method | " + " | ".join(_pct(r) for r in rates) + " | Avg. |",
+        _, note = _labels(plan["5"])
+        rows = dict(_rows(plan["5"]))
+        lines = [f"### Table 5 — expert ablations, missing both (HS + {other}; OA %{note})",
+                 "", "| Method | " + " | ".join(_pct(r) for r in rates) + " | Avg. |",
                  "|---|" + "---:|" * (len(rates) + 1)]
         for experts, title in ABLATIONS:
-            values = []
+            values, cells = [], []
             for eta in rates:
-                run = next(r for label, r in plan["5"] if label == f"{experts}|{eta}")
-                record = results.get(run.key)
-                values.append(None if not record or record.get("oa") is None
-                              else 100 * record["oa"])
+                records = _done(rows[f"{experts}|{eta}"], results)
+                oas = [r["oa"] for r in records] if records else []
+                values.append(100 * sum(oas) / len(oas) if oas else None)
+                cells.append(_spread(oas) if len(oas) > 1 else
+                             "—" if values[-1] is None else f"{values[-1]:.2f}")
             done = [v for v in values if v is not None]
             average = f"{sum(done) / len(done):.2f}" if len(done) == len(values) else "—"
-            lines.append(f"| {title} (`{experts}`) | " + " | ".join(
-                "—" if v is None else f"{v:.2f}" for v in values) + f" | {average} |")
+            lines.append(f"| {title} (`{experts}`) | " + " | ".join(cells) +
+                         f" | {average} |")
         parts.append("\n".join(lines))
     if "6" in plan:
         parts.append(_imbalance_markdown(plan["6"], results))
@@ -364,8 +434,15 @@ def main(argv=None) -> int:
     parser.add_argument("--tables", type=int, nargs="+", default=None,
                         help="which of 1 3 5 6 (6: the imbalance table, MaMOL vs MaMOL + "
                              "MCE; default: every paper table the dataset allows)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="training seeds of the imbalance table (default 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="training seeds: the imbalance table's (default 0 1 2), and, "
+                             "when given, Tables 1 and 5 run each row once per seed and show "
+                             "mean ± std (default: one run with --seed)")
+    parser.add_argument("--model-kind", choices=["pixel", "tile"], default="pixel",
+                        help="model kind of every run: pixel (one window per pixel, the "
+                             "paper's) or tile (one pass labels a P x P tile); tile runs' "
+                             "keys end in _tile, so both kinds can share one --out folder, "
+                             "and a tile run writes results_tile.md and protocol_tile.json")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     parser.add_argument("--other", help="the non-HS modality of Tables 1 and 5")
     parser.add_argument("--seed", type=int, default=0)
@@ -399,24 +476,28 @@ def _run(args) -> int:
         raise MamolInputError(f"--other must be one of the dataset's non-HS modalities "
                               f"({', '.join(n for n in names if n != 'hs')}), got {other}.")
     tables = args.tables or ([1, 3, 5] if tuple(names) == ("hs", "sar", "lidar") else [1, 5])
-    plan = planned_runs(tables, names, other, args.rates, args.seeds)
+    plan = planned_runs(tables, names, other, args.rates, args.seeds or (0, 1, 2),
+                        kind=args.model_kind, table_seeds=args.seeds)
     runs = {run.key: run for rows in plan.values() for _, run in rows}
-    LOG.info("%s: %d runs (%s settings: %s, P=%d, %d epochs) into %s", dataset.name,
-             len(runs), args.settings, settings.arch, settings.patch_size, settings.epochs,
-             out)
+    LOG.info("%s: %d runs (%s settings: %s, P=%d, %d epochs, %s model kind) into %s",
+             dataset.name, len(runs), args.settings, settings.arch, settings.patch_size,
+             settings.epochs, args.model_kind, out)
+    suffix = "" if args.model_kind == "pixel" else f"_{args.model_kind}"
     protocol = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "dataset": dataset.describe(), "settings_preset": args.settings,
         "settings": dataclasses.asdict(settings), "seed": args.seed,
         "seeds": {"training (split, simulation, initialisation)": args.seed,
                   "test simulation": args.seed + 1, "backbone (random weights)": 0},
+        "model_kind": args.model_kind,
+        "table_seeds": {"1 and 5": args.seeds, "6": list(args.seeds or (0, 1, 2))},
         "tables": tables, "rates": args.rates, "other": other,
         "plan": {table: [{"row": label, "key": run.key} for label, run in rows]
                  for table, rows in plan.items()},
         "software": software_versions(), "machine": {"python": platform.python_version(),
                                                      "cpus": os.cpu_count()},
     }
-    (out / "protocol.json").write_text(json.dumps(protocol, indent=2) + "\n")
+    (out / f"protocol{suffix}.json").write_text(json.dumps(protocol, indent=2) + "\n")
     results: Dict[str, Dict[str, object]] = {}
     started = time.perf_counter()
     for number, (key, run) in enumerate(runs.items(), 1):
@@ -425,8 +506,8 @@ def _run(args) -> int:
         LOG.info("[%d/%d] %s: OA %.2f %%, kappa %.4f (train %.0f s, test %.0f s)", number,
                  len(runs), key, 100 * record["oa"], record["kappa"],
                  record["train_seconds"], record["evaluation_seconds"])
-        (out / "results.md").write_text(_document(dataset, settings, args, plan, results,
-                                                  other))
+        (out / f"results{suffix}.md").write_text(_document(dataset, settings, args, plan,
+                                                           results, other))
     LOG.info("done in %.0f s", time.perf_counter() - started)
     print(markdown(plan, results, other))
     return 0
@@ -440,7 +521,9 @@ def _document(dataset, settings, args, plan, results, other) -> str:
               f"{settings.warmup_fraction:.0%}; training pixels per class: "
               f"{settings.train_per_class or 'all'}, test pixels per class: "
               f"{settings.test_per_class or 'all'}; seed {args.seed} (test simulation "
-              f"seed {args.seed + 1}); device {settings.device}.", ""]
+              f"seed {args.seed + 1}); device {settings.device}" +
+              ("." if args.model_kind == "pixel" else
+               f"; {args.model_kind} model kind (issue 17)."), ""]
     header += [f"- {note}" for note in dataset.notes] + [""]
     return "\n".join(header) + markdown(plan, results, other)
 

@@ -38,6 +38,96 @@ def test_plan_follows_the_paper():
         paper_protocol.planned_runs([3], ["hs", "lidar"], "lidar", [0.5])
 
 
+def test_seeds_repeat_tables_1_and_5_and_the_tile_kind_marks_every_key():
+    default = paper_protocol.planned_runs([1, 5], ["hs", "lidar"], "lidar", [0.5, 0.7])
+    assert [run.key for _, run in default["1"]][:3] == [
+        "full_hs100-lidar50", "full_hs50-lidar100", "full_hs75-lidar75"]
+    assert all(run.seed is None and run.kind == "pixel"
+               for rows in default.values() for _, run in rows)
+    plan = paper_protocol.planned_runs([1, 5], ["hs", "lidar"], "lidar", [0.5, 0.7],
+                                       kind="tile", table_seeds=[0, 1, 2])
+    assert len(plan["1"]) == 6 * 3 and len(plan["5"]) == 10 * 3
+    runs = [run for rows in plan.values() for _, run in rows]
+    assert all(run.kind == "tile" and run.key.endswith("_tile") for run in runs)
+    assert {run.seed for run in runs} == {0, 1, 2}
+    by_label = {}
+    for label, run in plan["1"]:
+        by_label.setdefault(label, []).append(run.key)
+    assert by_label["0.5|missing_both"] == [
+        "full_hs75-lidar75_seed0_tile", "full_hs75-lidar75_seed1_tile",
+        "full_hs75-lidar75_seed2_tile"]
+    # Table 5's MaMOL (full) row is Table 1's missing-both runs, seed for seed
+    assert len({run.key for run in runs}) == 6 * 3 + 8 * 3
+    # pixel and tile runs never share a key, so they can share an output folder
+    pixel = paper_protocol.planned_runs([1, 5], ["hs", "lidar"], "lidar", [0.5, 0.7],
+                                        table_seeds=[0, 1, 2])
+    assert not {r.key for rows in pixel.values() for _, r in rows} & {r.key for r in runs}
+    with pytest.raises(MamolInputError, match="pixel model kind only"):
+        paper_protocol.planned_runs([6], ["hs", "lidar"], "lidar", [0.5], kind="tile")
+    with pytest.raises(MamolInputError, match="pixel or tile"):
+        paper_protocol.planned_runs([1], ["hs", "lidar"], "lidar", [0.5], kind="dense")
+
+
+def test_tables_show_mean_and_std_over_seeds_and_single_seed_tables_are_unchanged():
+    plan = paper_protocol.planned_runs([1, 5], ["hs", "lidar"], "lidar", [0.5])
+    results = {run.key: {"oa": 0.8125, "kappa": 0.75} for rows in plan.values()
+               for _, run in rows}
+    text = paper_protocol.markdown(plan, results, "lidar")
+    assert ("### Table 1 — missing rate × train/test availability (HS + LiDAR; "
+            "OA % / κ × 100)\n\n| Missing rate | Train/Test HS | Train/Test LiDAR | Case | "
+            "MaMOL |\n|---:|---:|---:|---|---:|\n"
+            "| 50% | 100% | 50% | missing_other | 81.25 / 75.00 |") in text
+    assert ("### Table 5 — expert ablations, missing both (HS + LiDAR; OA %)\n\n"
+            "| Method | 50% | Avg. |") in text
+    assert "| MaMOL (full) (`full`) | 81.25 | 81.25 |" in text
+    assert "±" not in text and "tile" not in text
+
+    plan = paper_protocol.planned_runs([1, 5], ["hs", "lidar"], "lidar", [0.5],
+                                       kind="tile", table_seeds=[0, 1, 2])
+    results = {}
+    for rows in plan.values():
+        for _, run in rows:
+            results[run.key] = {"oa": 0.7 + run.seed / 10, "kappa": 0.6 + run.seed / 20}
+    text = paper_protocol.markdown(plan, results, "lidar")
+    assert "OA % / κ × 100; tile model kind; mean ± std over seeds 0, 1, 2)" in text
+    assert "| Case | MaMOL (tile) |" in text
+    # OA 70, 80, 90 -> 80 ± 10; κ 60, 65, 70 -> 65 ± 5
+    assert "| 50% | 75% | 75% | missing_both | 80.00 ± 10.00 / 65.00 ± 5.00 |" in text
+    assert "| MaMOL (full) (`full`) | 80.00 ± 10.00 | 80.00 |" in text
+    # a row waits for all its seeds
+    del results[plan["1"][0][1].key]
+    text = paper_protocol.markdown(plan, results, "lidar")
+    assert "| 50% | 100% | 50% | missing_other | — |" in text
+
+
+@pytest.mark.slow
+def test_tile_runs_share_an_output_folder_with_pixel_runs(tmp_path):
+    # a finished per-pixel run with the same row as a tile run: the tile run must not reuse it
+    pixel_run = tmp_path / "runs" / "full_hs100-lidar50"
+    pixel_run.mkdir(parents=True)
+    pixel_record = {"oa": 0.125, "kappa": 0.0, "model_kind": "pixel"}
+    (pixel_run / "result.json").write_text(json.dumps(pixel_record))
+    (tmp_path / "results.md").write_text("pixel tables\n")
+    argv = ["--dataset", "sample", "--scene-size", "128", "--rates", "0.5", "--epochs", "1",
+            "--tables", "1", "--train-per-class", "30", "--test-per-class", "30",
+            "--model-kind", "tile", "--out", str(tmp_path)]
+    assert paper_protocol.main(argv) == 0
+    assert json.loads((pixel_run / "result.json").read_text()) == pixel_record
+    assert (tmp_path / "results.md").read_text() == "pixel tables\n"
+    assert not (tmp_path / "protocol.json").exists()
+    protocol = json.loads((tmp_path / "protocol_tile.json").read_text())
+    assert protocol["model_kind"] == "tile"
+    assert protocol["table_seeds"]["1 and 5"] is None
+    assert [entry["key"] for entry in protocol["plan"]["1"]] == [
+        "full_hs100-lidar50_tile", "full_hs50-lidar100_tile", "full_hs75-lidar75_tile"]
+    for entry in protocol["plan"]["1"]:
+        record = json.loads((tmp_path / "runs" / entry["key"] / "result.json").read_text())
+        assert record["model_kind"] == "tile"   # read back from the trained model's header
+        assert 0.0 <= record["oa"] <= 1.0 and record["test_samples"] > 0
+    text = (tmp_path / "results_tile.md").read_text()
+    assert "tile model kind" in text and "| MaMOL (tile) |" in text and "12.50" not in text
+
+
 @pytest.mark.slow
 def test_quick_mode_end_to_end_on_the_sample_scene(tmp_path):
     argv = ["--dataset", "sample", "--scene-size", "128", "--rates", "0.5", "--epochs", "1",

@@ -85,6 +85,66 @@ def test_class_names_and_colours_from_a_categorised_style(mamol_provider, small_
     assert header.modality_names == ["hs"]
 
 
+def test_a_tile_model_trains_and_classifies_without_new_parameters(mamol_provider,
+                                                                   small_scene, tmp_path):
+    import processing
+    from osgeo import gdal
+    feedback = recording_feedback()
+    run(quick_parameters(small_scene, tmp_path, MODEL_KIND=1, SAR=None), feedback=feedback)
+    header = read_header(tmp_path / "model.mamol")
+    assert header.adapter.get("kind") == "tile" and header.model_kind == "tile"
+    assert header.modality_names == ["hs", "lidar"]
+    assert any("--model-kind tile" in line for line in feedback.debug)
+    results = processing.run("mamol:classify", {
+        "MODEL": str(tmp_path / "model.mamol"), "HS": str(small_scene.hs),
+        "LIDAR": str(small_scene.lidar), "DEVICE": "cpu",
+        "OUTPUT": str(tmp_path / "lc.tif")})
+    classified = gdal.Open(results["OUTPUT"])
+    assert (classified.RasterXSize, classified.RasterYSize) == (128, 128)
+    values = set(classified.ReadAsArray().ravel().tolist())
+    assert values and values <= set(range(0, 8))
+
+
+def test_the_default_kind_is_per_pixel_and_not_written(mamol_provider, small_scene, tmp_path):
+    from qgis.core import QgsApplication, QgsProcessingContext
+    algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM)
+    definition = algorithm.parameterDefinition("MODEL_KIND")
+    assert definition.options()[definition.defaultValue()].startswith("Per pixel")
+    assert definition.options()[1].startswith("Tile")
+    assert "Model kind" in algorithm.shortHelpString()
+    context = QgsProcessingContext()
+    arguments = algorithm.engine_arguments(quick_parameters(small_scene, tmp_path), context,
+                                           None)
+    assert "--model-kind" not in arguments
+    arguments = algorithm.engine_arguments(quick_parameters(small_scene, tmp_path,
+                                                            MODEL_KIND=1), context, None)
+    assert arguments[arguments.index("--model-kind") + 1] == "tile"
+
+
+def test_tile_with_mce_is_refused_before_any_work(mamol_provider, small_scene, tmp_path):
+    with pytest.raises(QgsProcessingException, match="MCE is available for the per-pixel "
+                                                     "model kind only"):
+        run(quick_parameters(small_scene, tmp_path, MODEL_KIND=1, TRAINING_MODE=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_engine_refuses_tile_with_mce_in_its_own_words(mamol_provider, small_scene,
+                                                           tmp_path):
+    """Past the algorithm's check (e.g. a script calling the engine), the core's message
+    still reaches the user as a QgsProcessingException."""
+    from qgis.core import QgsApplication, QgsProcessingContext
+    from mamol.algorithms.common import FeedbackRelay
+    from mamol.algorithms.engine_runner import run_engine
+    algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM)
+    arguments = algorithm.engine_arguments(quick_parameters(
+        small_scene, tmp_path, MODEL_KIND=1, TRAINING_MODE=1), QgsProcessingContext(), None)
+    assert "--mce" in arguments and "--model-kind" in arguments
+    with pytest.raises(QgsProcessingException,
+                       match="MCE is available for the pixel model kind only"):
+        run_engine("train", arguments, FeedbackRelay(None))
+    assert not (tmp_path / "model.mamol").exists()
+
+
 def test_needs_at_least_one_raster(mamol_provider, small_scene, tmp_path):
     with pytest.raises(QgsProcessingException, match="at least one raster"):
         run(quick_parameters(small_scene, tmp_path, HS=None, SAR=None, LIDAR=None))
