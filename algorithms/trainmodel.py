@@ -106,9 +106,10 @@ class TrainModelAlgorithm(MamolAlgorithm):
             "Tables 1 and 3).\n"
             "<b>Model kind</b>: 'Per pixel' is the paper's method: one window of P × P pixels "
             "around each pixel, one encoder pass per pixel and modality. 'Tile' labels every "
-            "pixel of a P × P tile in one pass; tiles overlap by half, so classifying needs "
-            "about P²/4 times fewer passes (some 50× at P = 14: usable on a CPU and on large "
-            "scenes), usually at some cost in accuracy. "
+            "pixel of a P × P tile in one pass; overlapping tiles start every P − 2·(P // 7) "
+            "pixels, so classifying needs about that number squared times fewer passes "
+            "(some 100× at P = 14: usable on a CPU and on large scenes), usually at some cost "
+            "in accuracy. "
             "Classify and Evaluate take either kind without further settings; MaMOL + MCE "
             "needs the per-pixel kind.\n"
             "The split into training and validation pixels is by polygon. Training uses AdamW "
@@ -162,7 +163,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
                      self.tr("Tile (one pass labels a P×P tile; much faster)")],
             defaultValue=0),
             "Per pixel: one encoder pass per pixel (the paper). Tile: one pass labels every "
-            "pixel of a P × P tile (overlapping by half), some P²/4 times fewer passes when "
+            "pixel of a P × P tile (tiles overlap), some 100× fewer passes at P = 14 when "
             "classifying, usually a little less accurate. MCE needs the per-pixel kind.")
         add_parameter(self, QgsProcessingParameterNumber(
             self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer,
