@@ -12,7 +12,7 @@ and tile), passes per pixel, px/s, wall time.
 
 Usage:
     .venv/bin/python bench/bench_tile.py --arch mamol-tiny-vit --size 512 --crop 96
-    .venv/bin/python bench/bench_tile.py --arch ViT-B-16 --size 4096 --crop 32 --whole
+    .venv/bin/python bench/bench_tile.py --arch ViT-B-16 --size 512 --crop 20 --tile-crop 128
     .venv/bin/python bench/bench_tile.py --arch ViT-B-16 --device cuda --size 1024 --crop 256
 """
 import argparse
@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="scene side, pixels")
     parser.add_argument("--crop", type=int, default=96,
                         help="side of the centred crop both kinds classify")
+    parser.add_argument("--tile-crop", type=int, default=0,
+                        help="a larger crop for the tile kind (0 = --crop): tiles at a small "
+                             "crop's edges reach outside it, which a large scene does not see")
     parser.add_argument("--whole", action="store_true",
                         help="also classify the whole scene with the tile kind")
     parser.add_argument("--tile-step", type=int, default=0, help="0 = the default, P − 2·(P // 7)")
@@ -129,6 +132,8 @@ def main() -> None:
         make_models(args.arch, args.patch_size, Path(folder))
         records = {}
         plan = [("pixel", args.crop), ("tile", args.crop)]
+        if args.tile_crop and args.tile_crop != args.crop:
+            plan.append(("tile", args.tile_crop))
         if args.whole:
             plan.append(("tile", 0))
         for kind, crop in plan:
@@ -143,6 +148,13 @@ def main() -> None:
     print(f"\nOn the same crop: tile/pixel px/s = "
           f"{tile['pixels_per_second'] / pixel['pixels_per_second']:.1f}×, "
           f"pixel/tile encoder passes = {pixel['passes'] / max(tile['passes'], 1):.1f}×")
+    for crop in sorted({args.tile_crop} - {0, args.crop}) + ([0] if args.whole else []):
+        other = records[("tile", crop)]
+        area = f"crop {crop}²" if crop else "whole scene"
+        fewer = (pixel["passes"] / pixel["classified"]) / (other["passes"] / other["classified"])
+        print(f"Tile on the {area} against pixel on the crop: px/s "
+              f"{other['pixels_per_second'] / pixel['pixels_per_second']:.1f}×, passes per "
+              f"pixel {fewer:.1f}× fewer")
     whole = args.size * args.size
     print(f"Whole {args.size}² scene, per pixel (extrapolated from the crop's px/s): "
           f"{whole / pixel['pixels_per_second'] / 60:.1f} min")

@@ -376,8 +376,8 @@ def _classify_parser(sub) -> None:
                          help="classify every s-th pixel and fill the s×s cell (preview)")
     options.add_argument("--tile-step", type=int, default=0,
                          help="tile models: start a tile every N pixels (0 = automatic, "
-                              "P − 2·(P // 7): 10 for P = 14; at most P); larger is faster, each pixel then sits nearer its "
-                              "tile's edge")
+                              "P − 2·(P // 7): 10 for P = 14; at most P); larger is "
+                              "faster, each pixel then sits nearer its tile's edge")
     options.add_argument("--tile-blend", choices=["central", "weighted"], default="central",
                          help="tile models: take each pixel from the tile where it is most "
                               "central, or average the covering tiles weighted towards "
