@@ -26,7 +26,8 @@
 * **Tile models** (issue 17). A model of the tile kind labels every pixel of a P×P tile in
   one pass per modality. Tiles overlap on a lattice of the full grid (every S pixels,
   ``tile_step``; by default P − 2·(P // 7), 10 for P = 14) and each pixel takes the
-  prediction of the tile in whose central S×S cell it lies (:func:`core.windows.tile_layout`); blocks read a further halo of P − 1 pixels
+  prediction of the tile in whose central S×S cell it lies
+  (:func:`core.windows.tile_layout`); blocks read a further halo of P − 1 pixels
   (:func:`core.windows.tile_halo`), so results do not depend on the block size or the
   extent. The per-pixel missing pattern is the same rule as above; a tile's pass of a
   modality runs when the modality is present at any of its pixels. Stride must be 1.
