@@ -39,9 +39,9 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -354,11 +354,10 @@ def _spread(values: Sequence[float]) -> str:
     """mean ± sample standard deviation, in percent; "—" when nothing is there."""
     if not values:
         return "—"
-    mean = sum(values) / len(values)
+    mean = statistics.mean(values)
     if len(values) < 2:
         return f"{100 * mean:.2f}"
-    deviation = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{100 * mean:.2f} ± {100 * deviation:.2f}"
+    return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def _imbalance_markdown(rows: List[Tuple[str, Run]], results) -> str:

@@ -92,10 +92,10 @@ class MissingSimulation:
                     raise MamolInputError(
                         f"The availability of {name} must be between 0 and 1, got {rate}.")
             dropped = sum(1.0 - rate for rate in self.availability)
+            if count < 2 and dropped > 0:
+                raise MamolInputError(
+                    "An availability below 100 % needs at least two modalities.")
             if self.mode is SimulationMode.INDEPENDENT:
-                if count < 2 and dropped > 0:
-                    raise MamolInputError(
-                        "An availability below 100 % needs at least two modalities.")
                 return
             if dropped > 1.0 + 1e-9:
                 rates = ", ".join(f"{n} {r:.0%}" for n, r in zip(modality_names,
@@ -105,9 +105,6 @@ class MissingSimulation:
                     "the samples, but each incomplete sample lacks exactly one modality, so "
                     "the missing shares (1 − availability) must add up to at most 100 % "
                     "(independent availability has no such limit).")
-            if count < 2 and dropped > 0:
-                raise MamolInputError(
-                    "An availability below 100 % needs at least two modalities.")
 
     def shares(self, modality_count: int) -> Dict[int, float]:
         """Pattern code -> share of samples given that pattern (sums to 1)."""
