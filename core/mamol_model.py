@@ -570,6 +570,10 @@ class MamolModel(nn.Module):
                 CPU: which samples each modality encodes is then decided on the host and the
                 forward never waits for the GPU (a pattern on the GPU is copied back once).
         """
+        if self.kind is ModelKind.TILE:
+            raise MamolInputError(
+                "This model is of the tile kind: it classifies the pixels of whole tiles "
+                "(forward_tiles), not one window per pixel.")
         device = self.head.weight.device
         on_host = pattern.cpu()
         pattern_device = to_device(on_host, device)

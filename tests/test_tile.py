@@ -12,6 +12,7 @@ from mamol.core import backbone as bb
 from mamol.core import sample_scene as ss
 from mamol.core import mamol_model as mm
 from mamol.core import model_file as mf
+from mamol.core.devices import missing_compiler, prepare_model, resolve_device
 from mamol.core.errors import MamolInputError
 
 MODALITIES = [mm.ModalitySpec("hs", 6), mm.ModalitySpec("sar", 2), mm.ModalitySpec("lidar", 1)]
@@ -84,6 +85,14 @@ def test_tile_kind_refuses_mce(tiny_visual):
 def test_pixel_model_refuses_forward_tiles(tiny_visual):
     with pytest.raises(MamolInputError, match="tile kind"):
         make_model(tiny_visual).forward_tiles(tiles(), full())
+
+
+def test_tile_model_refuses_a_per_pixel_forward(tiny_visual):
+    """A tile model's head was trained on token features, not the CLS feature: the
+    per-window forward must not quietly give its logits."""
+    model = make_model(tiny_visual, mm.ModelKind.TILE)
+    with pytest.raises(MamolInputError, match="tile kind"):
+        model(tiles(2), torch.tensor([7, 7]))
 
 
 # ------------------------------------------------------------------ the tile forward
@@ -634,3 +643,20 @@ def test_a_larger_tile_step_runs_fewer_tiles_and_keeps_the_rules(tile_whole, til
         classify_scene(tile_model, small_scene, folder, "too-big", tile_step=patch + 1)
     with pytest.raises(MamolInputError, match="for models of the tile kind"):
         classify_scene(tiny_model, small_scene, folder, "pixel-step", tile_step=2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(missing_compiler(resolve_device("cpu")) is not None,
+                    reason="torch.compile on the CPU needs g++ and Python's headers")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_tile_encoder_gives_the_same_logits(tiny_visual):
+    """``--compile`` compiles the per-token encoder the tile kind runs: same logits."""
+    model = trained_like(make_model(tiny_visual, mm.ModelKind.TILE))
+    windows, codes = tiles(3), full(3)
+    codes[1, :2] = 1      # a mixed tile: per-pixel zeroing inside the compiled run's output
+    with torch.no_grad():
+        eager = model.forward_tiles(windows, codes)
+        prepare_model(model, resolve_device("cpu"), "fp32", "default")
+        compiled = model.forward_tiles(windows, codes)
+    assert model.encoder._compiled_tokens is not None
+    assert torch.allclose(eager, compiled, atol=1e-4, rtol=1e-4)
