@@ -204,3 +204,34 @@ def test_an_mce_model_trains_and_classifies_through_qgis_process(qgis_env, small
         timeout=900)
     assert classified.returncode == 0, classified.stdout[-2000:] + classified.stderr[-2000:]
     assert (tmp_path / "c.tif").is_file()
+
+
+@pytest.mark.slow
+def test_a_tile_model_trains_and_classifies_through_qgis_process(qgis_env, small_scene,
+                                                                 tmp_path):
+    """The tile model kind from the command line of QGIS: "Model kind" = tile, recorded in
+    the file, and classify takes the model with no new parameter and labels every pixel
+    that a modality covers."""
+    from osgeo import gdal
+
+    from mamol.core.model_file import read_header
+    trained = qgis_process(
+        qgis_env, "run", "mamol:trainmodel", "--json", "--",
+        f"HS={small_scene.hs}", f"SAR={small_scene.sar}", f"LIDAR={small_scene.lidar}",
+        f"POLYGONS={small_scene.training_polygons}", "CLASS_FIELD=class_id",
+        "BACKBONE=mamol-tiny-vit", "WEIGHTS=2", "PATCH_SIZE=6", "EPOCHS=1",
+        "MAX_SAMPLES_PER_CLASS=20", "DEVICE=cpu", "MODEL_KIND=1",
+        f"OUTPUT_MODEL={tmp_path / 'tile.mamol'}", f"OUTPUT_REPORT={tmp_path / 'r.html'}",
+        timeout=900)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    assert read_header(tmp_path / "tile.mamol").model_kind == "tile"
+    classified = qgis_process(
+        qgis_env, "run", "mamol:classify", "--json", "--", f"MODEL={tmp_path / 'tile.mamol'}",
+        f"HS={small_scene.hs}", f"SAR={small_scene.sar}", f"LIDAR={small_scene.lidar}",
+        "DEVICE=cpu", f"OUTPUT={tmp_path / 'c.tif'}", timeout=900)
+    assert classified.returncode == 0, classified.stdout[-2000:] + classified.stderr[-2000:]
+    classes = gdal.Open(str(tmp_path / "c.tif")).ReadAsArray()
+    hs = gdal.Open(str(small_scene.hs))
+    assert classes.shape == (hs.RasterYSize, hs.RasterXSize)   # the finest grid
+    hs = None
+    assert (classes > 0).all()   # LiDAR covers the whole sample scene
