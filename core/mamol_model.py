@@ -48,7 +48,7 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -574,31 +574,34 @@ class MamolModel(nn.Module):
             raise MamolInputError(
                 "This model is of the tile kind: it classifies the pixels of whole tiles "
                 "(forward_tiles), not one window per pixel.")
-        device = self.head.weight.device
         on_host = pattern.cpu()
-        pattern_device = to_device(on_host, device)
-        batch = on_host.shape[0]
-        features: List[torch.Tensor] = []
-        for index, spec in enumerate(self.modalities):
-            present = ((on_host >> index) & 1).bool()
-            count = int(present.sum())
-            if count == 0:
-                features.append(self.head.weight.new_zeros(batch, self.encoder.output_dim))
-                continue
-            if spec.name not in windows:
-                raise MamolInputError(
-                    f"The pattern marks modality '{spec.name}' present but no window was "
-                    "given for it.")
-            window = windows[spec.name]
-            if count == batch:
-                features.append(self.encode(index, window, pattern_device).float())
-                continue
-            rows = to_device(torch.nonzero(present, as_tuple=True)[0], device)
-            encoded = self.encode(index, window.index_select(0, rows),
-                                  pattern_device.index_select(0, rows))
-            feature = self.head.weight.new_zeros(batch, self.encoder.output_dim)
-            features.append(feature.index_copy(0, rows, encoded.float()))
+        pattern_device = to_device(on_host, self.head.weight.device)
+        features = [self._encode_where(index, windows, ((on_host >> index) & 1).bool(),
+                                       pattern_device, self.encode, (self.encoder.output_dim,))
+                    for index in range(len(self.modalities))]
         return torch.stack(features, dim=1)
+
+    def _encode_where(self, index: int, windows: Mapping[str, torch.Tensor],
+                      present: torch.Tensor, pattern_device: torch.Tensor,
+                      encode, shape: Tuple[int, ...]) -> torch.Tensor:
+        """fp32 (batch, *shape): ``encode(index, window, pattern)`` of modality ``index`` for
+        the samples where ``present`` (host bool, (batch,)) is set, zeros elsewhere; only
+        those samples run through the encoder."""
+        batch = present.shape[0]
+        count = int(present.sum())
+        if count == 0:
+            return self.head.weight.new_zeros(batch, *shape)
+        name = self.modalities[index].name
+        if name not in windows:
+            raise MamolInputError(
+                f"The pattern marks modality '{name}' present but no window was given for it.")
+        window = windows[name]
+        if count == batch:
+            return encode(index, window, pattern_device).float()
+        rows = to_device(torch.nonzero(present, as_tuple=True)[0], self.head.weight.device)
+        encoded = encode(index, window.index_select(0, rows),
+                         pattern_device.index_select(0, rows))
+        return self.head.weight.new_zeros(batch, *shape).index_copy(0, rows, encoded.float())
 
     def tile_pattern(self, pixel_patterns: torch.Tensor) -> torch.Tensor:
         """(batch,) int64: the pattern of each tile (batch, P, P) of pixel patterns, the union
@@ -659,30 +662,15 @@ class MamolModel(nn.Module):
         per_pixel = on_host.reshape(batch, tokens)
         tile_pattern = self.tile_pattern(on_host)
         tile_pattern_device = to_device(tile_pattern, device)
-        width = self.encoder.output_dim
         features: List[torch.Tensor] = []
-        for index, spec in enumerate(self.modalities):
+        for index in range(len(self.modalities)):
             present_tile = ((tile_pattern >> index) & 1).bool()
-            count = int(present_tile.sum())
-            if count == 0:
-                features.append(self.head.weight.new_zeros(batch, tokens, width))
-                continue
-            if spec.name not in windows:
-                raise MamolInputError(
-                    f"The pattern marks modality '{spec.name}' present but no window was "
-                    "given for it.")
-            window = windows[spec.name]
-            present_pixel = to_device(((per_pixel >> index) & 1).bool(), device)[..., None]
-            if count == batch:
-                encoded = self.encode_tiles(index, window, tile_pattern_device).float()
-                features.append(torch.where(present_pixel, encoded, 0.0))
-                continue
-            rows = to_device(torch.nonzero(present_tile, as_tuple=True)[0], device)
-            encoded = self.encode_tiles(index, window.index_select(0, rows),
-                                        tile_pattern_device.index_select(0, rows)).float()
-            feature = self.head.weight.new_zeros(batch, tokens, width)
-            feature = feature.index_copy(0, rows, encoded)
-            features.append(torch.where(present_pixel, feature, 0.0))
+            feature = self._encode_where(index, windows, present_tile, tile_pattern_device,
+                                         self.encode_tiles, (tokens, self.encoder.output_dim))
+            if bool(present_tile.any()):
+                present_pixel = to_device(((per_pixel >> index) & 1).bool(), device)[..., None]
+                feature = torch.where(present_pixel, feature, 0.0)
+            features.append(feature)
         return torch.stack(features, dim=2)
 
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:

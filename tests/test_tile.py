@@ -258,19 +258,9 @@ def tile_model(tiny_model, tmp_path_factory):
 
 
 def classify_scene(model_path, scene, folder, tag, **changes):
-    import dataclasses
-
-    from mamol.core.inference import ClassifyConfig, classify
-    config = ClassifyConfig(
-        model_path=str(model_path),
-        rasters=tuple((name, str(getattr(scene, name))) for name in ("hs", "sar", "lidar")),
-        output_classes=str(folder / f"classes_{tag}.tif"),
-        output_probabilities=str(folder / f"probabilities_{tag}.tif"),
-        output_confidence=str(folder / f"confidence_{tag}.tif"),
-        output_entropy=str(folder / f"entropy_{tag}.tif"),
-        output_modalities=str(folder / f"modalities_{tag}.tif"), device="cpu")
-    config = dataclasses.replace(config, **changes)
-    return classify(config), config
+    """Every output of the whole small scene (test_classify's run), tagged ``tag``."""
+    from test_classify import run
+    return run(model_path, scene, folder, tag, **changes)
 
 
 def read(path):
