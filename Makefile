@@ -3,6 +3,7 @@
 #   make demo      set up everything, then run the main job on the built-in sample scene
 #   make test      set up everything, then run the whole test suite
 #   make package   build dist/mamol-<version>.zip for QGIS's "Install from ZIP"
+#   make test-pip  pip install the engine (no QGIS) in a bare Debian 13 root and run it
 #   make gpu-wheels  fetch what the bare GPU machine lacks into .whl/ and .peer/ (ignored)
 #
 # Each target installs only what is missing, so running it again is cheap.
@@ -32,7 +33,7 @@ QGIS_ENV = QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$(BUILD)/xdg-runtime \
 # Debian's /usr/bin/qgis_process wrapper is broken (qgis/QGIS#57683): call the binary.
 QGIS_PROCESS = $(QGIS_ENV) qgis_process.bin
 
-.PHONY: demo test test-fast test-debian13 bench-host package setup clean gpu-wheels
+.PHONY: demo test test-fast test-debian13 test-pip bench-host package setup clean gpu-wheels
 
 # ---- 1. Debian packages: QGIS 3.22 with its Python bindings, GDAL, venv support.
 QGIS_STAMP := $(BUILD)/.qgis-installed
@@ -113,6 +114,12 @@ bench-host: setup
 # root made with debootstrap and kept in ~/.cache/mamol/debian13 (needs root or sudo).
 test-debian13:
 	.ci/debian13 test
+
+# ---- The engine without QGIS: a fresh venv, `pip install ".[gdal]"` (pyproject.toml), then
+# mamol scene -> train -> classify, in a bare Debian 13 root (Python 3.13, no QGIS, no
+# python3-gdal) kept in ~/.cache/mamol/debian13-bare (needs root or sudo).
+test-pip:
+	.ci/pip-root
 
 # ---- A zip for QGIS's "Install from ZIP": top folder mamol/, no tests or dev files.
 package: $(QGIS_STAMP)
