@@ -519,6 +519,9 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
         return EXIT_INTERNAL
     finally:
         if world is not None:
+            # The outcome is decided and reported: torchrun's agent, seeing another rank
+            # exit, sends SIGTERM to this one, which must still exit with its own status.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             finish(world)
     channel.progress(100.0)
     if world is None or world.is_main:
