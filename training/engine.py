@@ -20,6 +20,12 @@ Progress goes to stderr, in one of four forms (``--progress``):
 
 The result is also printed on stdout (as JSON with ``--progress json``, as text otherwise).
 
+Under ``torchrun`` (several processes), ``train`` and ``classify`` join one process group
+and share the work (:mod:`core.distributed`; README "Beyond one machine"): only rank 0
+shows progress and prints the result; every rank prints its errors as ``error: rank R: …``
+(JSON errors carry ``"rank"``), and a failure on any rank fails every rank. ``--cog``
+writes classification outputs as Cloud-Optimized GeoTIFFs.
+
 Exit status: 0 on success; 2 for bad input, with a one-line message that says what to fix
 (the traceback only with ``--debug``); 1 for an internal error; 130 when interrupted (Ctrl-C)
 and 143 on SIGTERM — both cancel the run, and nothing is written.
