@@ -518,6 +518,10 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
     except (Cancelled, KeyboardInterrupt):
         return _cancelled(channel, stop)
     except Exception as exc:  # noqa: BLE001 - the engine's last line of defence
+        if world is not None and _lost_peer(exc):   # e.g. inside a DDP gradient exchange
+            channel.error("internal", "another process of the run stopped or did not "
+                          "answer (see its own error); " + _one_line(str(exc)))
+            return EXIT_INTERNAL
         channel.error("internal", _one_line(f"{type(exc).__name__}: {exc}") +
                       ("" if args.debug else " (run with --debug for the traceback)"))
         if args.debug:
@@ -551,6 +555,14 @@ def _join_world(args):
             if getattr(args, name, None):
                 setattr(args, name, getattr(args, name) + ".not-on-this-node")
     return world
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch.distributed's report of a peer gone or silent."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"DistBackendError", "DistNetworkError"}) or any(
+        text in str(exc) for text in ("Connection closed by peer", "Connection reset by peer",
+                                      "timed out", "Timed out"))
 
 
 def _json_requested(argv: List[str]) -> bool:
