@@ -476,7 +476,7 @@ def _distributed_step(model, world: World, device):
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, frozen)
     return DistributedDataParallel(
         step, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True, broadcast_buffers=False)
+        find_unused_parameters=True)
 
 
 def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
