@@ -40,6 +40,9 @@ All outputs are written under hidden names and moved into place only when comple
 """
 import logging
 import math
+import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,7 @@ from .class_style import apply_legend, qml_path, write_qml
 from .devices import (auto_block_size, dtype_name, model_inference_batch,
                       parse_compile_mode, parse_precision, prepare_model, resolve_device,
                       to_device)
+from .distributed import SINGLE, World
 from .errors import MamolInputError
 from .feedback import CancelCheck, ProgressCallback, Reporter
 from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
@@ -60,7 +64,7 @@ from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
 from .model_file import ModelHeader, check_inputs, load_model, read_header
 from .raster_io import (DEFAULT_GDAL_CACHE_MB, VECTOR_MEMORY_DRIVER, create_geotiff,
                         gdal_cache_limit)
-from .staging import staged_files
+from .staging import ensure_writable_folder, staged_files
 from .value_range import FarTally
 from .windows import DEFAULT_MAX_MISSING_FRACTION, tile_halo, tile_layout, window_offset
 
@@ -103,6 +107,7 @@ class ClassifyConfig:
     compile_mode: str = "off"                  # torch.compile: off | default | max-autotune
     tile_blend: str = "central"                # tile models: central | weighted (issue 17)
     tile_step: int = 0                         # tile models: lattice step; 0 = default
+    cog: bool = False                          # outputs as Cloud-Optimized GeoTIFFs
 
     def validate(self) -> None:
         if not self.rasters:
@@ -564,161 +569,382 @@ def _classify_tiles(model, block: _Block, phase: Tuple[int, int], device, batch_
     return probabilities, pattern, count, passes
 
 
+class _RunTally:
+    """What a run counts over its blocks (per rank, summed over ranks at the end)."""
+
+    def __init__(self, class_count: int, pattern_codes: int, order: Sequence[str]) -> None:
+        self.class_counts = np.zeros(class_count, dtype=np.int64)
+        self.pattern_counts = np.zeros(pattern_codes, dtype=np.int64)
+        self.classified = 0
+        self.passes = 0
+        self.far = FarTally(order)
+
+    def merge(self, other: "_RunTally") -> None:
+        self.class_counts += other.class_counts
+        self.pattern_counts += other.pattern_counts
+        self.classified += other.classified
+        self.passes += other.passes
+        self.far.merge(other.far)
+
+
+#: Overview resampling of each output in a Cloud-Optimized GeoTIFF: classes and bitmasks
+#: keep real values (nearest), the continuous outputs are averaged.
+COG_RESAMPLING = {"classes": "NEAREST", "modalities": "NEAREST", "probabilities": "AVERAGE",
+                  "confidence": "AVERAGE", "entropy": "AVERAGE"}
+
+
+def write_cog(path: Path, resampling: str = "NEAREST") -> None:
+    """Rewrite the finished GeoTIFF at ``path`` in place as a Cloud-Optimized GeoTIFF (GDAL's
+    COG driver: 256 px tiles, DEFLATE, internal overviews made with ``resampling``). The
+    colour table, nodata, band names and metadata come along; a ``.aux.xml`` sidecar
+    (category names) is moved next to ``path``."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".cog")
+    options = gdal.TranslateOptions(format="COG", creationOptions=[
+        "COMPRESS=DEFLATE", "PREDICTOR=YES", "BLOCKSIZE=256", "BIGTIFF=IF_SAFER",
+        f"RESAMPLING={resampling}"])
+    try:
+        if gdal.Translate(str(temporary), str(path), options=options) is None:
+            raise RuntimeError(f"GDAL could not write a COG from {path}")
+        os.replace(temporary, path)
+        sidecar, old = Path(str(temporary) + ".aux.xml"), Path(str(path) + ".aux.xml")
+        if sidecar.exists():
+            os.replace(sidecar, old)
+        elif old.exists():
+            old.unlink()
+    finally:
+        for leftover in (temporary, Path(str(temporary) + ".aux.xml")):
+            if leftover.exists():
+                leftover.unlink()
+
+
+#: Prefix of the hidden folder where the ranks of a torchrun classification write their
+#: part files, next to the class raster; rank 0 removes it after assembling the outputs.
+PARTS_PREFIX = ".mamol-parts-"
+
+
+class _Parts:
+    """One rank's part files: a full-grid, sparse, tiled GeoTIFF per output, holding this
+    rank's blocks only (unwritten tiles take no space)."""
+
+    def __init__(self, folder: Path, rank: int, outputs: Dict[str, Tuple[np.dtype, int, float]],
+                 grid: ReferenceGrid) -> None:
+        self.paths = {key: folder / f"rank{rank:05d}-{key}.tif" for key in outputs}
+        self.datasets: Dict[str, gdal.Dataset] = {}
+        driver = gdal.GetDriverByName("GTiff")
+        for key, (dtype, bands, nodata) in outputs.items():
+            dataset = driver.Create(str(self.paths[key]), grid.width, grid.height, bands,
+                                    gdal_type(dtype), ["TILED=YES", "BLOCKXSIZE=256",
+                                                       "BLOCKYSIZE=256", "SPARSE_OK=TRUE",
+                                                       "COMPRESS=LZW", "BIGTIFF=IF_SAFER"])
+            self.datasets[key] = dataset
+
+    def write(self, key: str, array: np.ndarray, col0: int, row0: int) -> None:
+        dataset = self.datasets[key]
+        planes = array[None] if array.ndim == 2 else array
+        for band in range(planes.shape[0]):
+            dataset.GetRasterBand(band + 1).WriteArray(planes[band], col0, row0)
+
+    def close(self) -> None:
+        for key in list(self.datasets):
+            self.datasets[key].FlushCache()
+            self.datasets[key] = None
+        self.datasets.clear()
+
+    def remove(self) -> None:
+        self.close()
+        for path in self.paths.values():
+            for leftover in (path, Path(str(path) + ".aux.xml")):
+                if leftover.exists():
+                    leftover.unlink()
+
+
+def gdal_type(dtype: np.dtype) -> int:
+    from .raster_io import _GDAL_TYPES
+    return _GDAL_TYPES[np.dtype(dtype)]
+
+
 def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None,
              is_cancelled: Optional[CancelCheck] = None,
              log: Optional[Callable[[str], None]] = None,
-             warn: Optional[Callable[[str], None]] = None) -> ClassifyResult:
+             warn: Optional[Callable[[str], None]] = None,
+             world: Optional[World] = None) -> ClassifyResult:
     """Classify the scene ``config`` describes and write the outputs (see the module
     docstring); ``log`` receives progress lines, ``warn`` warnings. Raises
     :class:`MamolInputError` for bad input before any heavy work, and :class:`Cancelled`
-    (nothing written) when ``is_cancelled`` turns true."""
+    (nothing written) when ``is_cancelled`` turns true.
+
+    Under torchrun (``world`` of several ranks, :mod:`core.distributed`) the blocks are
+    dealt round-robin to the ranks; each writes its blocks into its own part files in a
+    hidden folder next to the class raster, and rank 0 assembles the outputs once every
+    rank is done. A failure on any rank fails the run on every rank, and no output and no
+    part file is left behind. The outputs are bit-identical to a single process's."""
     import time
 
+    world = world or SINGLE
     torch_compat.import_torch()  # fail before any work if PyTorch is missing
     reporter = Reporter(progress, is_cancelled)
     say = log or LOG.info
     caution = warn or LOG.warning
-    config.validate()
-    header = read_header(Path(config.model_path))
-    given = dict(config.rasters)
-    infos = {name: inspect_raster(path, modality_label(name)) for name, path in config.rasters}
-    check_inputs(header, {name: info.bands for name, info in infos.items()})
-    order = [m.name for m in header.modalities if m.name in given]
-    missing_modalities = [m.name for m in header.modalities if m.name not in given]
-    device = resolve_device(config.device)
-    grid, full_grid, crop_col, crop_row = _resolve_grid(config, infos, order)
-    stride = config.stride
-    tiled = header.model_kind == "tile"
-    if tiled and stride > 1:
+    with world.agreed():   # every rank checks the inputs; one that cannot read them stops all
+        config.validate()
+        given = dict(config.rasters)
+        header = read_header(Path(config.model_path))
+        infos = {name: inspect_raster(path, modality_label(name))
+                 for name, path in config.rasters}
+        check_inputs(header, {name: info.bands for name, info in infos.items()})
+        order = [m.name for m in header.modalities if m.name in given]
+        missing_modalities = [m.name for m in header.modalities if m.name not in given]
+        device = world.device if world.distributed else resolve_device(config.device)
+        grid, full_grid, crop_col, crop_row = _resolve_grid(config, infos, order)
+        stride = config.stride
+        tiled = header.model_kind == "tile"
+        if tiled and stride > 1:
+            raise MamolInputError(
+                "A stride is for models of the pixel kind; a tile model labels every pixel "
+                "of each tile in one pass. Use stride 1.")
+        if tiled and config.tile_step > header.patch_size:
+            raise MamolInputError(
+                f"The tile step must be at most the tile size, {header.patch_size} px; "
+                f"got {config.tile_step}.")
+        if not tiled and config.tile_step:
+            raise MamolInputError("A tile step is for models of the tile kind; this model "
+                                  "classifies pixel by pixel.")
+        margin = tile_halo(header.patch_size) if tiled else 0
+        # Blocks are whole multiples of the stride, or of a tile model's lattice step, so
+        # that no lattice cell is split between blocks (its tile would run twice) unless a
+        # crop shifts the lattice; results never depend on it.
+        unit = tile_layout(header.patch_size, config.tile_step)[0] if tiled else stride
+        block_size = config.block_size or auto_block_size(device)
+        block = max(unit, block_size - block_size % unit)
+        threshold = (config.max_missing_fraction if config.max_missing_fraction is not None
+                     else float(header.training.get("max_missing_fraction",
+                                                    DEFAULT_MAX_MISSING_FRACTION)))
+        paths = _output_paths(config)
+        if world.distributed:
+            for final in paths.values():
+                ensure_writable_folder(final.parent)
+        model, header = load_model(Path(config.model_path), log=say)
+        model = prepare_model(model, device, config.precision, config.compile_mode).eval()
+        batch_size = config.batch_size or model_inference_batch(model, device,
+                                                                header.patch_size)
+    # Every rank deals the same blocks and batches them the same way: rank 0's sizes.
+    block, batch_size = world.broadcast((block, batch_size))
+    blocks = list(_blocks(grid, block))
+    if world.size > len(blocks):
         raise MamolInputError(
-            "A stride is for models of the pixel kind; a tile model labels every pixel of "
-            "each tile in one pass. Use stride 1.")
-    if tiled and config.tile_step > header.patch_size:
-        raise MamolInputError(
-            f"The tile step must be at most the tile size, {header.patch_size} px; "
-            f"got {config.tile_step}.")
-    if not tiled and config.tile_step:
-        raise MamolInputError("A tile step is for models of the tile kind; this model "
-                              "classifies pixel by pixel.")
-    margin = tile_halo(header.patch_size) if tiled else 0
-    # Blocks are whole multiples of the stride, or of a tile model's lattice step, so that
-    # no lattice cell is split between blocks (its tile would run twice) unless a crop
-    # shifts the lattice; results never depend on it.
-    unit = tile_layout(header.patch_size, config.tile_step)[0] if tiled else stride
-    block_size = config.block_size or auto_block_size(device)
-    block = max(unit, block_size - block_size % unit)
-    threshold = (config.max_missing_fraction if config.max_missing_fraction is not None
-                 else float(header.training.get("max_missing_fraction",
-                                                DEFAULT_MAX_MISSING_FRACTION)))
-    paths = _output_paths(config)
-
-    model, header = load_model(Path(config.model_path), log=say)
-    model = prepare_model(model, device, config.precision, config.compile_mode).eval()
+            f"{world.size} processes but the grid has only {len(blocks)} block(s) of "
+            f"{block} px: start at most {len(blocks)} processes, or give a smaller "
+            "--block-size.")
     patch = header.patch_size
     tile_stride = tile_layout(patch, config.tile_step)[0]
     blend = _classify_tiles_weighted if config.tile_blend == "weighted" else _classify_tiles
-    batch_size = config.batch_size or model_inference_batch(model, device, patch)
     say(f"Grid: {grid.width} × {grid.height} pixels of {grid.pixel_width:g} × "
         f"{grid.pixel_height:g} ({crs_label(grid.crs_wkt)}), blocks of {block} px, "
         f"batches of {batch_size}, device {device} "
         f"({dtype_name(model.compute_dtype)})"
         + (f", stride {stride}" if stride > 1 else "")
-        + (f", tiles of {patch} px every {tile_stride} px" if tiled else ""))
+        + (f", tiles of {patch} px every {tile_stride} px" if tiled else "")
+        + (f", {world.size} processes ({world.backend})" if world.distributed else ""))
     if missing_modalities:
         say("Not given (missing everywhere): " + ", ".join(missing_modalities))
     values = np.array([c.value for c in header.classes])
     class_count = len(values)
     log_k = math.log(class_count)
+    dtype, nodata = class_nodata(values)
+    tally = _RunTally(class_count, 2 ** len(header.modalities), order)
+
+    def compute(current: _Block) -> Dict[str, np.ndarray]:
+        """One block's output arrays (only those asked for), counted into ``tally``."""
+        if tiled:
+            pixel_probabilities, anchor_pattern, count, block_passes = blend(
+                model, current, ((crop_col + current.col0) % tile_stride,
+                                 (crop_row + current.row0) % tile_stride), device,
+                batch_size, patch, class_count, reporter, config.tile_step)
+            tally.passes += block_passes
+        else:
+            pixel_probabilities, anchor_pattern, count = _classify_block(
+                model, current, device, batch_size, patch, class_count, reporter)
+        # Upsample anchors to pixels; nodata where the pixel has no modality.
+        valid = (current.pattern > 0) & (anchor_pattern > 0)
+        index = np.argmax(np.nan_to_num(pixel_probabilities, nan=-1.0), axis=0)
+        arrays = {"classes": np.where(valid, values[index], nodata).astype(dtype)}
+        if "probabilities" in paths:
+            arrays["probabilities"] = np.where(
+                valid[None], pixel_probabilities, FLOAT_NODATA).astype(np.float32)
+        if "confidence" in paths:
+            arrays["confidence"] = np.where(
+                valid, pixel_probabilities.max(axis=0, initial=0.0),
+                FLOAT_NODATA).astype(np.float32)
+        if "entropy" in paths:
+            p = np.clip(np.nan_to_num(pixel_probabilities, nan=1.0), 1e-12, 1.0)
+            entropy = -(p * np.log(p)).sum(axis=0) / log_k if log_k else p[0] * 0
+            arrays["entropy"] = np.where(valid, entropy, FLOAT_NODATA).astype(np.float32)
+        used = np.where(valid, anchor_pattern, 0)
+        if "modalities" in paths:
+            arrays["modalities"] = used.astype(np.uint8)
+        tally.class_counts += np.bincount(index[valid], minlength=class_count)
+        tally.pattern_counts += np.bincount(used.ravel(), minlength=tally.pattern_counts.size)
+        tally.classified += count
+        tally.far.merge(current.far)
+        return arrays
+
     mask_handle = _open_mask(config.mask, grid) if config.mask else (None, None)
-    class_counts = np.zeros(class_count, dtype=np.int64)
-    pattern_counts = np.zeros(2 ** len(header.modalities), dtype=np.int64)
-    classified = 0
-    passes = 0
-    tally = FarTally(order)
     started = time.perf_counter()
     # GDAL's block cache is capped for the run, so memory does not grow with the scene.
     with gdal_cache_limit(config.gdal_cache_mb):
         aligned = {name: AlignedRaster(infos[name], full_grid) for name in order}
         reader = _BlockReader(config, header, grid, aligned, order, (crop_col, crop_row),
                               threshold, mask_handle[1])
-        blocks = list(_blocks(grid, block))
         # One thread reads block n + 1 while the device classifies block n; it alone touches
         # the GDAL datasets and the mask layer.
         prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamol-read")
         try:
-            with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
-                outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
-                try:
-                    pending = (prefetch.submit(reader.read, *blocks[0], margin)
-                               if blocks else None)
-                    for number in range(len(blocks)):
-                        reporter.check()
-                        current = pending.result()
-                        pending = (prefetch.submit(reader.read, *blocks[number + 1], margin)
-                                   if number + 1 < len(blocks) else None)
-                        if tiled:
-                            pixel_probabilities, anchor_pattern, count, block_passes = \
-                                blend(model, current, (
-                                    (crop_col + current.col0) % tile_stride,
-                                    (crop_row + current.row0) % tile_stride), device,
-                                    batch_size, patch, class_count, reporter,
-                                    config.tile_step)
-                            passes += block_passes
-                        else:
-                            pixel_probabilities, anchor_pattern, count = _classify_block(
-                                model, current, device, batch_size, patch, class_count,
-                                reporter)
-                        col0, row0 = current.col0, current.row0
-                        # Upsample anchors to pixels; nodata where the pixel has no modality.
-                        valid = (current.pattern > 0) & (anchor_pattern > 0)
-                        index = np.argmax(np.nan_to_num(pixel_probabilities, nan=-1.0), axis=0)
-                        classes = np.where(valid, values[index], outputs.nodata).astype(
-                            outputs.dtype)
-                        outputs.write("classes", classes, col0, row0)
-                        if "probabilities" in outputs.datasets:
-                            outputs.write("probabilities", np.where(
-                                valid[None], pixel_probabilities, FLOAT_NODATA).astype(np.float32),
-                                col0, row0)
-                        if "confidence" in outputs.datasets:
-                            outputs.write("confidence", np.where(
-                                valid, pixel_probabilities.max(axis=0, initial=0.0),
-                                FLOAT_NODATA).astype(np.float32), col0, row0)
-                        if "entropy" in outputs.datasets:
-                            p = np.clip(np.nan_to_num(pixel_probabilities, nan=1.0), 1e-12, 1.0)
-                            entropy = -(p * np.log(p)).sum(axis=0) / log_k if log_k else p[0] * 0
-                            outputs.write("entropy", np.where(valid, entropy, FLOAT_NODATA).astype(
-                                np.float32), col0, row0)
-                        used = np.where(valid, anchor_pattern, 0)
-                        outputs.write("modalities", used.astype(np.uint8), col0, row0)
-                        class_counts += np.bincount(index[valid], minlength=class_count)
-                        pattern_counts += np.bincount(used.ravel(),
-                                                      minlength=pattern_counts.size)
-                        classified += count
-                        tally.merge(current.far)
-                        reporter.report(100 * (number + 1) / len(blocks))
-                    outputs.record_far_shares(tally.shares())
-                finally:
-                    outputs.close()
-                write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
+            if world.distributed:
+                _classify_sharded(world, config, header, grid, paths, blocks, compute, tally,
+                                  reader, prefetch, margin, reporter, (dtype, nodata))
+            else:
+                _classify_here(config, header, grid, paths, blocks, compute, tally, reader,
+                               prefetch, margin, reporter)
         finally:
             prefetch.shutdown(wait=True, cancel_futures=True)
             for raster in aligned.values():
                 raster.close()
     seconds = time.perf_counter() - started
+    classified, passes = tally.classified, tally.passes
     say(f"Classified {classified} pixels in {seconds:.1f} s "
         f"({classified / max(seconds, 1e-9):.0f} pixels/s)"
         + (f", {passes} encoder passes ({passes / max(classified, 1):.3f} per pixel)."
            if tiled else "."))
-    say(tally.line())
-    for message in tally.warnings():
+    say(tally.far.line())
+    for message in tally.far.warnings():
         caution(message)
     outputs_written = dict(paths)
     outputs_written["style"] = qml_path(paths["classes"])
     return ClassifyResult(
         outputs=outputs_written, grid=grid,
-        class_counts={int(v): int(n) for v, n in zip(values, class_counts)},
+        class_counts={int(v): int(n) for v, n in zip(values, tally.class_counts)},
         class_names={c.value: c.name for c in header.classes},
-        far_shares=tally.shares(),
-        pattern_counts={code: int(n) for code, n in enumerate(pattern_counts) if n},
+        far_shares=tally.far.shares(),
+        pattern_counts={code: int(n) for code, n in enumerate(tally.pattern_counts) if n},
         seconds=seconds, pixels_per_second=classified / max(seconds, 1e-9),
         encoder_passes=passes if tiled else None)
+
+
+def _finish_outputs(config: ClassifyConfig, header: ModelHeader, outputs: "_Outputs",
+                    staged: Dict[Path, Path], paths: Dict[str, Path],
+                    tally: _RunTally) -> None:
+    """The last steps on the staged outputs: far shares, close, optional COG, style."""
+    try:
+        outputs.record_far_shares(tally.far.shares())
+    finally:
+        outputs.close()
+    if config.cog:
+        for key, final in paths.items():
+            write_cog(staged[final], COG_RESAMPLING[key])
+    write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
+
+
+def _classify_here(config, header, grid, paths, blocks, compute, tally, reader, prefetch,
+                   margin, reporter: Reporter) -> None:
+    """One process: every block, written straight into the staged outputs."""
+    with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
+        outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
+        try:
+            pending = prefetch.submit(reader.read, *blocks[0], margin) if blocks else None
+            for number in range(len(blocks)):
+                reporter.check()
+                current = pending.result()
+                pending = (prefetch.submit(reader.read, *blocks[number + 1], margin)
+                           if number + 1 < len(blocks) else None)
+                for key, array in compute(current).items():
+                    outputs.write(key, array, current.col0, current.row0)
+                reporter.report(100 * (number + 1) / len(blocks))
+        except BaseException:
+            outputs.close()
+            raise
+        _finish_outputs(config, header, outputs, staged, paths, tally)
+
+
+def _classify_sharded(world: World, config, header, grid, paths, blocks, compute,
+                      tally: _RunTally, reader, prefetch, margin, reporter: Reporter,
+                      class_type) -> None:
+    """Several ranks: block i goes to rank i mod N, which writes it into its part files;
+    the ranks compare their status after every round of blocks, so a failure anywhere stops
+    all of them within a block; rank 0 assembles the outputs when every rank is done."""
+    dtype, nodata = class_type
+    class_count = len(header.classes)
+    kinds = {"classes": (dtype, 1, nodata), "probabilities": (np.float32, class_count, 0),
+             "confidence": (np.float32, 1, 0), "entropy": (np.float32, 1, 0),
+             "modalities": (np.uint8, 1, 0)}
+    folder: Optional[Path] = None
+    parts: Optional[_Parts] = None
+    try:
+        with world.agreed():
+            if world.is_main:
+                folder = Path(tempfile.mkdtemp(prefix=PARTS_PREFIX,
+                                               dir=paths["classes"].parent))
+        folder = Path(world.broadcast(str(folder) if folder else None))
+        with world.agreed():
+            parts = _Parts(folder, world.rank, {k: kinds[k] for k in paths}, grid)
+        mine = world.shard(list(range(len(blocks))))
+        rounds = -(-len(blocks) // world.size)
+        pending = prefetch.submit(reader.read, *blocks[mine[0]], margin) if mine else None
+        for number in range(rounds):
+            with world.agreed():
+                if number < len(mine):
+                    reporter.check()
+                    current = pending.result()
+                    pending = (prefetch.submit(reader.read, *blocks[mine[number + 1]], margin)
+                               if number + 1 < len(mine) else None)
+                    for key, array in compute(current).items():
+                        parts.write(key, array, current.col0, current.row0)
+                    world.fault("block")
+                reporter.report(90 * (number + 1) / rounds)
+        with world.agreed():
+            parts.close()
+        for number, other in enumerate(world.gather(tally)):
+            if number != world.rank:
+                tally.merge(other)
+        with world.agreed():
+            if world.is_main:
+                _assemble(world, config, header, grid, paths, blocks, folder, tally,
+                          reporter)
+    finally:
+        if parts is not None:
+            parts.remove()
+        if folder is not None and folder.exists():
+            if world.is_main:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:   # the last one out removes the folder
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+
+
+def _assemble(world: World, config, header, grid, paths, blocks, folder: Path,
+              tally: _RunTally, reporter: Reporter) -> None:
+    """Rank 0: copy every block from its rank's part file into the staged outputs."""
+    sources: Dict[Tuple[int, str], gdal.Dataset] = {}
+    try:
+        with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
+            outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
+            try:
+                for number, (col0, row0, width, height) in enumerate(blocks):
+                    reporter.check()
+                    owner = number % world.size
+                    for key in paths:
+                        source = sources.get((owner, key))
+                        if source is None:
+                            source = gdal.Open(str(folder / f"rank{owner:05d}-{key}.tif"))
+                            sources[(owner, key)] = source
+                        outputs.write(key, source.ReadAsArray(col0, row0, width, height),
+                                      col0, row0)
+                    reporter.report(90 + 10 * (number + 1) / len(blocks))
+            except BaseException:
+                outputs.close()
+                raise
+            _finish_outputs(config, header, outputs, staged, paths, tally)
+    finally:
+        sources.clear()

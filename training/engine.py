@@ -20,6 +20,12 @@ Progress goes to stderr, in one of four forms (``--progress``):
 
 The result is also printed on stdout (as JSON with ``--progress json``, as text otherwise).
 
+Under ``torchrun`` (several processes), ``train`` and ``classify`` join one process group
+and share the work (:mod:`core.distributed`; README "Beyond one machine"): only rank 0
+shows progress and prints the result; every rank prints its errors as ``error: rank R: …``
+(JSON errors carry ``"rank"``), and a failure on any rank fails every rank. ``--cog``
+writes classification outputs as Cloud-Optimized GeoTIFFs.
+
 Exit status: 0 on success; 2 for bad input, with a one-line message that says what to fix
 (the traceback only with ``--debug``); 1 for an internal error; 130 when interrupted (Ctrl-C)
 and 143 on SIGTERM — both cancel the run, and nothing is written.
@@ -27,6 +33,7 @@ and 143 on SIGTERM — both cancel the run, and nothing is written.
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -34,6 +41,7 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TextIO
 
+from ..core.distributed import PeerFailed, finish, launched_world_size, start
 from ..core.errors import Cancelled, MamolInputError
 
 PROGRAM = "python -m mamol"
@@ -44,12 +52,16 @@ EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 class Channel:
     """Where the engine's progress, log lines, warnings, result and error go (stderr)."""
 
-    def __init__(self, mode: str, stage: str, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, mode: str, stage: str, stream: Optional[TextIO] = None,
+                 rank: Optional[int] = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         if mode == "auto":
             mode = "bar" if self.stream.isatty() else "plain"
+        if rank:   # under torchrun only rank 0 shows progress; every rank shows its errors
+            mode = "json-errors" if mode == "json" else "none"
         self.mode = mode
         self.stage = stage
+        self.rank = rank   # None: a single process
         self._percent = -1.0
         self._bar_shown = False
         self._last_bar = 0.0
@@ -117,10 +129,14 @@ class Channel:
 
     def error(self, kind: str, message: str) -> None:
         self._clear_bar()
-        if self.mode == "json":
-            self._json({"event": "error", "kind": kind, "message": message})
+        if self.mode in ("json", "json-errors"):
+            record = {"event": "error", "kind": kind, "message": message}
+            if self.rank is not None:
+                record["rank"] = self.rank
+            self._json(record)
         else:
-            self._write(f"error: {message}\n")
+            where = "" if self.rank is None else f"rank {self.rank}: "
+            self._write(f"error: {where}{message}\n")
 
 
 class Stop:
@@ -233,7 +249,7 @@ def _train_parser(sub) -> None:
     _add_common(parser)
 
 
-def run_train(args, channel: Channel, is_cancelled) -> Dict[str, object]:
+def run_train(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
     from . import cli
     from .missing import SimulationMode
     from .trainer import train_model
@@ -243,7 +259,7 @@ def run_train(args, channel: Channel, is_cancelled) -> Dict[str, object]:
         channel.log("One modality given: there is nothing to hide, so no missing-modality "
                     "simulation.")
     result = train_model(config, channel.progress, is_cancelled, log=channel.log,
-                         warn=channel.warning)
+                         warn=channel.warning, world=world)
     return {"model": str(result.model_path),
             "report_html": str(result.report_html) if result.report_html else None,
             "report_json": str(result.report_json) if result.report_json else None}
@@ -357,6 +373,9 @@ def _classify_parser(sub) -> None:
     outputs.add_argument("--confidence", help="highest class probability")
     outputs.add_argument("--entropy", help="normalised entropy (0 certain, 1 undecided)")
     outputs.add_argument("--modalities-used", help="bitmask of the modalities used per pixel")
+    outputs.add_argument("--cog", action="store_true",
+                         help="write every output as a Cloud-Optimized GeoTIFF (internal "
+                              "overviews; for serving over HTTP or object storage)")
     area = parser.add_argument_group("area and grid")
     area.add_argument("--reference", choices=["hs", "sar", "lidar"],
                       help="whose grid the outputs get (default: the first raster given)")
@@ -408,7 +427,7 @@ def _crs_wkt(text: Optional[str]) -> Optional[str]:
     return reference.ExportToWkt()
 
 
-def run_classify(args, channel: Channel, is_cancelled) -> Dict[str, object]:
+def run_classify(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
     from ..core.inference import ClassifyConfig, MaskSource, classify
     _apply_weights_cache(args)
     config = ClassifyConfig(
@@ -423,9 +442,9 @@ def run_classify(args, channel: Channel, is_cancelled) -> Dict[str, object]:
         tile_step=args.tile_step, tile_blend=args.tile_blend,
         block_size=args.block_size, batch_size=args.batch_size,
         gdal_cache_mb=args.gdal_cache_mb, device=args.device, precision=args.precision,
-        compile_mode=args.compile)
+        compile_mode=args.compile, cog=args.cog)
     result = classify(config, channel.progress, is_cancelled, log=channel.log,
-                      warn=channel.warning)
+                      warn=channel.warning, world=world)
     return {"outputs": {key: str(path) for key, path in result.outputs.items()},
             "class_counts": [{"value": int(value), "name": result.class_names[value],
                               "pixels": int(count)}
@@ -471,12 +490,24 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
                 "input", "invalid arguments (see the usage message above)")
         return EXIT_INPUT if code else 0
     mode = "none" if args.quiet else args.progress
-    channel = Channel(mode, args.command, stderr)
+    size = launched_world_size()
+    rank = int(os.environ.get("RANK", "0")) if size > 1 else None
+    channel = Channel(mode, args.command, stderr, rank)
     stop = Stop()
     stop.install()
     _, run = COMMANDS[args.command]
+    world = None
     try:
-        result = run(args, channel, stop)
+        if size > 1:
+            world = _join_world(args)
+            result = run(args, channel, stop, world)
+        else:
+            result = run(args, channel, stop)
+    except PeerFailed as exc:
+        channel.error(exc.kind, _one_line(str(exc)))
+        if args.debug:
+            stderr.write(traceback.format_exc())
+        return EXIT_INTERNAL
     except MamolInputError as exc:
         if stop():
             return _cancelled(channel, stop)
@@ -487,14 +518,51 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
     except (Cancelled, KeyboardInterrupt):
         return _cancelled(channel, stop)
     except Exception as exc:  # noqa: BLE001 - the engine's last line of defence
+        if world is not None and _lost_peer(exc):   # e.g. inside a DDP gradient exchange
+            channel.error("internal", "another process of the run stopped or did not "
+                          "answer (see its own error); " + _one_line(str(exc)))
+            return EXIT_INTERNAL
         channel.error("internal", _one_line(f"{type(exc).__name__}: {exc}") +
                       ("" if args.debug else " (run with --debug for the traceback)"))
         if args.debug:
             stderr.write(traceback.format_exc())
         return EXIT_INTERNAL
+    finally:
+        if world is not None:
+            # The outcome is decided and reported: torchrun's agent, seeing another rank
+            # exit, sends SIGTERM to this one, which must still exit with its own status.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            finish(world)
     channel.progress(100.0)
-    channel.result(args.command, result, stdout)
+    if world is None or world.is_main:
+        channel.result(args.command, result, stdout)
     return 0
+
+
+#: The commands that run across the processes torchrun starts (DESIGN §6).
+DISTRIBUTED_COMMANDS = ("train", "classify")
+
+
+def _join_world(args):
+    """Under torchrun: join the process group (see :mod:`core.distributed`)."""
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise MamolInputError(
+            f"'{args.command}' runs in one process: start it with '{PROGRAM} "
+            f"{args.command}', not torchrun (train and classify run across processes).")
+    world = start(getattr(args, "device", "auto"))
+    if world.faulty("input"):   # test hook: this rank cannot read its rasters
+        for name in ("hs", "sar", "lidar"):
+            if getattr(args, name, None):
+                setattr(args, name, getattr(args, name) + ".not-on-this-node")
+    return world
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch.distributed's report of a peer gone or silent."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"DistBackendError", "DistNetworkError"}) or any(
+        text in str(exc) for text in ("Connection closed by peer", "Connection reset by peer",
+                                      "timed out", "Timed out"))
 
 
 def _json_requested(argv: List[str]) -> bool:

@@ -10,6 +10,7 @@ weights saved to a model file, with an HTML and a JSON report.
 Nothing is written until training has finished: a cancel or an error leaves no model file
 and no report behind.
 """
+import contextlib
 import logging
 import math
 import tempfile
@@ -28,6 +29,7 @@ from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
 from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_bytes,
                             model_inference_batch, parse_compile_mode, parse_precision,
                             prepare_model, resolve_device, synchronize, to_device)
+from ..core.distributed import SINGLE, World
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import (AlignedRaster, RasterInfo, inspect_raster, modality_label,
@@ -239,7 +241,8 @@ def _wavelengths(info: RasterInfo) -> Tuple[float, ...]:
 def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = None,
                 is_cancelled: Optional[CancelCheck] = None,
                 log: Optional[Callable[[str], None]] = None,
-                warn: Optional[Callable[[str], None]] = None) -> TrainingResult:
+                warn: Optional[Callable[[str], None]] = None,
+                world: Optional[World] = None) -> TrainingResult:
     """Train, validate, and write the model file (and reports). See the module docstring.
 
     Args:
@@ -250,7 +253,13 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
         log: receives one line per stage and per epoch (default: this module's logger).
         warn: receives each warning as it arises (default: this module's logger); the
             reports list them too.
+        world: under torchrun, this process's rank (:mod:`core.distributed`): every rank
+            reads the data and draws the same seeded sample order, trains on its shard of
+            each batch with DistributedDataParallel over the trainable tensors, and rank 0
+            alone validates and writes the model file and the reports. A failure on any
+            rank fails the run on every rank.
     """
+    world = world or SINGLE
     torch_compat.import_torch()  # fail before any work if PyTorch is missing
     reporter = Reporter(progress, is_cancelled)
     say = log or LOG.info
@@ -259,33 +268,40 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     def caution(text: str) -> None:
         warnings.append(text)
         (warn or LOG.warning)(text)
-    config.validate()
-    names = config.modality_names
-    for name in names:
-        if name not in KNOWN_MODALITIES:
+    with world.agreed():   # every rank reads the inputs; one that cannot stops them all
+        config.validate()
+        if world.distributed and config.mce is not None:
             raise MamolInputError(
-                f"Unknown modality '{name}'; use {', '.join(KNOWN_MODALITIES)}.")
-    device = resolve_device(config.device)
-    output = Path(config.output_model)
-    for path in (output, config.report_html, config.report_json):
-        if path is not None:
-            ensure_writable_folder(Path(path).parent)
+                "MCE training runs in one process: its batch-level Shapley factors need "
+                "the whole batch in one place. Start it with 'python -m mamol train', not "
+                "torchrun.")
+        names = config.modality_names
+        for name in names:
+            if name not in KNOWN_MODALITIES:
+                raise MamolInputError(
+                    f"Unknown modality '{name}'; use {', '.join(KNOWN_MODALITIES)}.")
+        device = world.device if world.distributed else resolve_device(config.device)
+        output = Path(config.output_model)
+        for path in (output, config.report_html, config.report_json):
+            if path is not None:
+                ensure_writable_folder(Path(path).parent)
 
-    infos = [inspect_raster(path, modality_label(name)) for name, path in config.modalities]
-    grid = reference_grid(infos)
-    say(f"Reference grid: {grid.width} × {grid.height} pixels of "
-        f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[0].role} raster.")
-    if isinstance(config.polygons, LabelRasterSource):
-        pixels = labels_from_raster(config.polygons, grid)
-    else:
-        pixels = rasterise_polygons(config.polygons, grid)
-    split = split_by_polygon(pixels, replace(config.split, seed=config.seed))
-    classes = pixels.classes
-    class_count = len(classes)
-    if class_count < 2:
-        raise MamolInputError(
-            f"The polygons hold only one class ({classes[0].name}); a classifier needs at "
-            "least two.")
+        infos = [inspect_raster(path, modality_label(name))
+                 for name, path in config.modalities]
+        grid = reference_grid(infos)
+        say(f"Reference grid: {grid.width} × {grid.height} pixels of "
+            f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[0].role} raster.")
+        if isinstance(config.polygons, LabelRasterSource):
+            pixels = labels_from_raster(config.polygons, grid)
+        else:
+            pixels = rasterise_polygons(config.polygons, grid)
+        split = split_by_polygon(pixels, replace(config.split, seed=config.seed))
+        classes = pixels.classes
+        class_count = len(classes)
+        if class_count < 2:
+            raise MamolInputError(
+                f"The polygons hold only one class ({classes[0].name}); a classifier needs "
+                "at least two.")
     for labelled, (tr, va, tp, vp) in zip(classes, split.class_counts):
         # a class without a name field is named "class <value>": say it once
         named = labelled.name if labelled.name == f"class {labelled.value}" else \
@@ -297,22 +313,32 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     reporter.report(2)
 
     with scratch_folder() as scratch:
-        aligned = [(name, AlignedRaster(info, grid)) for (name, _), info in
-                   zip(config.modalities, infos)]
-        try:
-            train, dropped_train = extract_samples(
-                aligned, split.train, config.patch_size, config.max_missing_fraction,
-                Path(scratch), "train", reporter, (2, 7))
-            validation, dropped_validation = extract_samples(
-                aligned, split.validation, config.patch_size, config.max_missing_fraction,
-                Path(scratch), "validation", reporter, (7, 10))
-        finally:
-            for _, raster in aligned:
-                raster.close()
-        for dropped, side in ((dropped_train, "training"), (dropped_validation, "validation")):
-            if dropped:
-                caution(f"{dropped} {side} pixel(s) lie where no raster has valid data and "
-                        "were not used.")
+        with world.agreed():
+            aligned = [(name, AlignedRaster(info, grid)) for (name, _), info in
+                       zip(config.modalities, infos)]
+            try:
+                train, dropped_train = extract_samples(
+                    aligned, split.train, config.patch_size, config.max_missing_fraction,
+                    Path(scratch), "train", reporter, (2, 7))
+                validation, dropped_validation = extract_samples(
+                    aligned, split.validation, config.patch_size,
+                    config.max_missing_fraction, Path(scratch), "validation", reporter,
+                    (7, 10))
+            finally:
+                for _, raster in aligned:
+                    raster.close()
+            for dropped, side in ((dropped_train, "training"),
+                                  (dropped_validation, "validation")):
+                if dropped:
+                    caution(f"{dropped} {side} pixel(s) lie where no raster has valid data "
+                            "and were not used.")
+            counts = np.bincount(train.class_index, minlength=class_count)
+            for labelled, count in zip(classes, counts):
+                if count == 0:
+                    raise MamolInputError(
+                        f"Class {labelled.value} '{labelled.name}' has no training pixel "
+                        "with valid raster data. Draw its polygons where the rasters have "
+                        "data.")
         if not len(validation) and config.split.validation_fraction == 0:
             say(f"No validation (validation fraction 0): the last epoch ({config.epochs}) is "
                 "kept.")
@@ -321,13 +347,9 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
                     f"split is by polygon, so a class needs at least 2 polygons to lend one to "
                     f"validation). Nothing tells the epochs apart, so the last one "
                     f"({config.epochs}) is kept, and the reports have no accuracy.")
-        counts = np.bincount(train.class_index, minlength=class_count)
-        for labelled, count in zip(classes, counts):
-            if count == 0:
-                raise MamolInputError(
-                    f"Class {labelled.value} '{labelled.name}' has no training pixel with "
-                    "valid raster data. Draw its polygons where the rasters have data.")
         statistics = normalisation_statistics(train, names)
+        # Every rank simulates the same patterns for the same samples (the simulation's own
+        # seed, over the whole training set), so missingness does not depend on the ranks.
         train_patterns = apply_simulation(train.pattern, config.simulation, len(names))
         validation_patterns = apply_simulation(validation.pattern,
                                                config.validation_simulation, len(names))
@@ -335,30 +357,45 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
         say("Training patterns: " + ", ".join(
             f"{k} {v}" for k, v in pattern_counts(train_patterns, names).items()))
 
-        model, spec_fingerprint = _build_model(config, infos, class_count, device, say)
+        with world.agreed():
+            model, spec_fingerprint = _build_model(config, infos, class_count, device, say)
+        _same_backbone(world, spec_fingerprint)
         history, best_epoch, best_state, timing = _fit(
             config, model, train, train_patterns, validation, validation_patterns,
-            statistics, class_count, device, reporter, say)
-        model.load_state_dict(best_state, strict=False)
-        evaluation = _final_evaluation(config, model, validation, validation_patterns,
-                                       statistics, classes, device, reporter)
+            statistics, class_count, device, reporter, say, world)
+        if world.is_main:
+            model.load_state_dict(best_state, strict=False)
+            evaluation = _final_evaluation(config, model, validation, validation_patterns,
+                                           statistics, classes, device, reporter)
 
-    reporter.report(97)
-    header = ModelHeader(
-        modalities=tuple(ModalityInfo(
-            name=name, bands=info.bands, mean=tuple(float(v) for v in statistics[name].mean),
-            std=tuple(float(v) for v in statistics[name].std), band_names=info.band_names,
-            wavelengths_nm=_wavelengths(info)) for name, info in zip(names, infos)),
-        classes=tuple(ClassInfo(c.value, c.name, c.colour) for c in classes),
-        patch_size=config.patch_size, backbone=config.backbone,
-        backbone_fingerprint=spec_fingerprint, adapter=model.config.to_json(),
-        training=training_record(config, train, validation, train_patterns,
-                                 validation_patterns, history, best_epoch, evaluation, names),
-        reference_grid=grid.to_json(), software=software_versions())
-    summary = training_summary(config, infos, classes, split, train_patterns,
-                               validation_patterns, history, best_epoch, evaluation, timing,
-                               device, warnings, names)
-    _write_outputs(model, header, summary, output, config)
+    if not world.is_main:
+        # Rank 0 alone writes; the others wait for its outcome, so they fail if it fails.
+        world.agree(None)
+        return TrainingResult(output, _optional_path(config.report_html),
+                              _optional_path(config.report_json), {})
+    with world.agreed():
+        reporter.report(97)
+        header = ModelHeader(
+            modalities=tuple(ModalityInfo(
+                name=name, bands=info.bands,
+                mean=tuple(float(v) for v in statistics[name].mean),
+                std=tuple(float(v) for v in statistics[name].std),
+                band_names=info.band_names,
+                wavelengths_nm=_wavelengths(info)) for name, info in zip(names, infos)),
+            classes=tuple(ClassInfo(c.value, c.name, c.colour) for c in classes),
+            patch_size=config.patch_size, backbone=config.backbone,
+            backbone_fingerprint=spec_fingerprint, adapter=model.config.to_json(),
+            training=training_record(config, train, validation, train_patterns,
+                                     validation_patterns, history, best_epoch, evaluation,
+                                     names),
+            reference_grid=grid.to_json(), software=software_versions())
+        if world.distributed:
+            timing["processes"] = world.size
+            timing["backend"] = world.backend
+        summary = training_summary(config, infos, classes, split, train_patterns,
+                                   validation_patterns, history, best_epoch, evaluation,
+                                   timing, device, warnings, names)
+        _write_outputs(model, header, summary, output, config)
     reporter.report(100)
     say(f"Model written to {output}.")
     for path in (config.report_html, config.report_json):
@@ -366,6 +403,19 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
             say(f"Report written to {path}.")
     return TrainingResult(output, _optional_path(config.report_html),
                           _optional_path(config.report_json), summary)
+
+
+def _same_backbone(world: World, spec_fingerprint: str) -> None:
+    """Each rank builds the frozen tower itself (nothing of it crosses the network); this
+    proves they all built the same one."""
+    if not world.distributed:
+        return
+    prints = world.gather(spec_fingerprint)
+    if len(set(prints)) > 1:
+        odd = [rank for rank, value in enumerate(prints) if value != prints[0]]
+        raise MamolInputError(
+            f"The ranks built different backbones (rank(s) {odd} differ from rank 0's "
+            "fingerprint): every node must see the same backbone weights file.")
 
 
 def _optional_path(path) -> Optional[Path]:
@@ -391,11 +441,55 @@ def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_coun
         spec_fingerprint
 
 
+def shard_bounds(count: int, rank: int, size: int) -> Tuple[int, int]:
+    """[start, stop) of rank ``rank``'s contiguous share of a batch of ``count`` samples
+    among ``size`` ranks: ``ceil(count / size)`` samples each, the last ranks taking what
+    is left (possibly nothing). The shares are then exactly the micro-batches one process
+    makes with ``micro_batch_size = ceil(count / size)``, so the two runs sum the same
+    gradients in the same order (see ``tests/test_distributed.py``)."""
+    share = -(-count // size)
+    start = min(count, rank * share)
+    return start, min(count, start + share)
+
+
+def _distributed_step(model, world: World, device):
+    """The model wrapped in DistributedDataParallel over its trainable tensors only: the
+    frozen tower (parameters and buffers) is neither broadcast nor reduced, since every
+    rank builds the same one (checked by fingerprint). ``forward(windows, codes, tiles)``
+    runs the pixel or the tile kind's forward. Unused parameters are expected: a batch
+    routes its tokens to some experts only and may lack a modality."""
+    torch = torch_compat.import_torch()
+    from torch.nn.parallel import DistributedDataParallel
+
+    class TrainingStep(torch.nn.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, windows, codes, tiles: bool):
+            return self.inner.forward_tiles(windows, codes) if tiles else \
+                self.inner(windows, codes)
+
+    step = TrainingStep(model)
+    frozen = [name for name, p in step.named_parameters() if not p.requires_grad]
+    frozen += [name for name, _ in step.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, frozen)
+    return DistributedDataParallel(
+        step, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True)
+
+
 def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
-         validation_patterns, statistics, class_count, device, reporter: Reporter, say):
+         validation_patterns, statistics, class_count, device, reporter: Reporter, say,
+         world: World = SINGLE):
     """The training loop. Per step the host only enqueues work: batches are gathered on the
     device (:class:`Batches`), labels live there, the loss is summed there and read once
-    per epoch, so the GPU never waits for the host between steps."""
+    per epoch, so the GPU never waits for the host between steps.
+
+    Under torchrun every rank draws the same epoch order from the seed and takes its
+    contiguous share of each batch (:func:`shard_bounds`); its loss is its share of the
+    batch's mean times the number of ranks, so DDP's average of the gradients is the
+    gradient of the whole batch's mean, as in one process. Only rank 0 validates."""
     torch = torch_compat.import_torch()
     names = config.modality_names
     rng = np.random.default_rng(config.seed)
@@ -412,13 +506,18 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
         if config.warmup_fraction > 0 else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps))
+    rank_batch = -(-config.batch_size // world.size)   # the largest share of a batch
     micro_batch = resolve_micro_batch(
-        config.micro_batch_size, config.batch_size, model.encoder.width, device,
+        config.micro_batch_size, rank_batch, model.encoder.width, device,
         free_gpu_bytes(device), len(model.encoder.visual.transformer.resblocks),
         model.compute_dtype.itemsize, len(names), config.patch_size ** 2 + 1)
-    if micro_batch < config.batch_size:
-        say(f"Each batch of {config.batch_size} runs as micro-batches of {micro_batch} "
+    if world.distributed:
+        say(f"Each batch of {config.batch_size} is shared by {world.size} processes "
+            f"(at most {rank_batch} samples each).")
+    if micro_batch < rank_batch:
+        say(f"Each batch of {rank_batch} runs as micro-batches of {micro_batch} "
             "(gradients accumulated; the same optimiser step, less memory).")
+    ddp = _distributed_step(model, world, device) if world.distributed else None
     train_batches = Batches(train, names, statistics, device)
     validation_batches = Batches(validation, names, statistics, device)
     validation_batch = _validation_batch(config, model, device)
@@ -458,22 +557,49 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
                 batch_codes = tile_pixel_patterns(presence[index], train_patterns[index])
                 labelled = int(((tile_labels_host[index] != IGNORE_INDEX)
                                 & (batch_codes > 0)).sum())
+            # This rank's share of the batch; its loss is weighted by the number of ranks
+            # because DDP averages their gradients.
+            first, stop = shard_bounds(index.size, world.rank, world.size)
+            weight = float(world.size)
+            if first == stop:
+                # Fewer samples than ranks: this rank still joins the gradient exchange,
+                # with a sample another rank owns at weight 0 (so it touches no parameter
+                # that sample's owner does not).
+                first, stop, weight = 0, 1, 0.0
+            parts = list(range(first, stop, micro_batch))
             # Gradients of micro-batches add up to the whole batch's mean-loss gradient.
-            for part in range(0, index.size, micro_batch):
-                chunk = index[part:part + micro_batch]
+            for number, part in enumerate(parts):
+                end = min(part + micro_batch, stop)
+                chunk = index[part:end]
                 pattern = train_patterns[chunk]
                 windows = train_batches.windows(chunk, pattern)
+                # DDP exchanges the gradients in the rank's last micro-batch only.
+                exchange = ddp.no_sync() if ddp is not None and number < len(parts) - 1 \
+                    else contextlib.nullcontext()
                 if tiled:
-                    codes = torch.from_numpy(batch_codes[part:part + micro_batch])
-                    logits = model.forward_tiles(windows, codes)
-                    targets = tile_labels.index_select(
-                        0, to_device(torch.from_numpy(chunk), device))
-                    loss = tile_loss(logits, targets, codes, labelled)
-                    loss.backward()
-                    loss_sum += loss.detach() * index.size
+                    codes = torch.from_numpy(batch_codes[part:end])
+                    with exchange:
+                        logits = ddp(windows, codes, True) if ddp is not None else \
+                            model.forward_tiles(windows, codes)
+                        targets = tile_labels.index_select(
+                            0, to_device(torch.from_numpy(chunk), device))
+                        loss = tile_loss(logits, targets, codes, labelled) * weight
+                        loss.backward()
+                    loss_sum += loss.detach() * (index.size / world.size)
                     reporter.check()
                     continue
                 targets = labels.index_select(0, to_device(torch.from_numpy(chunk), device))
+                if ddp is not None:
+                    with exchange:
+                        logits = ddp(windows, torch.from_numpy(pattern), False)
+                        # divided first, so that the weight (a power of two for 2, 4, …
+                        # ranks) scales exactly as DDP's average unscales it
+                        loss = torch.nn.functional.cross_entropy(
+                            logits, targets, reduction="sum") / index.size * weight
+                        loss.backward()
+                    loss_sum += loss.detach() * (index.size / world.size)
+                    reporter.check()
+                    continue
                 if availability is None:
                     logits = model(windows, torch.from_numpy(pattern))
                     loss = torch.nn.functional.cross_entropy(logits, targets,
@@ -492,7 +618,10 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
             scheduler.step()
             step += 1
             loss_count += index.size
+            if step == 1:
+                world.fault("step")
             reporter.report(10 + 85 * step / total_steps)
+        world.sum_(loss_sum)   # every rank's share of the epoch's loss
         train_loss = float(loss_sum) / max(1, loss_count)   # the one wait per epoch
         synchronize(device)
         train_seconds = time.perf_counter() - started
@@ -505,7 +634,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
                   "samples_per_second": loss_count / max(train_seconds, 1e-9)}
         if tally is not None:
             record["mce"] = tally.record(names, availability)
-        if len(validation):
+        if len(validation) and world.is_main:   # rank 0 alone validates
             predicted = predict(model, validation_batches, validation_patterns,
                                 validation_batch, reporter)
             matrix = metrics.confusion_matrix(validation.class_index, predicted, class_count)
