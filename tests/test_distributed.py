@@ -90,6 +90,17 @@ def ranks_by_hand(*arguments, ranks=RANKS, **env):
     return results
 
 
+def _result(stdout: str) -> dict:
+    """The engine's result as printed on stdout without ``--progress json``: one
+    ``key: <JSON value>`` line per field (rank 0 alone prints it)."""
+    fields = {}
+    for line in stdout.splitlines():
+        key, _, value = line.partition(": ")
+        assert key not in fields, f"result printed twice: {stdout!r}"
+        fields[key] = json.loads(value)
+    return fields
+
+
 def _errors(stderr: str):
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
@@ -134,7 +145,7 @@ def test_ddp_training_gives_the_tensors_of_one_process(trained):
     worst = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
     assert worst <= 1e-5, worst
     # rank 0 alone wrote the model and the report
-    assert json.loads(run.stdout)["model"] == str(two)
+    assert _result(run.stdout)["model"] == str(two)
     report = json.loads(two.with_suffix(".json").read_text())
     assert report["timing"]["processes"] == RANKS
     assert report["timing"]["backend"] == "gloo"
@@ -193,7 +204,7 @@ def test_sharded_classification_is_bit_identical(trained, small_scene, tmp_path)
     assert len(np.unique(classes)) > 2   # a real map, not a constant
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir())
-    assert json.loads(ranks.stdout)["class_counts"] == json.loads(single.stdout)["class_counts"]
+    assert _result(ranks.stdout)["class_counts"] == _result(single.stdout)["class_counts"]
 
 
 def test_cog_output_holds_the_same_pixels(tiny_model, small_scene, tmp_path):
