@@ -652,11 +652,13 @@ class _Parts:
         self.datasets.clear()
 
     def remove(self) -> None:
+        """Delete this rank's part files. Rank 0 may be removing the whole folder at the
+        same moment (every rank reaches this together after the last stage), so a file
+        that is already gone is not an error."""
         self.close()
         for path in self.paths.values():
             for leftover in (path, Path(str(path) + ".aux.xml")):
-                if leftover.exists():
-                    leftover.unlink()
+                leftover.unlink(missing_ok=True)
 
 
 def gdal_type(dtype: np.dtype) -> int:

@@ -303,6 +303,25 @@ def test_threads_are_shared_among_the_ranks_of_a_machine(monkeypatch):
     assert World(rank=1, size=3).shard(list(range(8))) == [1, 4, 7]
 
 
+def test_part_files_already_removed_by_rank_0_are_not_an_error(tmp_path, monkeypatch):
+    """Every rank cleans up at the same moment after the last stage: rank 0 removes the
+    whole staging folder while the others delete their own part files. A part file that
+    rank 0 removed first must not fail the rank that owned it."""
+    from mamol.core.grid import ReferenceGrid
+    from mamol.core.inference import _Parts
+    grid = ReferenceGrid(crs_wkt="", x_origin=0.0, y_origin=6.0, pixel_width=1.0,
+                         pixel_height=1.0, width=8, height=6)
+    parts = _Parts(tmp_path, 3, {"classes": (np.uint8, 1, 0)}, grid)
+    parts.write("classes", np.ones((6, 8), np.uint8), 0, 0)
+    parts.close()
+    for path in tmp_path.iterdir():   # rank 0's rmtree got there first …
+        path.unlink()
+    with monkeypatch.context() as patch:   # … just after this rank saw the files there
+        patch.setattr(Path, "exists", lambda self: True)
+        parts.remove()
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.gpu
 def test_nccl_one_process_per_gpu_matches_one_process(tiny_model, small_scene, tmp_path):
     import torch

@@ -123,6 +123,7 @@ def test_installed_wheel_gives_the_mamol_command(wheel, tmp_path):
                            env=env, timeout=300, cwd=tmp_path)
     assert usage.returncode == 0, usage.stderr
     assert all(name in usage.stdout for name in ("scene", "train", "evaluate", "classify"))
+    assert usage.stdout.startswith("usage: mamol "), usage.stdout[:80]   # not 'python -m'
     scene = subprocess.run([str(command), "scene", "--size", "128", "--output-folder",
                             str(tmp_path / "scene"), "--progress", "none"],
                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)

@@ -44,7 +44,13 @@ from typing import Dict, List, Optional, Sequence, TextIO
 from ..core.distributed import PeerFailed, finish, launched_world_size, start
 from ..core.errors import Cancelled, MamolInputError
 
-PROGRAM = "python -m mamol"
+
+
+def program_name() -> str:
+    """How the user started the engine: ``mamol`` (the command ``pip install`` makes) or
+    ``python -m mamol`` (the plugin's engine, and torchrun's ``-m mamol``)."""
+    return "mamol" if Path(sys.argv[0] or "").name == "mamol" else "python -m mamol"
+
 PROGRESS_MODES = ("auto", "bar", "plain", "json", "none")
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 
@@ -462,10 +468,10 @@ COMMANDS = {"scene": (_scene_parser, run_scene), "train": (_train_parser, run_tr
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROGRAM,
+        prog=program_name(),
         description="MaMOL land cover without QGIS: the engine behind the Processing "
                     "algorithms. Each command is the same core call as its algorithm.",
-        epilog="Run 'python -m mamol COMMAND --help' for a command's options.")
+        epilog=f"Run '{program_name()} COMMAND --help' for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for make, _ in COMMANDS.values():
         make(sub)
@@ -547,7 +553,7 @@ def _join_world(args):
     """Under torchrun: join the process group (see :mod:`core.distributed`)."""
     if args.command not in DISTRIBUTED_COMMANDS:
         raise MamolInputError(
-            f"'{args.command}' runs in one process: start it with '{PROGRAM} "
+            f"'{args.command}' runs in one process: start it with '{program_name()} "
             f"{args.command}', not torchrun (train and classify run across processes).")
     world = start(getattr(args, "device", "auto"))
     if world.faulty("input"):   # test hook: this rank cannot read its rasters
