@@ -15,6 +15,7 @@ import logging
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -474,6 +475,11 @@ def _distributed_step(model, world: World, device):
     frozen = [name for name, p in step.named_parameters() if not p.requires_grad]
     frozen += [name for name, _ in step.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, frozen)
+    # The shared expert's lora_B is (1, width, rank): its gradient's stride in the size-1
+    # dimension differs from the bucket's, which is the same memory layout (every mismatch
+    # was checked to lie in a size-1 dimension), yet DDP warns once on every rank.
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            message="Grad strides do not match bucket view strides")
     return DistributedDataParallel(
         step, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=True)
