@@ -20,8 +20,9 @@ Failure is agreed, not discovered by a hang:
 * every collective has a timeout: ``MAMOL_DIST_TIMEOUT`` seconds (default 1800, torch's
   own default for gloo), the longest a rank may wait for the slowest one at a stage's end.
 
-A test-only hook, ``MAMOL_TEST_FAULT=RANK:POINT``, makes rank RANK fail at a named point
-(:meth:`World.fault`); the tests use it to simulate a rank that dies mid-run.
+A test-only hook, ``MAMOL_TEST_FAULT=RANK:POINT[:kill]``, makes rank RANK fail (or kill
+itself) at a named point (:meth:`World.fault`); the tests use it to simulate a rank that
+dies mid-run.
 """
 import contextlib
 import logging
@@ -197,9 +198,16 @@ class World:
         self._collective("summed a result", lambda: dist.all_reduce(tensor))
 
     def fault(self, point: str) -> None:
-        """Test-only: raise where ``MAMOL_TEST_FAULT`` names this rank and ``point``."""
+        """Test-only: raise where ``MAMOL_TEST_FAULT`` names this rank and ``point``
+        (``RANK:POINT``); with ``RANK:POINT:kill`` the process kills itself instead, as the
+        out-of-memory killer would, with no chance to clean up or to tell the others."""
         wanted = os.environ.get(FAULT_ENV, "")
-        if wanted and wanted == f"{self.rank}:{point}":
+        if not wanted:
+            return
+        if wanted == f"{self.rank}:{point}:kill":
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+        if wanted == f"{self.rank}:{point}":
             raise InjectedFault(f"test fault injected on rank {self.rank} at '{point}' "
                                 f"({FAULT_ENV})")
 

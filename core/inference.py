@@ -913,16 +913,15 @@ def _classify_sharded(world: World, config, header, grid, paths, blocks, compute
                 _assemble(world, config, header, grid, paths, blocks, folder, tally,
                           reporter)
     finally:
+        # Every rank gets here only once no rank needs the part files any more: after the
+        # last stage (rank 0 has assembled), or after a failure that every surviving rank
+        # learnt of at the same stage's end. So each removes its own files and then the
+        # whole folder, which also takes the files of a rank that was killed (rank 0's
+        # included); the removals may overlap, and a file already gone is no error.
         if parts is not None:
             parts.remove()
-        if folder is not None and folder.exists():
-            if world.is_main:
-                shutil.rmtree(folder, ignore_errors=True)
-            else:   # the last one out removes the folder
-                try:
-                    folder.rmdir()
-                except OSError:
-                    pass
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _assemble(world: World, config, header, grid, paths, blocks, folder: Path,

@@ -258,6 +258,23 @@ def test_a_rank_dying_mid_classification_leaves_nothing(tiny_model, small_scene,
     assert _no_output(out)
 
 
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_killed_rank_leaves_no_output_and_no_part_file(tiny_model, small_scene, tmp_path,
+                                                          killed):
+    """A rank killed outright (SIGKILL, as by the out-of-memory killer) after writing a block
+    cannot clean up or tell anyone: the survivor notices at the next exchange, fails, and
+    removes the staging folder with the killed rank's part files in it."""
+    out = tmp_path / "out"
+    results = ranks_by_hand(*_classify_arguments(small_scene, tiny_model, out),
+                            MAMOL_TEST_FAULT=f"{killed}:block:kill")
+    assert results[killed].returncode == -signal.SIGKILL
+    survivor = results[1 - killed]
+    assert survivor.returncode != 0
+    (line,) = _errors(survivor.stderr)
+    assert line.startswith(f"error: rank {1 - killed}: "), line
+    assert _no_output(out), sorted(p.name for p in out.rglob("*"))
+
+
 def test_torchrun_fails_every_rank_and_cleans_up(tiny_model, small_scene, tmp_path):
     """The same through torchrun's own agent: both ranks report, torchrun fails."""
     out = tmp_path / "out"
