@@ -31,6 +31,18 @@ BATCH = 15          # a global batch that 2 ranks share unevenly (8 + 7)
 RANKS = 2
 
 
+def _host_name_resolves() -> None:
+    """torch's rendezvous and gloo find this machine by its host name; where it does not
+    resolve (a bare chroot without the host's /etc/hosts) the launch retries until killed,
+    so say so at once instead of after LIMIT_S."""
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, None)
+    except socket.gaierror as exc:
+        pytest.fail(f"this machine's host name '{name}' does not resolve ({exc}); torchrun "
+                    "needs it: add it to /etc/hosts")
+
+
 def _run(command, env, limit=LIMIT_S):
     """Run ``command`` in its own session; kill the session when it overruns."""
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -51,6 +63,7 @@ def engine(*arguments, **env):
 
 def torchrun(*arguments, ranks=RANKS, **env):
     """``torchrun --standalone --nproc-per-node N -m mamol …``."""
+    _host_name_resolves()
     return _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                  "--nproc-per-node", str(ranks), "-m", "mamol", *map(str, arguments)],
                 dict(ENV, **env))
@@ -65,6 +78,7 @@ def _free_port() -> int:
 def ranks_by_hand(*arguments, ranks=RANKS, **env):
     """The N processes torchrun would start, started here, so that each rank's own exit
     status and stderr can be checked (torchrun's agent stops the others once one exits)."""
+    _host_name_resolves()
     port = _free_port()
     children = []
     for rank in range(ranks):
