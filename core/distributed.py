@@ -201,13 +201,10 @@ class World:
         """Test-only: raise where ``MAMOL_TEST_FAULT`` names this rank and ``point``
         (``RANK:POINT``); with ``RANK:POINT:kill`` the process kills itself instead, as the
         out-of-memory killer would, with no chance to clean up or to tell the others."""
-        wanted = os.environ.get(FAULT_ENV, "")
-        if not wanted:
-            return
-        if wanted == f"{self.rank}:{point}:kill":
+        if os.environ.get(FAULT_ENV, "") == f"{self.rank}:{point}:kill":
             import signal
             os.kill(os.getpid(), signal.SIGKILL)
-        if wanted == f"{self.rank}:{point}":
+        if self.faulty(point):
             raise InjectedFault(f"test fault injected on rank {self.rank} at '{point}' "
                                 f"({FAULT_ENV})")
 

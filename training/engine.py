@@ -44,15 +44,14 @@ from typing import Dict, List, Optional, Sequence, TextIO
 from ..core.distributed import PeerFailed, finish, launched_world_size, start
 from ..core.errors import Cancelled, MamolInputError
 
+PROGRESS_MODES = ("auto", "bar", "plain", "json", "none")
+EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 
 
 def program_name() -> str:
     """How the user started the engine: ``mamol`` (the command ``pip install`` makes) or
     ``python -m mamol`` (the plugin's engine, and torchrun's ``-m mamol``)."""
     return "mamol" if Path(sys.argv[0] or "").name == "mamol" else "python -m mamol"
-
-PROGRESS_MODES = ("auto", "bar", "plain", "json", "none")
-EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 
 
 class Channel:
