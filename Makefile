@@ -1,7 +1,8 @@
 # MaMOL for QGIS — every set-up step, readable top to bottom.
 #
 #   make demo      set up everything, then run the main job on the built-in sample scene
-#   make test      set up everything, then run the whole test suite
+#   make test      set up everything, then run the whole test suite (every tier)
+#   make test-core the pure tiers only (tests/core, tests/training: no QGIS), the inner loop
 #   make package   build dist/mamol-<version>.zip for QGIS's "Install from ZIP"
 #   make test-pip  pip install the engine (no QGIS) in a bare Debian 13 root and run it
 #   make gpu-wheels  fetch what the bare GPU machine lacks into .whl/ and .peer/ (ignored)
@@ -33,7 +34,8 @@ QGIS_ENV = QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$(BUILD)/xdg-runtime \
 # Debian's /usr/bin/qgis_process wrapper is broken (qgis/QGIS#57683): call the binary.
 QGIS_PROCESS = $(QGIS_ENV) qgis_process.bin
 
-.PHONY: demo test test-fast test-debian13 test-pip bench-host package setup clean gpu-wheels
+.PHONY: demo test test-fast test-core test-core-installed test-platform test-debian13 test-pip \
+	bench-host package setup clean gpu-wheels
 
 # ---- 1. Debian packages: QGIS 3.22 with its Python bindings, GDAL, venv support.
 QGIS_STAMP := $(BUILD)/.qgis-installed
@@ -97,23 +99,39 @@ demo: setup
 	  --json $(DEMO_DIR)/accuracy.json --quicklook $(DEMO_DIR)/land_cover.png
 	@echo ">> results in $(DEMO_DIR): land_cover.tif (+ .qml legend), land_cover.png, model.mamol, training_report.html"
 
-# ---- Tests: pure core, algorithms through processing.run and qgis_process, slow tiers.
-# PYTEST_ARGS narrows a run (e.g. PYTEST_ARGS=tests/test_report.py); empty = the suite.
+# ---- Tests, in tiers that match the rooms (tests/README.md says which runs where and why):
+# tests/core and tests/training are pure (no QGIS), tests/engine starts `python -m mamol`
+# and torchrun, tests/qgis goes through QGIS, tests/install builds and installs.
+# PYTEST_ARGS narrows a run (e.g. PYTEST_ARGS=tests/core/test_report.py); empty = the tiers.
+PURE_TIERS := tests/core tests/training
 test: setup
 	$(QGIS_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	$(QGIS_ENV) $(PY) -m pytest -m "not slow"
+	$(QGIS_ENV) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-core: $(VENV_STAMP)
+	$(PY) -m pytest $(PURE_TIERS) $(PYTEST_ARGS)
+
+# The pure tiers against a pip-installed engine, no set-up: PY= that venv's python
+# (.ci/pip-root runs it in a root with neither QGIS nor Debian's GDAL).
+test-core-installed:
+	MAMOL_TEST_INSTALLED=1 $(PY) -m pytest -p no:cacheprovider $(PURE_TIERS) $(PYTEST_ARGS)
+
+# What Debian 13 runs (.ci/debian13 test-platform): the tests marked `platform`.
+test-platform: setup
+	$(QGIS_ENV) $(PY) -m pytest -m platform $(PYTEST_ARGS)
 
 # ---- Training throughput of one run in plain Python and inside qgis_process (see
 # bench/bench_host.py); `.ci/debian13 bench-host` measures it on Debian 13.
 bench-host: setup
 	$(QGIS_ENV) $(PY) bench/bench_host.py
 
-# ---- The same suite on Debian 13 (QGIS 3.40 LTR, GDAL 3.10, Python 3.13, NumPy 2), in a
-# root made with debootstrap and kept in ~/.cache/mamol/debian13 (needs root or sudo).
+# ---- The platform tests on Debian 13 (QGIS 3.40 LTR, GDAL 3.10, Python 3.13, NumPy 2), in
+# a root made with debootstrap and kept in ~/.cache/mamol/debian13 (needs root or sudo);
+# `.ci/debian13 test` runs every tier there.
 test-debian13:
-	.ci/debian13 test
+	.ci/debian13 test-platform
 
 # ---- The engine without QGIS: a fresh venv, `pip install ".[gdal]"` (pyproject.toml), then
 # mamol scene -> train -> classify, in a bare Debian 13 root (Python 3.13, no QGIS, no

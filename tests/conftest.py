@@ -1,45 +1,44 @@
-"""Shared fixtures. The plugin is imported as the package ``mamol`` (its install name), from
+"""Fixtures and rules of every tier. Nothing here imports QGIS: tests/core, tests/training
+and tests/engine run with only the engine's dependencies (``make test-core``; in the bare pip
+root, against the installed wheel). The QGIS tiers (tests/qgis, tests/install) boot one
+headless QGIS per session in their own conftest.py, through qgis_session.py.
+
+The plugin is imported as the package ``mamol`` (its install name), from
 ``<plugins folder>/mamol``, a link to the repository that ``make setup`` creates in
 QGIS_PLUGINPATH (``.build/plugins`` unless the Makefile is told another build folder); this
-file creates it too so that a bare ``pytest`` works after the venv exists.
+file creates it too so that a bare ``pytest`` works after the venv exists. With
+MAMOL_TEST_INSTALLED=1 the pip-installed ``mamol`` is tested instead and nothing is linked.
 
-One headless QGIS application runs for the whole session, started here before any test
-module is imported, with its profile in QGIS_CUSTOM_CONFIG_PATH (the Makefile's
-``.build/qgis-profile``; the same folder when pytest runs bare), so nothing writes a QGIS
-profile into the repository."""
+Which tier runs where (Debian 12, Debian 13, the bare pip root) is in tests/README.md."""
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-PLUGINS_DIR = Path(os.environ.get("QGIS_PLUGINPATH", "").split(os.pathsep)[0]
-                   or REPO / ".build" / "plugins")
-SHARED_DATA = REPO.parent / "shared" / "data"
+from support import INSTALLED, PLUGINS_DIR, REPO
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+TESTS = Path(__file__).resolve().parent
 # The algorithms run the engine in a child Python: this one (the project's venv), unless the
 # caller chose another.
 os.environ.setdefault("MAMOL_PYTHON", sys.executable)
-os.environ.setdefault("QGIS_CUSTOM_CONFIG_PATH", str(REPO / ".build" / "qgis-profile"))
-from qgis.core import QgsApplication  # noqa: E402 - after the environment it reads
+# Under pytest-xdist each worker gets one core's share of threads (and so do the engine
+# children it starts), so that two workers do not oversubscribe two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-QGIS_APP = QgsApplication([], False)
-QGIS_APP.initQgis()
-# QGIS's own Python plugins (Processing) for ``import processing``
-_QGIS_PYTHON_PLUGINS = os.path.join(QGIS_APP.pkgDataPath(), "python", "plugins")
-if _QGIS_PYTHON_PLUGINS not in sys.path:
-    sys.path.append(_QGIS_PYTHON_PLUGINS)
+if not INSTALLED:
+    PLUGINS_DIR.mkdir(parents=True, exist_ok=True)
+    if not (PLUGINS_DIR / "mamol").exists():
+        if (PLUGINS_DIR / "mamol").is_symlink():   # a link made elsewhere (another root)
+            (PLUGINS_DIR / "mamol").unlink()
+        os.symlink(REPO, PLUGINS_DIR / "mamol")
+    if str(PLUGINS_DIR) not in sys.path:
+        sys.path.insert(0, str(PLUGINS_DIR))
 
-PLUGINS_DIR.mkdir(parents=True, exist_ok=True)
-if not (PLUGINS_DIR / "mamol").exists():
-    if (PLUGINS_DIR / "mamol").is_symlink():   # a link made elsewhere (another root)
-        (PLUGINS_DIR / "mamol").unlink()
-    os.symlink(REPO, PLUGINS_DIR / "mamol")
-if str(PLUGINS_DIR) not in sys.path:
-    sys.path.insert(0, str(PLUGINS_DIR))
+# Tiers whose every test also runs on Debian 13 (see tests/README.md): everything that goes
+# through QGIS or an install. Elsewhere a test opts in with @pytest.mark.platform.
+PLATFORM_TIERS = ("qgis", "install")
 
 
 def _cuda_available() -> bool:
@@ -51,6 +50,12 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if tier in PLATFORM_TIERS:
+            item.add_marker(pytest.mark.platform)
+        if tier == "install":
+            item.add_marker(pytest.mark.install)
     if any("gpu" in item.keywords for item in items) and not _cuda_available():
         skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
         for item in items:
@@ -58,62 +63,10 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-def recording_feedback():
-    """A QgsProcessingFeedback that keeps its info lines (``.info``), warnings
-    (``.warnings``) and debug lines (``.debug``) besides passing them on."""
-    from qgis.core import QgsProcessingFeedback
-
-    class RecordingFeedback(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.info, self.warnings, self.debug = [], [], []
-
-        def pushInfo(self, info):  # noqa: N802 - QGIS API
-            self.info.append(info)
-            super().pushInfo(info)
-
-        def pushDebugInfo(self, info):  # noqa: N802 - QGIS API
-            self.debug.append(info)
-            super().pushDebugInfo(info)
-
-        def pushWarning(self, warning):  # noqa: N802 - QGIS API
-            self.warnings.append(warning)
-            super().pushWarning(warning)
-
-    return RecordingFeedback()
-
-
 def pytest_unconfigure(config):
-    from qgis.PyQt.QtCore import QThreadPool
-    QThreadPool.globalInstance().waitForDone()   # no QGIS task may outlive the application
-    QGIS_APP.exitQgis()
-
-
-@pytest.fixture(scope="session")
-def qgis_processing():
-    """QGIS Processing initialised once (``processing.run`` and the native algorithms)."""
-    from processing.core.Processing import Processing
-    Processing.initialize()
-
-
-@pytest.fixture
-def qgis_iface():
-    """A stand-in for QGIS's ``iface``: the plugin only keeps it (no menus, no toolbars)."""
-    return types.SimpleNamespace()
-
-
-@pytest.fixture(scope="session")
-def mamol_provider(qgis_processing):
-    """The MaMOL provider registered in the test session's QGIS Processing registry."""
-    from qgis.core import QgsApplication
-
-    from mamol.algorithms.provider import MamolProvider
-    registry = QgsApplication.processingRegistry()
-    provider = registry.providerById("mamol")
-    if provider is None:
-        provider = MamolProvider()
-        assert registry.addProvider(provider)
-    yield provider
+    session = sys.modules.get("qgis_session")
+    if session is not None:   # a QGIS tier ran: no QGIS task may outlive the application
+        session.shut_down()
 
 
 @pytest.fixture(scope="session")
@@ -124,44 +77,20 @@ def small_scene(tmp_path_factory):
     return write_sample_scene(SampleSceneConfig(size=128, seed=3), folder)
 
 
-def tiny_training_config(scene, output, **changes):
-    """Quick training settings on a sample scene: tiny random backbone, P = 5, 2 epochs,
-    η = 50 %, CPU; ``changes`` override any field."""
-    from dataclasses import replace
-
-    from mamol.core.backbone import TINY_ARCH, BackboneSpec
-    from mamol.training.labels import PolygonSource, SplitConfig
-    from mamol.training.missing import MissingSimulation, SimulationMode
-    from mamol.training.trainer import TrainingConfig
-    config = TrainingConfig(
-        modalities=(("hs", str(scene.hs)), ("sar", str(scene.sar)),
-                    ("lidar", str(scene.lidar))),
-        polygons=PolygonSource(str(scene.training_polygons), "class_id",
-                               name_field="class_name"),
-        output_model=str(output), backbone=BackboneSpec(arch=TINY_ARCH),
-        patch_size=5, epochs=2, split=SplitConfig(max_train_per_class=40,
-                                                  max_validation_per_class=20),
-        simulation=MissingSimulation(SimulationMode.RATE, 0.5, seed=2), device="cpu")
-    return replace(config, **changes)
-
-
 @pytest.fixture(scope="session")
 def tiny_model(small_scene, tmp_path_factory):
     """A quickly trained model (tiny random backbone, P = 5, 2 epochs, η = 50 %) on the
     small scene, for the classification tests."""
+    from support import tiny_training_config
+
     from mamol.training.trainer import train_model
     folder = tmp_path_factory.mktemp("tiny-model")
     return train_model(tiny_training_config(small_scene, folder / "tiny.mamol")).model_path
 
 
-def cancelling_feedback(after_percent: float):
-    """A QgsProcessingFeedback that asks to cancel once progress passes ``after_percent``."""
-    from qgis.core import QgsProcessingFeedback
-
-    class CancelMidway(QgsProcessingFeedback):
-        def setProgress(self, progress):  # noqa: N802 - QGIS API
-            super().setProgress(progress)
-            if progress > after_percent:
-                self.cancel()
-
-    return CancelMidway()
+@pytest.fixture(scope="session")
+def lidar_in_centimetres(small_scene, tmp_path_factory):
+    """The small scene's LiDAR written in centimetres: values far from the training data."""
+    from support import scaled_copy
+    folder = tmp_path_factory.mktemp("centimetres")
+    return scaled_copy(small_scene.lidar, folder / "lidar_cm.tif", 100.0)

@@ -202,7 +202,7 @@ def test_subset_loss_needs_a_proper_subset(mce_model):
 # ---- training with MCE on the sample scene ----------------------------------------------
 
 def test_training_with_mce_learns_and_records_the_factors(small_scene, tmp_path):
-    from conftest import tiny_training_config
+    from support import tiny_training_config
 
     from mamol.core.inference import ClassifyConfig, classify
     from mamol.core.model_file import read_header
@@ -233,7 +233,7 @@ def test_training_with_mce_learns_and_records_the_factors(small_scene, tmp_path)
 def test_the_report_shows_the_factor_curves(small_scene, tmp_path):
     """A short MCE run's report has the MCE figure with a line per modality; a plain run's
     has none."""
-    from conftest import tiny_training_config
+    from support import tiny_training_config
 
     from mamol.training.trainer import train_model
     for mode, expected in ((mce.MceConfig(), True), (None, False)):
@@ -295,7 +295,7 @@ def test_independent_availability_from_the_command_lines(small_scene, tmp_path):
 def test_mce_trains_and_classifies_with_a_bf16_tower(small_scene, tmp_path):
     """The dtype path the GPU takes (bf16 frozen tower, fp32 pooled features into the
     fusion, auxiliary heads and completion predictor), run on the CPU."""
-    from conftest import tiny_training_config
+    from support import tiny_training_config
 
     from mamol.core.inference import ClassifyConfig, classify
     from mamol.training.missing import MissingSimulation, SimulationMode

@@ -543,7 +543,7 @@ def test_tile_loss_counts_labelled_tokens_with_a_modality_only():
 
 @pytest.fixture(scope="module")
 def trained_tile(small_scene, tmp_path_factory):
-    from conftest import tiny_training_config
+    from support import tiny_training_config
 
     from mamol.training.trainer import train_model
     folder = tmp_path_factory.mktemp("tile-trained")

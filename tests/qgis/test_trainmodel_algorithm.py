@@ -8,7 +8,8 @@ import pytest
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProcessingException,
                        QgsRendererCategory, QgsVectorLayer)
 
-from conftest import PLUGINS_DIR, cancelling_feedback, recording_feedback
+from qgis_session import cancelling_feedback, recording_feedback
+from support import PLUGINS_DIR
 from mamol.core.model_file import read_header
 
 ALGORITHM = "mamol:trainmodel"

@@ -1,12 +1,10 @@
 """Input far from the training data (``core.value_range``): the rule, and warnings from
-classify and evaluate (through the core and through ``processing.run``)."""
-from pathlib import Path
-
+classify through the core (through ``processing.run``: tests/qgis/test_classify_algorithm.py
+and test_evaluate_algorithm.py)."""
 import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import recording_feedback
 from mamol.core.inference import ClassifyConfig, classify
 from mamol.core.model_file import read_header
 from mamol.core.value_range import FAR_RMS_Z, FarTally, far_mask, z_scores
@@ -53,25 +51,6 @@ def test_no_valid_pixel_says_so_and_does_not_warn():
     assert "HS no valid pixel" in tally.line() and tally.warnings() == []
 
 
-def scaled_copy(source: Path, target: Path, factor: float) -> Path:
-    """``source`` with every value multiplied by ``factor`` (nodata kept)."""
-    dataset = gdal.GetDriverByName("GTiff").CreateCopy(str(target), gdal.Open(str(source)))
-    for index in range(1, dataset.RasterCount + 1):
-        band = dataset.GetRasterBand(index)
-        values = band.ReadAsArray().astype(np.float64)
-        nodata = band.GetNoDataValue()
-        keep = values == nodata if nodata is not None else np.zeros(values.shape, bool)
-        band.WriteArray(np.where(keep, values, values * factor))
-    dataset = None
-    return target
-
-
-@pytest.fixture(scope="module")
-def lidar_in_centimetres(small_scene, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("centimetres")
-    return scaled_copy(small_scene.lidar, folder / "lidar_cm.tif", 100.0)
-
-
 def rasters(scene, lidar):
     return (("hs", str(scene.hs)), ("sar", str(scene.sar)), ("lidar", str(lidar)))
 
@@ -100,37 +79,3 @@ def test_classify_of_the_training_scene_does_not_warn(tiny_model, small_scene, t
     assert warnings == []
     assert all(share < 0.05 for share in result.far_shares.values())
     assert set(result.far_shares) == {m.name for m in read_header(tiny_model).modalities}
-
-
-def test_classify_algorithm_warns_in_the_processing_log(mamol_provider, tiny_model,
-                                                         small_scene, lidar_in_centimetres,
-                                                         tmp_path):
-    import processing
-
-    feedback = recording_feedback()
-    processing.run("mamol:classify", {
-        "MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
-        "LIDAR": str(lidar_in_centimetres), "DEVICE": "cpu",
-        "OUTPUT": str(tmp_path / "classes.tif")}, feedback=feedback)
-    assert len(feedback.warnings) == 1 and "LiDAR pixels lie far" in feedback.warnings[0]
-    assert (tmp_path / "classes.tif").exists()
-
-
-def test_evaluate_algorithm_warns_and_reports_the_share(mamol_provider, tiny_model,
-                                                        small_scene, lidar_in_centimetres,
-                                                        tmp_path):
-    import json
-
-    import processing
-
-    feedback = recording_feedback()
-    processing.run("mamol:evaluate", {
-        "MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
-        "LIDAR": str(lidar_in_centimetres), "LABEL_RASTER": str(small_scene.reference_labels),
-        "MAX_SAMPLES_PER_CLASS": 50, "DEVICE": "cpu",
-        "OUTPUT_REPORT": str(tmp_path / "report.html")}, feedback=feedback)
-    assert any("LiDAR pixels lie far" in w for w in feedback.warnings)
-    summary = json.loads((tmp_path / "report.json").read_text())
-    shares = {m["name"]: m["far_share"] for m in summary["modalities"]}
-    assert shares["lidar"] > 0.5 and shares["hs"] < 0.05
-    assert "Far from the training data" in (tmp_path / "report.html").read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PLUGINS_DIR
+from support import PLUGINS_DIR
 
 pytestmark = pytest.mark.skipif(shutil.which("qgis_process.bin") is None,
                                 reason="qgis_process.bin is not installed")
@@ -166,7 +166,7 @@ def test_host_benchmark_trains_in_both_hosts(qgis_env):
     """bench/bench_host.py (the engine command vs qgis_process launching it) runs and
     reports the rates of both hosts; a benchmark, so no speed is asserted."""
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "bench_host.py"),
+        [sys.executable, str(Path(__file__).resolve().parents[2] / "bench" / "bench_host.py"),
          "--scene-size", "128", "--epochs", "2", "--samples-per-class", "10",
          "--patch-size", "5", "--stride", "8"],
         env=qgis_env, capture_output=True, text=True, timeout=900)

@@ -3,7 +3,7 @@ import pytest
 from osgeo import gdal
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
-from conftest import cancelling_feedback, recording_feedback
+from qgis_session import cancelling_feedback, recording_feedback
 
 ALGORITHM = "mamol:classify"
 
@@ -96,3 +96,17 @@ def test_log_names_the_classes_it_counts(mamol_provider, tiny_model, small_scene
         "  1 Water", "  2 Shadow", "  3 Road", "  4 Building", "  5 Grass", "  6 Trees",
         "  7 Bare soil"]
     assert sum(int(line.split(":")[1]) for line in counted) == 128 * 128
+
+
+def test_classify_algorithm_warns_in_the_processing_log(mamol_provider, tiny_model,
+                                                         small_scene, lidar_in_centimetres,
+                                                         tmp_path):
+    import processing
+
+    feedback = recording_feedback()
+    processing.run("mamol:classify", {
+        "MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
+        "LIDAR": str(lidar_in_centimetres), "DEVICE": "cpu",
+        "OUTPUT": str(tmp_path / "classes.tif")}, feedback=feedback)
+    assert len(feedback.warnings) == 1 and "LiDAR pixels lie far" in feedback.warnings[0]
+    assert (tmp_path / "classes.tif").exists()

@@ -1,13 +1,11 @@
-"""Evaluating a model against reference labels: the core (training/evaluation.py) and
-``mamol:evaluate`` through real QGIS Processing."""
+"""Evaluating a model against reference labels: the core (training/evaluation.py);
+``mamol:evaluate`` through real QGIS Processing is tests/qgis/test_evaluate_algorithm.py."""
 import json
 
 import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
-from qgis.core import QgsProcessingException
 
-from conftest import cancelling_feedback
 from mamol.core.errors import Cancelled, MamolInputError
 from mamol.training.evaluation import EvaluationConfig, evaluate, remap_patterns, score
 from mamol.training.labels import LabelRasterSource, PolygonSource
@@ -144,70 +142,4 @@ def test_cancel_writes_no_report(tiny_model, small_scene, tmp_path):
 
     with pytest.raises(Cancelled):
         evaluate(config(tiny_model, small_scene, tmp_path), is_cancelled=cancelled)
-    assert not list(tmp_path.iterdir())
-
-
-# ------------------------------------------------------------------ through QGIS Processing
-
-def run(parameters, feedback=None):
-    import processing
-    return processing.run("mamol:evaluate", parameters, feedback=feedback)
-
-
-def test_algorithm_with_a_label_raster(mamol_provider, tiny_model, small_scene, tmp_path):
-    from qgis.core import QgsApplication
-    algorithm = QgsApplication.processingRegistry().algorithmById("mamol:evaluate")
-    assert all(d.help() for d in algorithm.parameterDefinitions())
-    report = tmp_path / "evaluation.html"
-    result = run({"MODEL": str(tiny_model), "HS": str(small_scene.hs),
-                  "LIDAR": str(small_scene.lidar),
-                  "LABEL_RASTER": str(small_scene.reference_labels),
-                  "MAX_SAMPLES_PER_CLASS": 60, "DEVICE": "cpu", "OUTPUT_REPORT": str(report)})
-    written = json.loads((tmp_path / "evaluation.json").read_text())
-    assert result["OUTPUT_REPORT"] == str(report) and report.is_file()
-    assert result["OA"] == pytest.approx(written["evaluation"]["oa"])
-    assert result["KAPPA"] == pytest.approx(written["evaluation"]["kappa"])
-    assert [m["name"] for m in written["modalities"]] == ["hs", "lidar"]
-
-
-def test_algorithm_with_polygons(mamol_provider, tiny_model, small_scene, tmp_path):
-    result = run({"MODEL": str(tiny_model), "HS": str(small_scene.hs),
-                  "SAR": str(small_scene.sar), "LIDAR": str(small_scene.lidar),
-                  "POLYGONS": str(small_scene.training_polygons), "CLASS_FIELD": "class_id",
-                  "DEVICE": "cpu", "OUTPUT_REPORT": str(tmp_path / "e.html")})
-    assert 0.0 <= result["OA"] <= 1.0
-    written = json.loads((tmp_path / "e.json").read_text())
-    assert "class field class_id" in written["config"]["label source"]
-
-
-def test_text_class_field_advice_is_one_evaluate_offers(mamol_provider, tiny_model,
-                                                          small_scene, tmp_path):
-    """Evaluate has no class-name field, so its error must not advise choosing one."""
-    with pytest.raises(QgsProcessingException) as raised:
-        run({"MODEL": str(tiny_model), "HS": str(small_scene.hs), "DEVICE": "cpu",
-             "POLYGONS": str(small_scene.training_polygons), "CLASS_FIELD": "class_name",
-             "OUTPUT_REPORT": str(tmp_path / "e.html")})
-    message = str(raised.value)
-    assert "'class_name' is not numeric. Choose a numeric class field" in message
-    assert "name field" not in message.lower()
-    assert not list(tmp_path.iterdir())
-
-
-def test_algorithm_needs_exactly_one_label_source(mamol_provider, tiny_model, small_scene,
-                                                  tmp_path):
-    base = {"MODEL": str(tiny_model), "HS": str(small_scene.hs), "DEVICE": "cpu",
-            "OUTPUT_REPORT": str(tmp_path / "e.html")}
-    with pytest.raises(QgsProcessingException, match="reference labels"):
-        run(base)
-    with pytest.raises(QgsProcessingException, match="not both"):
-        run(dict(base, LABEL_RASTER=str(small_scene.reference_labels),
-                 POLYGONS=str(small_scene.training_polygons), CLASS_FIELD="class_id"))
-    assert not list(tmp_path.iterdir())
-
-
-def test_algorithm_cancel_leaves_nothing(mamol_provider, tiny_model, small_scene, tmp_path):
-    with pytest.raises(QgsProcessingException):
-        run({"MODEL": str(tiny_model), "HS": str(small_scene.hs),
-             "LABEL_RASTER": str(small_scene.reference_labels), "DEVICE": "cpu",
-             "OUTPUT_REPORT": str(tmp_path / "e.html")}, feedback=cancelling_feedback(30))
     assert not list(tmp_path.iterdir())

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_training_config
+from support import tiny_training_config
 from osgeo import gdal
 
 from mamol.core import backbone as bb

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
 
-from conftest import PLUGINS_DIR, REPO, recording_feedback
+from qgis_session import recording_feedback
+from support import PLUGINS_DIR, REPO
 from mamol.core import model_env
 from mamol.core.errors import Cancelled, MamolInputError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import REPO, SHARED_DATA
+from support import REPO, SHARED_DATA
 
 sys.path.insert(0, str(REPO / "bench"))
 import paper_protocol  # noqa: E402

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import REPO
+from support import REPO
 
 
 def test_zip_has_one_top_folder_and_no_dev_files(tmp_path):

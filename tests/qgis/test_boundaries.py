@@ -3,7 +3,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import PLUGINS_DIR, REPO
+from support import PLUGINS_DIR, REPO
 
 PROBE = textwrap.dedent("""
     import importlib, importlib.abc, pkgutil, sys

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PLUGINS_DIR, REPO
+from support import PLUGINS_DIR, REPO
 
 # What `pip install .` reads; copied so that setuptools' build/ and egg-info stay out of
 # the repository (and a stale build/ there cannot leak into the wheel).

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PLUGINS_DIR
+from support import PLUGINS_DIR
 
 LIMIT_S = 900   # per launch (slow, shared CI machines); a hang is killed (process group) and fails the test
 ENV = dict(os.environ, PYTHONPATH=str(PLUGINS_DIR), OMP_NUM_THREADS="1",

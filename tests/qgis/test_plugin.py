@@ -3,7 +3,7 @@ import configparser
 
 from qgis.core import QgsApplication
 
-from conftest import REPO
+from support import REPO
 
 
 def test_metadata_has_required_fields():
@@ -69,7 +69,7 @@ def test_provider_loads_without_importing_torch():
     import subprocess
     import sys
 
-    from conftest import PLUGINS_DIR
+    from support import PLUGINS_DIR
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); "
              "from mamol.algorithms.provider import MamolProvider; "
              "from mamol.algorithms.trainmodel import TrainModelAlgorithm; "

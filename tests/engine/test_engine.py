@@ -1,0 +1,113 @@
+"""The engine, ``python -m mamol``: its command line, its JSON lines, its exit codes and
+cancel on SIGTERM. That the Processing algorithms run it in a child process (torch never in
+QGIS's process) is tests/qgis/test_engine_runner.py."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from support import PLUGINS_DIR
+
+ENV = dict(os.environ, PYTHONPATH=str(PLUGINS_DIR))
+
+
+def engine(*arguments, timeout=600, **options):
+    return subprocess.run([sys.executable, "-m", "mamol", *map(str, arguments)],
+                          capture_output=True, text=True, env=ENV, timeout=timeout, **options)
+
+
+def events(stderr):
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_help_names_every_command_and_reads_like_the_algorithms():
+    done = engine("--help")
+    assert done.returncode == 0
+    for command in ("scene", "train", "evaluate", "classify"):
+        assert command in done.stdout
+    classify = engine("classify", "--help").stdout
+    assert "each pixel from the modalities valid there" in classify
+    for option in ("--model", "--hs", "--sar", "--lidar", "--probabilities", "--stride",
+                   "--gdal-cache-mb", "--progress", "--debug"):
+        assert option in classify
+    assert "--missing-rate" in engine("train", "--help").stdout
+    assert "--availability" in engine("evaluate", "--help").stdout
+
+
+def test_scene_in_json_lines(tmp_path):
+    done = engine("scene", "--size", 128, "--seed", 5, "--output-folder", tmp_path / "s",
+                  "--progress", "json")
+    assert done.returncode == 0, done.stderr
+    lines = events(done.stderr)
+    assert all(set(event) >= {"event"} for event in lines)
+    percents = [e["percent"] for e in lines if e["event"] == "progress"]
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    assert all(e["stage"] == "scene" for e in lines if e["event"] == "progress")
+    result = [e for e in lines if e["event"] == "result"]
+    assert len(result) == 1 and result[0]["result"]["hs"] == str(tmp_path / "s" / "hs.tif")
+    assert json.loads(done.stdout)["manifest"] == str(tmp_path / "s" / "scene.json")
+    assert (tmp_path / "s" / "lidar.tif").is_file()
+
+
+def test_bad_input_is_one_line_and_exit_2(small_scene, tmp_path):
+    done = engine("classify", "--model", tmp_path / "none.mamol", "--hs", small_scene.hs,
+                  "--output", tmp_path / "c.tif")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: Model file '{tmp_path / 'none.mamol'}' does not exist."]
+    as_json = engine("classify", "--model", tmp_path / "none.mamol", "--hs", small_scene.hs,
+                     "--output", tmp_path / "c.tif", "--progress", "json")
+    assert events(as_json.stderr) == [{"event": "error", "kind": "input", "message":
+                                       f"Model file '{tmp_path / 'none.mamol'}' does not "
+                                       "exist."}]
+    debug = engine("classify", "--model", tmp_path / "none.mamol", "--hs", small_scene.hs,
+                   "--output", tmp_path / "c.tif", "--debug")
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    unknown = engine("classify", "--model", "m.mamol", "--nonsense", "--progress", "json")
+    assert unknown.returncode == 2
+    assert events(unknown.stderr)[-1]["kind"] == "input"
+    assert not list(tmp_path.iterdir())
+
+
+def test_classify_command_matches_the_core_call(tiny_model, small_scene, tmp_path):
+    """The engine's classify is the core's classify: the same class raster, bit for bit."""
+    from osgeo import gdal
+
+    from mamol.core.inference import ClassifyConfig, classify
+    done = engine("classify", "--model", tiny_model, "--hs", small_scene.hs, "--lidar",
+                  small_scene.lidar, "--stride", 4, "--device", "cpu", "--output",
+                  tmp_path / "engine.tif", "--progress", "json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    classify(ClassifyConfig(model_path=str(tiny_model), rasters=(
+        ("hs", str(small_scene.hs)), ("lidar", str(small_scene.lidar))),
+        output_classes=str(tmp_path / "core.tif"), stride=4, device="cpu"))
+    pixels = [gdal.Open(str(tmp_path / name)).ReadAsArray() for name in ("engine.tif",
+                                                                           "core.tif")]
+    assert (pixels[0] == pixels[1]).all()
+    assert sum(r["pixels"] for r in result["class_counts"]) == int((pixels[0] > 0).sum())
+    logs = [e["text"] for e in events(done.stderr) if e["event"] == "log"]
+    assert any(text.startswith("Classified ") for text in logs)
+
+
+def test_sigterm_cancels_and_writes_nothing(tiny_model, small_scene, tmp_path):
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mamol", "classify", "--model", str(tiny_model), "--hs",
+         str(small_scene.hs), "--device", "cpu", "--block-size", "16", "--output",
+         str(out / "classes.tif"), "--confidence", str(out / "confidence.tif"),
+         "--progress", "json"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV)
+    seen = []
+    for line in child.stderr:
+        seen.append(line)
+        if '"progress"' in line and json.loads(line)["percent"] > 5:
+            child.send_signal(signal.SIGTERM)
+            break
+    rest = child.stderr.read()
+    child.stderr.close()
+    assert child.wait(timeout=120) == 143
+    assert events(rest)[-1] == {"event": "error", "kind": "cancelled",
+                                "message": "Cancelled; nothing was written."}
+    assert not out.exists() or not list(out.iterdir())

@@ -1,0 +1,97 @@
+"""One headless QGIS application for the session, started on import, before any test module
+of the QGIS tiers is imported (tests/qgis/conftest.py and tests/install/conftest.py import
+this first), with its profile in QGIS_CUSTOM_CONFIG_PATH (the Makefile's
+``.build/qgis-profile``; the same folder when pytest runs bare), so nothing writes a QGIS
+profile into the repository. Also the QGIS helpers those tiers share."""
+import os
+import sys
+import types
+
+import pytest
+
+from support import REPO
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("QGIS_CUSTOM_CONFIG_PATH", str(REPO / ".build" / "qgis-profile"))
+from qgis.core import QgsApplication  # noqa: E402 - after the environment it reads
+
+QGIS_APP = QgsApplication([], False)
+QGIS_APP.initQgis()
+# QGIS's own Python plugins (Processing) for ``import processing``
+_QGIS_PYTHON_PLUGINS = os.path.join(QGIS_APP.pkgDataPath(), "python", "plugins")
+if _QGIS_PYTHON_PLUGINS not in sys.path:
+    sys.path.append(_QGIS_PYTHON_PLUGINS)
+_running = True
+
+
+def shut_down():
+    """Called once by the root conftest at the end of the session."""
+    global _running
+    if _running:
+        from qgis.PyQt.QtCore import QThreadPool
+        QThreadPool.globalInstance().waitForDone()
+        QGIS_APP.exitQgis()
+        _running = False
+
+
+def recording_feedback():
+    """A QgsProcessingFeedback that keeps its info lines (``.info``), warnings
+    (``.warnings``) and debug lines (``.debug``) besides passing them on."""
+    from qgis.core import QgsProcessingFeedback
+
+    class RecordingFeedback(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.info, self.warnings, self.debug = [], [], []
+
+        def pushInfo(self, info):  # noqa: N802 - QGIS API
+            self.info.append(info)
+            super().pushInfo(info)
+
+        def pushDebugInfo(self, info):  # noqa: N802 - QGIS API
+            self.debug.append(info)
+            super().pushDebugInfo(info)
+
+        def pushWarning(self, warning):  # noqa: N802 - QGIS API
+            self.warnings.append(warning)
+            super().pushWarning(warning)
+
+    return RecordingFeedback()
+
+
+def cancelling_feedback(after_percent: float):
+    """A QgsProcessingFeedback that asks to cancel once progress passes ``after_percent``."""
+    from qgis.core import QgsProcessingFeedback
+
+    class CancelMidway(QgsProcessingFeedback):
+        def setProgress(self, progress):  # noqa: N802 - QGIS API
+            super().setProgress(progress)
+            if progress > after_percent:
+                self.cancel()
+
+    return CancelMidway()
+
+
+@pytest.fixture(scope="session")
+def qgis_processing():
+    """QGIS Processing initialised once (``processing.run`` and the native algorithms)."""
+    from processing.core.Processing import Processing
+    Processing.initialize()
+
+
+@pytest.fixture
+def qgis_iface():
+    """A stand-in for QGIS's ``iface``: the plugin only keeps it (no menus, no toolbars)."""
+    return types.SimpleNamespace()
+
+
+@pytest.fixture(scope="session")
+def mamol_provider(qgis_processing):
+    """The MaMOL provider registered in the test session's QGIS Processing registry."""
+    from mamol.algorithms.provider import MamolProvider
+    registry = QgsApplication.processingRegistry()
+    provider = registry.providerById("mamol")
+    if provider is None:
+        provider = MamolProvider()
+        assert registry.addProvider(provider)
+    yield provider

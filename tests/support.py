@@ -1,0 +1,49 @@
+"""What the tests of every tier share, importable by name (``from support import REPO``):
+tests/ is on ``sys.path`` because the root conftest.py lives there. Nothing here imports
+QGIS; the QGIS tiers' helpers are in qgis_session.py."""
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGINS_DIR = Path(os.environ.get("QGIS_PLUGINPATH", "").split(os.pathsep)[0]
+                   or REPO / ".build" / "plugins")
+SHARED_DATA = REPO.parent / "shared" / "data"
+# Set by .ci/pip-root: the pure tiers then test the pip-installed engine (its wheel), not the
+# clone's sources; nothing is linked into the clone and PLUGINS_DIR is not used.
+INSTALLED = os.environ.get("MAMOL_TEST_INSTALLED") == "1"
+
+
+def tiny_training_config(scene, output, **changes):
+    """Quick training settings on a sample scene: tiny random backbone, P = 5, 2 epochs,
+    η = 50 %, CPU; ``changes`` override any field."""
+    from mamol.core.backbone import TINY_ARCH, BackboneSpec
+    from mamol.training.labels import PolygonSource, SplitConfig
+    from mamol.training.missing import MissingSimulation, SimulationMode
+    from mamol.training.trainer import TrainingConfig
+    config = TrainingConfig(
+        modalities=(("hs", str(scene.hs)), ("sar", str(scene.sar)),
+                    ("lidar", str(scene.lidar))),
+        polygons=PolygonSource(str(scene.training_polygons), "class_id",
+                               name_field="class_name"),
+        output_model=str(output), backbone=BackboneSpec(arch=TINY_ARCH),
+        patch_size=5, epochs=2, split=SplitConfig(max_train_per_class=40,
+                                                  max_validation_per_class=20),
+        simulation=MissingSimulation(SimulationMode.RATE, 0.5, seed=2), device="cpu")
+    return replace(config, **changes)
+
+
+def scaled_copy(source: Path, target: Path, factor: float) -> Path:
+    """``source`` with every value multiplied by ``factor`` (nodata kept)."""
+    from osgeo import gdal
+    dataset = gdal.GetDriverByName("GTiff").CreateCopy(str(target), gdal.Open(str(source)))
+    for index in range(1, dataset.RasterCount + 1):
+        band = dataset.GetRasterBand(index)
+        values = band.ReadAsArray().astype(np.float64)
+        nodata = band.GetNoDataValue()
+        keep = values == nodata if nodata is not None else np.zeros(values.shape, bool)
+        band.WriteArray(np.where(keep, values, values * factor))
+    dataset = None
+    return target
