@@ -14,8 +14,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-# Only the files with GPU tests: the others import QGIS, which this machine lacks.
+# The QGIS-free tiers (QGIS is not on this machine); -m gpu picks their GPU tests.
 python3 -m pytest -m gpu -p no:cacheprovider -q -o addopts="" \
-    tests/test_precision.py tests/test_classify.py tests/test_torch_compat.py \
+    tests/core tests/training tests/engine \
     2>&1 | tee "$OUT/gpu_tests.log"
 python3 bench/gpu_suite.py --out "$OUT/gpu_suite.json" "$@" 2>&1 | tee "$OUT/gpu_suite.log"

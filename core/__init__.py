@@ -1,5 +1,5 @@
 """QGIS-free numeric core of MaMOL for QGIS.
 
-Nothing in this package may import ``qgis`` or Qt (``tests/test_boundaries.py`` checks it):
-the same code runs inside QGIS, from the command line and in plain Python.
+Nothing in this package may import ``qgis`` or Qt (``tests/qgis/test_boundaries.py`` checks
+it): the same code runs inside QGIS, from the command line and in plain Python.
 """

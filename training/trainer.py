@@ -447,7 +447,7 @@ def shard_bounds(count: int, rank: int, size: int) -> Tuple[int, int]:
     among ``size`` ranks: ``ceil(count / size)`` samples each, the last ranks taking what
     is left (possibly nothing). The shares are then exactly the micro-batches one process
     makes with ``micro_batch_size = ceil(count / size)``, so the two runs sum the same
-    gradients in the same order (see ``tests/test_distributed.py``)."""
+    gradients in the same order (see ``tests/engine/test_distributed.py``)."""
     share = -(-count // size)
     start = min(count, rank * share)
     return start, min(count, start + share)

@@ -11,6 +11,8 @@ from mamol.core.errors import MamolInputError
 from mamol.core.model_file import ClassInfo
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
 
+pytestmark = pytest.mark.platform   # GDAL rasters and a matplotlib quick-look
+
 CLASSES = (ClassInfo(1, "water", "#0000ff"), ClassInfo(4, "road", "#808080"),
            ClassInfo(7, "trees", "#00ff00"))
 GT = (500000, 1, 0, 4000000, 0, -1)

@@ -13,6 +13,8 @@ from mamol.core.model_file import load_model, read_header, save_model
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
 from mamol.core.windows import modality_present
 
+pytestmark = pytest.mark.platform   # raster writing: GeoTIFF, COG, colour tables, GDAL's cache
+
 HS_BIT, SAR_BIT, LIDAR_BIT = 1, 2, 4
 
 

@@ -10,6 +10,8 @@ from mamol.core.errors import MamolInputError
 from mamol.core.grid import AlignedRaster, ReferenceGrid, inspect_raster, reference_grid
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
 
+pytestmark = pytest.mark.platform   # reference grids, CRSs and warping: GDAL and PROJ
+
 gdal.UseExceptions()
 
 UTM = 32632

@@ -11,6 +11,8 @@ from mamol.core import mamol_model as mm
 from mamol.core import model_file as mf
 from mamol.core.errors import MamolInputError
 
+pytestmark = pytest.mark.platform   # the model file: JSON header and safetensors on this platform's NumPy
+
 SPEC = bb.BackboneSpec(arch=bb.TINY_ARCH, seed=21)
 MODALITIES = (("hs", 6), ("sar", 2), ("lidar", 1))
 

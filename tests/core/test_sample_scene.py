@@ -9,6 +9,8 @@ from mamol.core import sample_scene as ss
 from mamol.core.errors import Cancelled, MamolInputError
 from mamol.core.raster_io import srs_from_epsg
 
+pytestmark = pytest.mark.platform   # the scene is written with GDAL and OGR
+
 CONFIG = ss.SampleSceneConfig(size=128, seed=3)
 
 

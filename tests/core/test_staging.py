@@ -7,6 +7,8 @@ import pytest
 from mamol.core.errors import MamolInputError
 from mamol.core.staging import ensure_writable_folder
 
+pytestmark = pytest.mark.platform   # folders, permissions and renames of this platform
+
 
 def reason(folder):
     with pytest.raises(MamolInputError) as raised:

@@ -152,6 +152,7 @@ def trained(request, small_scene, tmp_path_factory):
     return folder / "one.mamol", folder / "two.mamol", ranks
 
 
+@pytest.mark.subprocess
 def test_ddp_training_gives_the_tensors_of_one_process(trained):
     one, two, run = trained
     a, b = _tensors(one), _tensors(two)
@@ -204,6 +205,7 @@ def _raster(path: Path):
             dataset.GetMetadata("IMAGE_STRUCTURE").get("LAYOUT"))
 
 
+@pytest.mark.subprocess
 def test_sharded_classification_is_bit_identical(trained, small_scene, tmp_path):
     """128 × 128 px in blocks of 48: 9 blocks, dealt 5 + 4 to 2 ranks."""
     _, model, _ = trained
@@ -222,6 +224,7 @@ def test_sharded_classification_is_bit_identical(trained, small_scene, tmp_path)
     assert _result(ranks.stdout)["class_counts"] == _result(single.stdout)["class_counts"]
 
 
+@pytest.mark.subprocess
 def test_cog_output_holds_the_same_pixels(tiny_model, small_scene, tmp_path):
     plain = engine(*_classify_arguments(small_scene, tiny_model, tmp_path / "tif"))
     cog = engine(*_classify_arguments(small_scene, tiny_model, tmp_path / "cog", "--cog"))
@@ -238,6 +241,7 @@ def _no_output(folder: Path):
     return not folder.exists() or not list(folder.iterdir())
 
 
+@pytest.mark.subprocess
 def test_a_rank_that_cannot_read_an_input_stops_every_rank(tiny_model, small_scene, tmp_path):
     out = tmp_path / "out"
     results = ranks_by_hand(*_classify_arguments(small_scene, tiny_model, out),
@@ -251,6 +255,7 @@ def test_a_rank_that_cannot_read_an_input_stops_every_rank(tiny_model, small_sce
     assert _no_output(out)
 
 
+@pytest.mark.subprocess
 def test_more_ranks_than_blocks_is_refused(tiny_model, small_scene, tmp_path):
     out = tmp_path / "out"
     arguments = _classify_arguments(small_scene, tiny_model, out)
@@ -262,6 +267,7 @@ def test_more_ranks_than_blocks_is_refused(tiny_model, small_scene, tmp_path):
     assert _no_output(out)
 
 
+@pytest.mark.subprocess
 def test_a_rank_dying_mid_classification_leaves_nothing(tiny_model, small_scene, tmp_path):
     out = tmp_path / "out"
     results = ranks_by_hand(*_classify_arguments(small_scene, tiny_model, out),
@@ -272,6 +278,7 @@ def test_a_rank_dying_mid_classification_leaves_nothing(tiny_model, small_scene,
     assert _no_output(out)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("killed", [0, 1])
 def test_a_killed_rank_leaves_no_output_and_no_part_file(tiny_model, small_scene, tmp_path,
                                                           killed):
@@ -289,6 +296,7 @@ def test_a_killed_rank_leaves_no_output_and_no_part_file(tiny_model, small_scene
     assert _no_output(out), sorted(p.name for p in out.rglob("*"))
 
 
+@pytest.mark.subprocess
 def test_torchrun_fails_every_rank_and_cleans_up(tiny_model, small_scene, tmp_path):
     """The same through torchrun's own agent: both ranks report, torchrun fails."""
     out = tmp_path / "out"
@@ -302,6 +310,7 @@ def test_torchrun_fails_every_rank_and_cleans_up(tiny_model, small_scene, tmp_pa
     assert _no_output(out)
 
 
+@pytest.mark.subprocess
 def test_a_rank_dying_mid_training_fails_every_rank(small_scene, tmp_path):
     results = ranks_by_hand("train", *_training_arguments(small_scene, "pixel"),
                             "--output", tmp_path / "m.mamol", MAMOL_TEST_FAULT="1:step")
@@ -311,6 +320,7 @@ def test_a_rank_dying_mid_training_fails_every_rank(small_scene, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.subprocess
 def test_mce_and_single_process_commands_are_refused_under_torchrun(small_scene, tmp_path):
     mce = ranks_by_hand("train", *_training_arguments(small_scene, "pixel"), "--mce",
                         "--output", tmp_path / "m.mamol")
@@ -354,6 +364,7 @@ def test_part_files_already_removed_by_rank_0_are_not_an_error(tmp_path, monkeyp
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.subprocess
 @pytest.mark.gpu
 def test_nccl_one_process_per_gpu_matches_one_process(tiny_model, small_scene, tmp_path):
     import torch

@@ -7,7 +7,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from support import PLUGINS_DIR
+
+pytestmark = pytest.mark.subprocess   # every test starts a child process
 
 ENV = dict(os.environ, PYTHONPATH=str(PLUGINS_DIR))
 
@@ -35,6 +39,7 @@ def test_help_names_every_command_and_reads_like_the_algorithms():
     assert "--availability" in engine("evaluate", "--help").stdout
 
 
+@pytest.mark.platform   # an engine run on Debian 13 too
 def test_scene_in_json_lines(tmp_path):
     done = engine("scene", "--size", 128, "--seed", 5, "--output-folder", tmp_path / "s",
                   "--progress", "json")
@@ -70,6 +75,7 @@ def test_bad_input_is_one_line_and_exit_2(small_scene, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.platform   # an engine run on Debian 13 too
 def test_classify_command_matches_the_core_call(tiny_model, small_scene, tmp_path):
     """The engine's classify is the core's classify: the same class raster, bit for bit."""
     from osgeo import gdal

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess   # every test starts a child process
+
 REPO = Path(__file__).resolve().parents[2]
 
 

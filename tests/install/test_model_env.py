@@ -196,6 +196,7 @@ def test_build_and_index_choice():
 
 # ---- running pip ----------------------------------------------------------------------
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(os.name == "nt", reason="checks the process group through /proc")
 def test_cancel_stops_the_command_and_its_children():
     script = ("import subprocess, sys, time; "
@@ -298,6 +299,7 @@ def test_registered_with_metadata(mamol_provider):
     assert algorithm.parameterDefinition("BUILD").options()[0].startswith("Automatic")
 
 
+@pytest.mark.subprocess
 def test_existing_python_without_torch_is_refused(mamol_provider, kept_setting):
     base = model_env.base_python()
     if subprocess.run([base, "-c", "import torch"], env=model_env.child_environment(),
@@ -349,6 +351,7 @@ def _probe(python) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_install_makes_a_working_environment(installed_env):
     folder, results, feedback, setting = installed_env
@@ -374,6 +377,7 @@ def test_install_makes_a_working_environment(installed_env):
     assert model_env.engine_python({}, "", folder) == str(python)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_failed_update_keeps_the_environment(installed_env, monkeypatch, kept_setting):
     folder = installed_env[0]
@@ -389,6 +393,7 @@ def test_failed_update_keeps_the_environment(installed_env, monkeypatch, kept_se
     assert _siblings(folder) == []
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_cancel_keeps_the_environment(installed_env, kept_setting):
     folder = installed_env[0]
@@ -409,6 +414,7 @@ def test_cancel_keeps_the_environment(installed_env, kept_setting):
     assert _siblings(folder) == []
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_use_an_existing_environment(installed_env, kept_setting):
     folder = installed_env[0]
@@ -420,6 +426,7 @@ def test_use_an_existing_environment(installed_env, kept_setting):
     assert any("torch 2.13.0" in line for line in feedback.info)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_train_and_classify_through_the_installed_environment(installed_env, kept_setting,
                                                                small_scene, tmp_path,

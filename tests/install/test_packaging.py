@@ -4,7 +4,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from support import REPO
+
+pytestmark = pytest.mark.subprocess   # every test starts a child process
 
 
 def test_zip_has_one_top_folder_and_no_dev_files(tmp_path):

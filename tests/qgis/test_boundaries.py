@@ -3,7 +3,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from support import PLUGINS_DIR, REPO
+
+pytestmark = pytest.mark.subprocess   # every test starts a child process
 
 PROBE = textwrap.dedent("""
     import importlib, importlib.abc, pkgutil, sys

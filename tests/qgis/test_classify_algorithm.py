@@ -35,6 +35,7 @@ def test_registered_with_help_and_advanced_options(mamol_provider):
                              "OUTPUT_MODALITIES"}
 
 
+@pytest.mark.subprocess
 def test_classifies_with_optional_outputs(mamol_provider, tiny_model, small_scene, tmp_path):
     lines = []
 
@@ -56,6 +57,7 @@ def test_classifies_with_optional_outputs(mamol_provider, tiny_model, small_scen
     assert any("pixels/s" in line for line in lines)
 
 
+@pytest.mark.subprocess
 def test_wrong_band_count_is_reported_before_any_work(mamol_provider, tiny_model,
                                                       small_scene, tmp_path):
     with pytest.raises(QgsProcessingException, match="expects 48"):
@@ -63,6 +65,7 @@ def test_wrong_band_count_is_reported_before_any_work(mamol_provider, tiny_model
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.subprocess
 def test_needs_a_raster_and_a_geotiff_name(mamol_provider, tiny_model, small_scene, tmp_path):
     with pytest.raises(QgsProcessingException, match="at least one raster"):
         run(parameters(tiny_model, small_scene, tmp_path, HS=None, SAR=None, LIDAR=None))
@@ -71,6 +74,7 @@ def test_needs_a_raster_and_a_geotiff_name(mamol_provider, tiny_model, small_sce
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.subprocess
 def test_cancel_leaves_nothing(mamol_provider, tiny_model, small_scene, tmp_path):
     with pytest.raises(QgsProcessingException, match="Cancelled"):
         run(parameters(tiny_model, small_scene, tmp_path, BLOCK_SIZE=32),
@@ -78,6 +82,7 @@ def test_cancel_leaves_nothing(mamol_provider, tiny_model, small_scene, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs /proc")
 def test_output_where_files_cannot_be_made_says_so(mamol_provider, tiny_model, small_scene,
                                                    tmp_path):
@@ -87,6 +92,7 @@ def test_output_where_files_cannot_be_made_says_so(mamol_provider, tiny_model, s
         run(parameters(tiny_model, small_scene, tmp_path, OUTPUT="/proc/land_cover.tif"))
 
 
+@pytest.mark.subprocess
 def test_log_names_the_classes_it_counts(mamol_provider, tiny_model, small_scene, tmp_path):
     feedback = recording_feedback()
     run(parameters(tiny_model, small_scene, tmp_path), feedback=feedback)
@@ -98,6 +104,7 @@ def test_log_names_the_classes_it_counts(mamol_provider, tiny_model, small_scene
     assert sum(int(line.split(":")[1]) for line in counted) == 128 * 128
 
 
+@pytest.mark.subprocess
 def test_classify_algorithm_warns_in_the_processing_log(mamol_provider, tiny_model,
                                                          small_scene, lidar_in_centimetres,
                                                          tmp_path):

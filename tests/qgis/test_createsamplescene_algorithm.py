@@ -25,6 +25,7 @@ def test_registered_with_metadata(mamol_provider):
         assert algorithm.parameterDefinition(name).help()
 
 
+@pytest.mark.subprocess
 def test_writes_the_scene(mamol_provider, tmp_path):
     results = run({"SIZE": 128, "SEED": 5, "OUTPUT_FOLDER": str(tmp_path)})
     assert results["OUTPUT_FOLDER"] == str(tmp_path)
@@ -37,6 +38,7 @@ def test_writes_the_scene(mamol_provider, tmp_path):
     assert json.loads((tmp_path / ss.MANIFEST_FILE).read_text())["config"]["seed"] == 5
 
 
+@pytest.mark.subprocess
 def test_same_as_core(mamol_provider, tmp_path):
     """The adapter adds nothing: same pixels as calling the core directly."""
     run({"SIZE": 128, "SEED": 9, "OUTPUT_FOLDER": str(tmp_path / "alg")})
@@ -47,6 +49,7 @@ def test_same_as_core(mamol_provider, tmp_path):
         assert (alg == core).all()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("size,seed,fragment", [
     (0, 1, "Size 0 is too small"), (-3, 1, "Size -3 is too small"),
     (50000, 1, "Size 50000 is too large"), (128, -2, "Seed -2 is out of range"),
@@ -58,12 +61,14 @@ def test_bad_input_is_a_clear_error(mamol_provider, tmp_path, size, seed, fragme
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_unwritable_folder(mamol_provider, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(QgsProcessingException, match="Cannot write to the output folder"):
         run({"SIZE": 128, "SEED": 1, "OUTPUT_FOLDER": str(tmp_path / "file" / "out")})
 
 
+@pytest.mark.subprocess
 def test_cancel_writes_nothing(mamol_provider, tmp_path):
     feedback = QgsProcessingFeedback()
     feedback.progressChanged.connect(lambda percent: percent > 20 and feedback.cancel())

@@ -11,8 +11,6 @@ import pytest
 from qgis_session import recording_feedback
 from support import PLUGINS_DIR, REPO
 
-pytestmark = pytest.mark.subprocess
-
 
 PROBE = textwrap.dedent("""
     import json, os, sys
@@ -46,6 +44,7 @@ PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_algorithms_never_import_torch_into_qgis(tmp_path):
     """Every model algorithm through ``processing.run`` in a fresh QGIS process: the engine
@@ -61,6 +60,7 @@ def test_algorithms_never_import_torch_into_qgis(tmp_path):
         assert (tmp_path / name).is_file(), name
 
 
+@pytest.mark.subprocess
 def test_an_engine_that_cannot_start_says_so(mamol_provider, small_scene, tmp_path,
                                              monkeypatch):
     import processing
@@ -98,6 +98,7 @@ def test_the_weights_cache_setting_reaches_the_engine(mamol_provider, tmp_path, 
             settings.setValue(f"Processing/Configuration/{key}", before)
 
 
+@pytest.mark.subprocess
 def test_memory_layer_selection_is_handed_over_as_a_file(mamol_provider, small_scene,
                                                           tmp_path):
     """A memory layer (not a file) with a selection trains through the engine: Processing
@@ -132,6 +133,7 @@ def test_memory_layer_selection_is_handed_over_as_a_file(mamol_provider, small_s
     assert [c.value for c in header.classes] == [1, 4, 6]
 
 
+@pytest.mark.subprocess
 def test_without_a_model_environment_the_algorithms_say_to_install_one(
         mamol_provider, small_scene, tmp_path, monkeypatch):
     import processing
@@ -162,6 +164,7 @@ def test_without_a_model_environment_the_algorithms_say_to_install_one(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.subprocess
 def test_an_engine_that_dies_is_reported_with_its_last_words(mamol_provider, small_scene,
                                                               tmp_path, monkeypatch):
     """A crash (no error line, a signal's exit status) names the status and the last lines

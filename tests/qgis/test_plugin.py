@@ -1,6 +1,7 @@
 """The QGIS plugin entry points and metadata."""
 import configparser
 
+import pytest
 from qgis.core import QgsApplication
 
 from support import REPO
@@ -63,6 +64,7 @@ def test_class_factory_registers_and_unload_removes(qgis_processing):
         registry.addProvider(MamolProvider())
 
 
+@pytest.mark.subprocess
 def test_provider_loads_without_importing_torch():
     """Heavy imports are lazy (DESIGN §7): the provider and its algorithms load without
     PyTorch, so QGIS starts fast and can say what is missing when an algorithm runs."""

@@ -13,8 +13,9 @@ import pytest
 
 from support import PLUGINS_DIR
 
-pytestmark = pytest.mark.skipif(shutil.which("qgis_process.bin") is None,
-                                reason="qgis_process.bin is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("qgis_process.bin") is None,
+                                 reason="qgis_process.bin is not installed"),
+              pytest.mark.subprocess]   # every test starts qgis_process
 
 
 @pytest.fixture(scope="module")

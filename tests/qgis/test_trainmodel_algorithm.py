@@ -47,6 +47,7 @@ def test_registered_with_help_for_every_parameter(mamol_provider):
     assert "EPOCHS" not in advanced
 
 
+@pytest.mark.subprocess
 def test_trains_and_writes_model_and_reports(mamol_provider, small_scene, tmp_path):
     results = run(quick_parameters(small_scene, tmp_path, MISSING_MODE=2,
                                    HS_AVAILABILITY=0.75, SAR_AVAILABILITY=0.75,
@@ -65,6 +66,7 @@ def test_trains_and_writes_model_and_reports(mamol_provider, small_scene, tmp_pa
     assert (tmp_path / "report.html").is_file()
 
 
+@pytest.mark.subprocess
 def test_class_names_and_colours_from_a_categorised_style(mamol_provider, small_scene,
                                                           tmp_path):
     layer = QgsVectorLayer(f"{small_scene.training_polygons}|layername=training_polygons",
@@ -86,6 +88,7 @@ def test_class_names_and_colours_from_a_categorised_style(mamol_provider, small_
     assert header.modality_names == ["hs"]
 
 
+@pytest.mark.subprocess
 def test_a_tile_model_trains_and_classifies_without_new_parameters(mamol_provider,
                                                                    small_scene, tmp_path):
     import processing
@@ -122,6 +125,7 @@ def test_the_default_kind_is_per_pixel_and_not_written(mamol_provider, small_sce
     assert arguments[arguments.index("--model-kind") + 1] == "tile"
 
 
+@pytest.mark.subprocess
 def test_tile_with_mce_is_refused_before_any_work(mamol_provider, small_scene, tmp_path):
     with pytest.raises(QgsProcessingException, match="MCE is available for the per-pixel "
                                                      "model kind only"):
@@ -146,12 +150,14 @@ def test_the_engine_refuses_tile_with_mce_in_its_own_words(mamol_provider, small
     assert not (tmp_path / "model.mamol").exists()
 
 
+@pytest.mark.subprocess
 def test_needs_at_least_one_raster(mamol_provider, small_scene, tmp_path):
     with pytest.raises(QgsProcessingException, match="at least one raster"):
         run(quick_parameters(small_scene, tmp_path, HS=None, SAR=None, LIDAR=None))
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.subprocess
 def test_bad_class_field_is_reported(mamol_provider, small_scene, tmp_path):
     with pytest.raises(QgsProcessingException,
                        match="not numeric.* or also give a 'Class-name field'"):
@@ -160,12 +166,14 @@ def test_bad_class_field_is_reported(mamol_provider, small_scene, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.subprocess
 def test_cancel_leaves_nothing(mamol_provider, small_scene, tmp_path):
     with pytest.raises(QgsProcessingException, match="Cancelled"):
         run(quick_parameters(small_scene, tmp_path, EPOCHS=3), feedback=cancelling_feedback(20))
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.subprocess
 def test_command_line_trains_without_qgis(small_scene, tmp_path):
     model = tmp_path / "cli.mamol"
     command = [sys.executable, "-c",
@@ -213,6 +221,7 @@ def one_polygon_per_class(scene, path):
     return path
 
 
+@pytest.mark.subprocess
 def test_no_validation_is_said_as_a_warning_and_the_last_epoch_kept(mamol_provider,
                                                                     small_scene, tmp_path):
     polygons = one_polygon_per_class(small_scene, tmp_path / "one_each.gpkg")
@@ -230,6 +239,7 @@ def test_no_validation_is_said_as_a_warning_and_the_last_epoch_kept(mamol_provid
     assert any(w.startswith("No validation pixels") for w in report["warnings"])
 
 
+@pytest.mark.subprocess
 def test_command_line_prints_warnings(small_scene, tmp_path):
     polygons = one_polygon_per_class(small_scene, tmp_path / "one_each.gpkg")
     done = subprocess.run(

@@ -10,6 +10,8 @@ from mamol.core.sample_scene import CLASS_STYLE, hs_geotransform
 from mamol.training.labels import (LabelRasterSource, SplitConfig, labels_from_raster,
                                    split_by_polygon)
 
+pytestmark = pytest.mark.platform   # label rasters read with GDAL
+
 
 @pytest.fixture(scope="module")
 def hs_grid(small_scene):

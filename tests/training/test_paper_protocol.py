@@ -160,6 +160,7 @@ def test_quick_mode_end_to_end_on_the_sample_scene(tmp_path):
 
 
 @pytest.mark.skipif(not TRENTO.is_file(), reason="shared Trento data not present")
+@pytest.mark.platform   # reads the benchmark files (.npz, .mat, .npy)
 def test_trento_with_real_lidar_and_standin_hs(tmp_path):
     dataset = protocol_datasets.trento_dataset(tmp_path)
     assert dataset.names() == ["hs", "lidar"]
@@ -186,6 +187,7 @@ def _write_mat(path, key, array):
     savemat(str(path), {key: array})
 
 
+@pytest.mark.platform   # reads the benchmark files (.npz, .mat, .npy)
 def test_original_files_by_name_and_key(tmp_path):
     pytest.importorskip("scipy")
     source = tmp_path / "Augsburg"

@@ -8,6 +8,8 @@ import pytest
 
 from mamol.training.report import format_percent, render_html, write_report
 
+pytestmark = pytest.mark.platform   # reports: the platform's Jinja2 and matplotlib
+
 CONFUSION = [[37, 2, 1], [3, 28, 4], [0, 5, 41]]
 
 

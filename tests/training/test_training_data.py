@@ -33,6 +33,8 @@ from mamol.training.labels import (
     split_by_polygon,
 )
 
+pytestmark = pytest.mark.platform   # rasterised polygons and windows read with GDAL and OGR
+
 gdal.UseExceptions()
 ogr.UseExceptions()
 
