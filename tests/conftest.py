@@ -35,6 +35,11 @@ if not INSTALLED:
         os.symlink(REPO, PLUGINS_DIR / "mamol")
     if str(PLUGINS_DIR) not in sys.path:
         sys.path.insert(0, str(PLUGINS_DIR))
+else:
+    import mamol
+    if Path(mamol.__file__).resolve().parent == REPO:
+        raise RuntimeError(f"MAMOL_TEST_INSTALLED=1 but mamol imports from the sources "
+                           f"({mamol.__file__}), not from an installed wheel")
 
 # Tiers whose every test also runs on Debian 13 (see tests/README.md): everything that goes
 # through QGIS or an install. Elsewhere a test opts in with @pytest.mark.platform.

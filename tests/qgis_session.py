@@ -13,6 +13,11 @@ from support import REPO
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("QGIS_CUSTOM_CONFIG_PATH", str(REPO / ".build" / "qgis-profile"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each pytest-xdist worker runs a QGIS of its own: a profile of its own too, so that one
+    # worker's settings (the model environment, the weights cache) never reach another's.
+    os.environ["QGIS_CUSTOM_CONFIG_PATH"] = os.path.join(
+        os.environ["QGIS_CUSTOM_CONFIG_PATH"], "xdist-" + os.environ["PYTEST_XDIST_WORKER"])
 from qgis.core import QgsApplication  # noqa: E402 - after the environment it reads
 
 QGIS_APP = QgsApplication([], False)
