@@ -246,7 +246,7 @@ def test_a_rank_that_cannot_read_an_input_stops_every_rank(tiny_model, small_sce
     out = tmp_path / "out"
     results = ranks_by_hand(*_classify_arguments(small_scene, tiny_model, out),
                             MAMOL_TEST_FAULT="1:input")
-    assert [r.returncode for r in results] == [2, 2]
+    assert [r.returncode for r in results] == [2, 2], [r.stderr[-2000:] for r in results]
     for rank, result in enumerate(results):
         (line,) = _errors(result.stderr)
         assert line.startswith(f"error: rank {rank}: ")
