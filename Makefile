@@ -104,8 +104,8 @@ demo: setup
 # and torchrun, tests/qgis goes through QGIS, tests/install builds and installs.
 # PYTEST_ARGS narrows a run (e.g. PYTEST_ARGS=tests/core/test_report.py); empty = the tiers.
 # Two pytest-xdist workers, one torch thread each, a test module to a worker (its module
-# fixtures are made once): 7.4 min instead of 11.3 for every tier on 2 cores (tests/README.md).
-# WORKERS=0 runs in one process (e.g. for -s or a debugger).
+# fixtures are made once); tests/README.md has the measurements. WORKERS=0 runs in one
+# process (e.g. for -s or a debugger).
 PURE_TIERS := tests/core tests/training
 WORKERS ?= 2
 XDIST = -n $(WORKERS) --dist loadfile

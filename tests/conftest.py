@@ -14,18 +14,20 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
+# Under pytest-xdist each worker runs one thread (and so do the engine children it starts),
+# so that two workers do not oversubscribe two cores; set before NumPy or torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from support import INSTALLED, PLUGINS_DIR, REPO
+import pytest  # noqa: E402 - after the thread setting
+
+from support import (INSTALLED, PLUGINS_DIR, REPO, scaled_copy,  # noqa: E402
+                     tiny_training_config)
 
 TESTS = Path(__file__).resolve().parent
 # The algorithms run the engine in a child Python: this one (the project's venv), unless the
 # caller chose another.
 os.environ.setdefault("MAMOL_PYTHON", sys.executable)
-# Under pytest-xdist each worker gets one core's share of threads (and so do the engine
-# children it starts), so that two workers do not oversubscribe two cores.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 if not INSTALLED:
     PLUGINS_DIR.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ def _cuda_available() -> bool:
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        tier = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        tier = item.path.resolve().relative_to(TESTS).parts[0]
         if tier in PLATFORM_TIERS:
             item.add_marker(pytest.mark.platform)
         if tier == "install":
@@ -86,8 +88,6 @@ def small_scene(tmp_path_factory):
 def tiny_model(small_scene, tmp_path_factory):
     """A quickly trained model (tiny random backbone, P = 5, 2 epochs, η = 50 %) on the
     small scene, for the classification tests."""
-    from support import tiny_training_config
-
     from mamol.training.trainer import train_model
     folder = tmp_path_factory.mktemp("tiny-model")
     return train_model(tiny_training_config(small_scene, folder / "tiny.mamol")).model_path
@@ -96,6 +96,5 @@ def tiny_model(small_scene, tmp_path_factory):
 @pytest.fixture(scope="session")
 def lidar_in_centimetres(small_scene, tmp_path_factory):
     """The small scene's LiDAR written in centimetres: values far from the training data."""
-    from support import scaled_copy
     folder = tmp_path_factory.mktemp("centimetres")
     return scaled_copy(small_scene.lidar, folder / "lidar_cm.tif", 100.0)
