@@ -2,6 +2,7 @@
 QGIS feedback becomes the core's plain progress/cancel/log callables."""
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -43,6 +44,25 @@ class MamolAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self) -> QIcon:
         return QIcon(ICON_PATH)
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
+        """QGIS's own checks, which load each raster given as a file as a layer: with GDAL's
+        sidecar files off, so that the statistics QGIS computes for the layer's default
+        style are not saved as an ``.aux.xml`` beside the user's input."""
+        with no_sidecars_written():
+            return super().checkParameterValues(parameters, context)
+
+
+@contextlib.contextmanager
+def no_sidecars_written() -> Iterator[None]:
+    """GDAL's ``.aux.xml`` sidecars off for the rasters this thread opens in the block."""
+    from osgeo import gdal
+    before = gdal.GetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "NO")
+    try:
+        yield
+    finally:
+        gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", before)
 
 
 @contextlib.contextmanager
@@ -139,15 +159,55 @@ def add_parameter(algorithm, parameter, help_text: str, advanced: bool = False) 
     algorithm.addParameter(parameter)
 
 
+class RasterFileParameter(QgsProcessingParameterRasterLayer):
+    """A raster layer parameter that accepts an existing file as it is, without loading it as
+    a layer to check it. ``qgis_process`` checks every value before the algorithm runs, and
+    loading a raster makes QGIS compute statistics for its default style, which GDAL saves as
+    an ``.aux.xml`` beside the user's input; the engine checks the file itself."""
+
+    def clone(self):
+        optional = bool(self.flags() & QgsProcessingParameterDefinition.FlagOptional)
+        copy = RasterFileParameter(self.name(), self.description(), self.defaultValue(),
+                                   optional)
+        copy.setFlags(self.flags())
+        copy.setHelp(self.help())
+        copy.setMetadata(self.metadata())
+        return copy
+
+    def checkValueIsAcceptable(self, value, context=None):  # noqa: N802 - QGIS API
+        if isinstance(value, str) and os.path.isfile(value):
+            return True
+        with no_sidecars_written():
+            return super().checkValueIsAcceptable(value, context)
+
+
 def add_raster_inputs(algorithm, help_text: str) -> None:
     """The optional HS, SAR and LiDAR raster parameters."""
     for key, _, label in RASTER_INPUTS:
-        add_parameter(algorithm, QgsProcessingParameterRasterLayer(
+        add_parameter(algorithm, RasterFileParameter(
             key, algorithm.tr(label), optional=True), help_text)
 
 
 def has_raster_input(parameters) -> bool:
     return any(parameters.get(key) for key, _, _ in RASTER_INPUTS)
+
+
+def raster_file(algorithm, parameters, key: str, context, what: str) -> str:
+    """The file behind a raster parameter. A file path is handed over as it is: loading it
+    as a QGIS layer would compute statistics that GDAL then saves as an ``.aux.xml`` beside
+    the user's input (600 KB beside a 63-band raster). A layer of the project gives its
+    source; it must be file-based (GDAL)."""
+    value = parameters.get(key)
+    if isinstance(value, str) and os.path.isfile(value):
+        return os.path.abspath(value)
+    with no_sidecars_written():
+        layer = algorithm.parameterAsRasterLayer(parameters, key, context)
+    if layer is None:
+        raise QgsProcessingException(algorithm.tr(f"Cannot read {what}."))
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(algorithm.tr(
+            f"{what[0].upper()}{what[1:]} must be a file-based (GDAL) raster."))
+    return layer.source()
 
 
 def raster_inputs(algorithm, parameters, context) -> Tuple[Tuple[str, str], ...]:
@@ -156,13 +216,8 @@ def raster_inputs(algorithm, parameters, context) -> Tuple[Tuple[str, str], ...]
     for key, name, label in RASTER_INPUTS:
         if not parameters.get(key):
             continue
-        layer = algorithm.parameterAsRasterLayer(parameters, key, context)
-        if layer is None:
-            raise QgsProcessingException(algorithm.tr(f"Cannot read the {label.lower()}."))
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(algorithm.tr(
-                f"The {label.lower()} must be a file-based (GDAL) raster."))
-        rasters.append((name, layer.source()))
+        rasters.append((name, raster_file(algorithm, parameters, key, context,
+                                          f"the {label.lower()}")))
     if not rasters:
         raise QgsProcessingException(algorithm.tr(NO_RASTER_MESSAGE))
     return tuple(rasters)

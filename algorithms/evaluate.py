@@ -6,12 +6,12 @@ PyTorch never loads into QGIS's process.
 """
 from typing import List
 
-from qgis.core import (QgsProcessing, QgsProcessingException,
+from qgis.core import (QgsProcessing,
                        QgsProcessingOutputFile, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterField, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
+                       QgsProcessingParameterString)
 
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
@@ -19,7 +19,8 @@ from ..training.labels import LabelRasterSource
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_compute_parameters,
                      add_parameter, add_raster_inputs, compute_arguments, compute_settings,
                      core_errors_as_processing_exceptions, has_raster_input, polygon_arguments,
-                     polygon_source, FeedbackRelay, raster_arguments, raster_inputs)
+                     polygon_source, FeedbackRelay, raster_arguments, RasterFileParameter,
+                     raster_file, raster_inputs)
 from .engine_runner import run_engine
 
 #: Modalities that can be forced absent, in the enum's order.
@@ -76,7 +77,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
             self.MODEL, self.tr("Model file"), extension=EXTENSION.lstrip(".")),
             "A .mamol model file.")
         add_raster_inputs(self, "Optional; give at least one of the model's modalities.")
-        add_parameter(self, QgsProcessingParameterRasterLayer(
+        add_parameter(self, RasterFileParameter(
             self.LABEL_RASTER, self.tr("Reference label raster"), optional=True),
             "Class values (0 and nodata = unlabelled). Give this or the polygons.")
         add_parameter(self, QgsProcessingParameterFeatureSource(
@@ -145,12 +146,8 @@ class EvaluateAlgorithm(MamolAlgorithm):
 
     def _labels(self, parameters, context, feedback):
         if parameters.get(self.LABEL_RASTER):
-            layer = self.parameterAsRasterLayer(parameters, self.LABEL_RASTER, context)
-            if layer is None or layer.providerType() != "gdal":
-                raise QgsProcessingException(self.tr(
-                    "Cannot read the reference label raster (it must be a file-based GDAL "
-                    "raster)."))
-            return LabelRasterSource(layer.source())
+            return LabelRasterSource(raster_file(self, parameters, self.LABEL_RASTER, context,
+                                                 "the reference label raster"))
         if parameters.get(self.POLYGONS):
             return polygon_source(self, parameters, context, feedback, self.POLYGONS,
                                   self.CLASS_FIELD)

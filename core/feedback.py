@@ -20,6 +20,28 @@ class Reporter:
                  is_cancelled: Optional[CancelCheck] = None) -> None:
         self._progress = progress
         self._is_cancelled = is_cancelled
+        self._span = None   # (low, high): the percent range of the part under way
+        self._reached = 0.0
+
+    def begin_part(self, low: float, high: float) -> None:
+        """The next :meth:`step` calls move the bar from ``low`` to ``high`` (e.g. one block of
+        a classification, so that the bar moves batch by batch in a one-block run)."""
+        self._span = (float(low), float(high))
+        self._reached = float(low)
+
+    def step(self, done: int, total: int) -> None:
+        """``done`` of ``total`` units of the current part are finished: report the
+        progress (never backwards) and raise :class:`Cancelled` if the user stopped."""
+        if self._span is None or total <= 0:
+            self.check()
+            return
+        low, high = self._span
+        percent = low + (high - low) * min(1.0, done / total)
+        if percent > self._reached:
+            self._reached = percent
+            self.report(percent)
+        else:
+            self.check()
 
     def report(self, percent: float) -> None:
         """Report overall progress (0–100) and raise :class:`Cancelled` if the user stopped."""

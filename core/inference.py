@@ -429,7 +429,7 @@ def _classify_block(model, block: _Block, device, batch_size: int, patch: int,
     results = []
     with torch.no_grad():
         for start in range(0, todo_r.size, batch_size):
-            reporter.check()
+            reporter.step(start, todo_r.size)
             stop = start + batch_size
             window_rows = (rows_all[start:stop, None] + ramp[None, :])[:, :, None]
             window_cols = (cols_all[start:stop, None] + ramp[None, :])[:, None, :]
@@ -462,7 +462,7 @@ def _run_tiles(model, block: _Block, tile_r: np.ndarray, tile_c: np.ndarray, dev
     results, passes = [], 0
     with torch.no_grad():
         for start in range(0, tile_r.size, batch_size):
-            reporter.check()
+            reporter.step(start, tile_r.size)
             stop = start + batch_size
             window_rows = (rows_all[start:stop, None] + ramp_device[None, :])[:, :, None]
             window_cols = (cols_all[start:stop, None] + ramp_device[None, :])[:, None, :]
@@ -847,15 +847,26 @@ def _finish_outputs(config: ClassifyConfig, header: ModelHeader, outputs: "_Outp
     write_qml(staged[qml_path(paths["classes"])], header.classes, outputs.nodata)
 
 
+def _uncompressed_bytes(grid, paths: Dict[str, Path], header: ModelHeader) -> int:
+    """What the outputs asked for take before compression (for the free-space check)."""
+    dtype, _ = class_nodata(np.array([c.value for c in header.classes]))
+    per_pixel = {"classes": np.dtype(dtype).itemsize, "probabilities": 4 * len(header.classes),
+                 "confidence": 4, "entropy": 4, "modalities": 1}
+    return grid.width * grid.height * sum(per_pixel.get(key, 4) for key in paths)
+
+
 def _classify_here(config, header, grid, paths, blocks, compute, tally, reader, prefetch,
                    margin, reporter: Reporter) -> None:
     """One process: every block, written straight into the staged outputs."""
-    with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
+    with staged_files(list(paths.values()) + [qml_path(paths["classes"])],
+                      _uncompressed_bytes(grid, paths, header)) as staged:
         outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
         try:
             pending = prefetch.submit(reader.read, *blocks[0], margin) if blocks else None
             for number in range(len(blocks)):
                 reporter.check()
+                reporter.begin_part(100 * number / len(blocks),
+                                    100 * (number + 1) / len(blocks))
                 current = pending.result()
                 pending = (prefetch.submit(reader.read, *blocks[number + 1], margin)
                            if number + 1 < len(blocks) else None)
@@ -896,6 +907,7 @@ def _classify_sharded(world: World, config, header, grid, paths, blocks, compute
             with world.agreed():
                 if number < len(mine):
                     reporter.check()
+                    reporter.begin_part(90 * number / rounds, 90 * (number + 1) / rounds)
                     current = pending.result()
                     pending = (prefetch.submit(reader.read, *blocks[mine[number + 1]], margin)
                                if number + 1 < len(mine) else None)
@@ -929,7 +941,8 @@ def _assemble(world: World, config, header, grid, paths, blocks, folder: Path,
     """Rank 0: copy every block from its rank's part file into the staged outputs."""
     sources: Dict[Tuple[int, str], gdal.Dataset] = {}
     try:
-        with staged_files(list(paths.values()) + [qml_path(paths["classes"])]) as staged:
+        with staged_files(list(paths.values()) + [qml_path(paths["classes"])],
+                          _uncompressed_bytes(grid, paths, header)) as staged:
             outputs = _Outputs(config, header, grid, {k: staged[p] for k, p in paths.items()})
             try:
                 for number, (col0, row0, width, height) in enumerate(blocks):

@@ -1,17 +1,20 @@
-"""All-or-nothing output: files are written into a hidden staging folder next to their
-destination and moved into place only when every one of them is complete.
+"""All-or-nothing output: files are written into this run's hidden folder next to their
+destination (:mod:`core.runs`) and moved into place only when every one of them is complete.
 
-On an error or a cancel the staging folder is removed, so the destination never holds a
-half-written set of outputs.
+On an error or a cancel the run folder is removed, so the destination never holds a
+half-written set of outputs; a killed run's folder is removed by the program that started it
+or by the next run. A full disk is reported as such (:class:`NoSpaceError`), naming the
+folder, its device and the sizes.
 """
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
-from typing import Dict, Iterator, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
+from . import runs
 from .errors import MamolInputError
 
 
@@ -53,29 +56,33 @@ def _why_not_writable(folder: Path, exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def staged_outputs(folder: Path, file_names: Sequence[str]) -> Iterator[Dict[str, Path]]:
+def staged_outputs(folder: Path, file_names: Sequence[str],
+                   needed_bytes: int = 0) -> Iterator[Dict[str, Path]]:
     """Yield staging paths for ``file_names``; on success move them into ``folder``.
 
     Args:
         folder: destination folder (created if missing; must be writable).
         file_names: the final file names, relative to ``folder``.
+        needed_bytes: about how much the outputs take (0: unknown), for the free-space
+            check and the message of a full disk.
 
     Yields:
-        Mapping from each file name to the path it must be written to. Other files that
-        appear in the staging folder (sidecars such as ``.aux.xml``) are moved too.
+        Mapping from each file name to the path it must be written to, in this run's folder
+        (:mod:`core.runs`). Other files that appear there (sidecars such as ``.aux.xml``)
+        are moved too.
     """
     folder = ensure_writable_folder(folder)
-    staging = Path(tempfile.mkdtemp(prefix=".mamol-staging-", dir=folder))
-    try:
+    finals = [folder / name for name in file_names]
+    with runs.locked_outputs(finals), runs.output_run_folder(folder) as staging, \
+            reporting_full_disk([folder], needed_bytes, _names(finals)):
         yield {name: staging / name for name in file_names}
         missing = [name for name in file_names if not (staging / name).exists()]
         if missing:
             raise RuntimeError(f"internal error: outputs not written: {', '.join(missing)}")
         # Everything staged moves, so sidecars GDAL wrote (e.g. ``.aux.xml``) come along.
         for path in sorted(staging.iterdir()):
-            os.replace(path, folder / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            if path.name != runs.OWNER_FILE:
+                os.replace(path, folder / path.name)
 
 
 def publish(temporary: Path, final: Path) -> None:
@@ -92,21 +99,27 @@ SIDECAR_SUFFIXES = (".aux.xml",)
 
 
 @contextlib.contextmanager
-def staged_files(finals: Sequence[Path]) -> Iterator[Dict[Path, Path]]:
-    """Yield a hidden temporary path next to each final path; on success move every file
-    (and its GDAL sidecars) into place, on an error or a cancel remove them all.
+def staged_files(finals: Sequence[Path], needed_bytes: int = 0) -> Iterator[Dict[Path, Path]]:
+    """Yield a temporary path for each final path, in this run's folder beside it; on
+    success move every file (and its GDAL sidecars) into place, on an error or a cancel
+    remove them all.
 
     Unlike :func:`staged_outputs`, the files may live in different folders (e.g. a class
-    raster and a probability raster the user put in two places).
+    raster and a probability raster the user put in two places). Each final path is locked
+    for the run (:func:`core.runs.locked_outputs`).
     """
     finals = [Path(p) for p in finals]
     if len({p.resolve() for p in finals}) != len(finals):
         raise MamolInputError("Two outputs point to the same file; give each its own path.")
     for final in finals:
         ensure_writable_folder(final.parent)
-    token = uuid.uuid4().hex[:8]
-    temporaries = {final: final.with_name(f".{final.name}.{token}.partial") for final in finals}
-    try:
+    parents = list(dict.fromkeys(final.parent for final in finals))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(runs.locked_outputs(finals))
+        folders = {parent: stack.enter_context(runs.output_run_folder(parent))
+                   for parent in parents}
+        stack.enter_context(reporting_full_disk(parents, needed_bytes, _names(finals)))
+        temporaries = {final: folders[final.parent] / final.name for final in finals}
         yield temporaries
         for final, temporary in temporaries.items():
             if not temporary.exists():
@@ -120,8 +133,104 @@ def staged_files(finals: Sequence[Path]) -> Iterator[Dict[Path, Path]]:
                     publish(sidecar, stale)
                 elif stale.exists():
                     stale.unlink()
-    finally:
-        for temporary in temporaries.values():
-            for path in (temporary, *(Path(str(temporary) + s) for s in SIDECAR_SUFFIXES)):
-                if path.exists():
-                    path.unlink()
+
+
+# ---- a full disk, named as such ----------------------------------------------------------
+
+#: Below this much free space a failed write counts as a full disk even when the error
+#: does not say so (GDAL reports "WriteEncodedTile/Strip() failed").
+NEARLY_FULL_BYTES = 1 << 20
+#: Outputs whose uncompressed size exceeds the free space this many times over cannot fit,
+#: however well they compress: refused before anything is written.
+COMPRESSION_ALLOWANCE = 10
+
+
+class NoSpaceError(MamolInputError):
+    """A disk filled up (or would have): the message names the folder, the device and the
+    sizes."""
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2 ** 20:.1f} MB"
+
+
+def _mount_point(folder: Path) -> Path:
+    path = Path(os.path.abspath(folder))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(folder: Path) -> Optional[int]:
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def no_space_message(folder: Path, what: str, needed_bytes: int = 0) -> str:
+    free = free_bytes(folder)
+    sizes = [f"about {_megabytes(needed_bytes)} needed" if needed_bytes else "",
+             f"{_megabytes(free)} free" if free is not None else ""]
+    sizes_text = ", ".join(s for s in sizes if s)
+    return (f"No space left on {_mount_point(folder)} (folder '{folder}') while writing "
+            f"{what}{f' ({sizes_text})' if sizes_text else ''}. Free some space there, or "
+            "choose a folder on another disk.")
+
+
+def is_full_disk(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` is a write that failed because ``folder``'s disk is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return True
+    if isinstance(exc, (OSError, RuntimeError)):
+        text = str(exc).lower()
+        if "no space left" in text or "disk full" in text:
+            return True
+        free = free_bytes(folder)
+        return free is not None and free < NEARLY_FULL_BYTES
+    return False
+
+
+def check_free_space(folder: Path, what: str, needed_bytes: int,
+                     allowance: int = 1) -> None:
+    """Refuse before writing when ``needed_bytes`` cannot fit in ``folder``'s disk
+    (``allowance``: how many times smaller the written files may end up, e.g. compressed)."""
+    free = free_bytes(folder)
+    if needed_bytes and free is not None and free * allowance < needed_bytes:
+        raise NoSpaceError(no_space_message(folder, what, needed_bytes))
+
+
+@contextlib.contextmanager
+def reporting_full_disk(folders: Sequence[Path], needed_bytes: int = 0,
+                        what: Optional[str] = None) -> Iterator[None]:
+    """Check that the outputs can fit, then turn a full disk during the block into a
+    :class:`NoSpaceError` that names the folder."""
+    folders = [Path(f) for f in folders]
+    for folder in folders:
+        check_free_space(folder, what or "the outputs", needed_bytes, COMPRESSION_ALLOWANCE)
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        for folder in folders:
+            if is_full_disk(exc, folder):
+                raise NoSpaceError(no_space_message(
+                    folder, what or _written_file(exc) or "the outputs", needed_bytes)) \
+                    from exc
+        raise
+
+
+def _names(finals: Sequence[Path]) -> str:
+    names = [f"'{Path(f).name}'" for f in finals]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _written_file(exc: BaseException) -> Optional[str]:
+    name = getattr(exc, "filename", None)
+    return f"'{name}'" if name else None

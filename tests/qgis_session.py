@@ -4,12 +4,15 @@ this first), with its profile in QGIS_CUSTOM_CONFIG_PATH (the Makefile's
 ``.build/qgis-profile``; the same folder when pytest runs bare), so nothing writes a QGIS
 profile into the repository. Also the QGIS helpers those tiers share."""
 import os
+import shutil
+import subprocess
 import sys
+import sysconfig
 import types
 
 import pytest
 
-from support import REPO
+from support import PLUGINS_DIR, REPO
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("QGIS_CUSTOM_CONFIG_PATH", str(REPO / ".build" / "qgis-profile"))
@@ -100,3 +103,26 @@ def mamol_provider(qgis_processing):
         provider = MamolProvider()
         assert registry.addProvider(provider)
     yield provider
+
+
+@pytest.fixture(scope="module")
+def qgis_env(tmp_path_factory):
+    """The environment of a ``qgis_process.bin`` with an isolated profile of its own in which
+    the plugin is enabled (skips where qgis_process is not installed)."""
+    if shutil.which("qgis_process.bin") is None:
+        pytest.skip("qgis_process.bin is not installed")
+    profile = tmp_path_factory.mktemp("qgis-profile")
+    runtime = tmp_path_factory.mktemp("xdg-runtime")
+    runtime.chmod(0o700)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(profile),
+               QGIS_PLUGINPATH=str(PLUGINS_DIR), XDG_RUNTIME_DIR=str(runtime),
+               PYTHONPATH=sysconfig.get_paths()["purelib"])
+    enabled = qgis_process(env, "plugins", "enable", "mamol")
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    return env
+
+
+def qgis_process(env, *args, timeout=300):
+    """Run ``qgis_process.bin ARGS`` to the end; the completed process."""
+    return subprocess.run(["qgis_process.bin", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,9 +1,13 @@
 """What the tests of every tier share, importable by name (``from support import REPO``):
 tests/ is on ``sys.path`` because the root conftest.py lives there. Nothing here imports
 QGIS; the QGIS tiers' helpers are in qgis_session.py."""
+import contextlib
 import os
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -47,3 +51,27 @@ def scaled_copy(source: Path, target: Path, factor: float) -> Path:
         band.WriteArray(np.where(keep, values, values * factor))
     dataset = None
     return target
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size_bytes: int = 3 << 20, leave_free: Optional[int] = None):
+    """A tmpfs of ``size_bytes`` mounted on ``folder`` (a full disk on demand): with
+    ``leave_free``, a ballast file fills it but for that many bytes. Skips where this user
+    cannot mount (not root, or no mount in this root)."""
+    import pytest
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
+                              str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        if leave_free is not None:
+            ballast = folder / "ballast"
+            free = shutil.disk_usage(folder).free
+            with open(ballast, "wb") as stream:
+                stream.write(b"\0" * max(0, free - leave_free))
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

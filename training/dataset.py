@@ -6,15 +6,19 @@ halo of P/2 is read at a time) and kept in memory-mapped files in a temporary fo
 memory stays bounded by one tile whatever the number of samples; the operating system
 keeps in RAM what fits.
 """
+import contextlib
+import errno
 import logging
-import tempfile
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core import runs
 from ..core.feedback import Reporter
+from ..core.staging import reporting_full_disk
 from ..core.grid import AlignedRaster
 from ..core.windows import cut_windows, modality_present, pattern_from_presence, window_offset
 from .labels import LabelledPixels
@@ -51,9 +55,9 @@ def extract_samples(aligned: Sequence[Tuple[str, AlignedRaster]], pixels: Labell
     """
     count = len(pixels)
     offset = window_offset(patch_size)
-    windows = {name: np.lib.format.open_memmap(
-        str(Path(folder) / f"{prefix}-{name}.npy"), mode="w+", dtype=np.float32,
-        shape=(count, raster.bands, patch_size, patch_size)) for name, raster in aligned}
+    windows = {name: _reserved_memmap(Path(folder) / f"{prefix}-{name}.npy",
+                                      (count, raster.bands, patch_size, patch_size))
+               for name, raster in aligned}
     presence = {name: np.zeros(count, dtype=bool) for name, _ in aligned}
     tile_keys = (pixels.rows // TILE) * (1 + int(pixels.cols.max(initial=0)) // TILE) + \
         pixels.cols // TILE
@@ -78,9 +82,8 @@ def extract_samples(aligned: Sequence[Tuple[str, AlignedRaster]], pixels: Labell
     if dropped:
         # Rewrite without the empty samples (rare: labels where no raster has data).
         for name in list(windows):
-            kept = np.lib.format.open_memmap(
-                str(Path(folder) / f"{prefix}-{name}-kept.npy"), mode="w+", dtype=np.float32,
-                shape=(keep.size,) + windows[name].shape[1:])
+            kept = _reserved_memmap(Path(folder) / f"{prefix}-{name}-kept.npy",
+                                    (keep.size,) + windows[name].shape[1:])
             for start in range(0, keep.size, 4096):
                 kept[start:start + 4096] = windows[name][keep[start:start + 4096]]
             windows[name] = kept
@@ -124,9 +127,31 @@ def normalise(windows: np.ndarray, statistics: Normalisation) -> np.ndarray:
     return np.nan_to_num(result, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def scratch_folder(parent: Optional[Path] = None) -> tempfile.TemporaryDirectory:
-    """A temporary folder for the memory-mapped windows (removed when closed)."""
-    return tempfile.TemporaryDirectory(prefix="mamol-samples-", dir=parent)
+def _reserved_memmap(path: Path, shape: Tuple[int, ...]) -> np.ndarray:
+    """A new float32 ``.npy`` memory map whose disk space is reserved up front: a memory map
+    over a sparse file that meets a full disk kills the process (SIGBUS); a reservation
+    fails with ENOSPC, which :func:`scratch_folder` names."""
+    array = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float32, shape=shape)
+    if hasattr(os, "posix_fallocate") and array.size:
+        with open(path, "r+b") as stream:
+            try:
+                os.posix_fallocate(stream.fileno(), 0, os.fstat(stream.fileno()).st_size)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+                    raise OSError(exc.errno, exc.strerror, str(path)) from exc
+                # EINVAL/EOPNOTSUPP: the file system cannot reserve (written as it goes)
+    return array
+
+
+@contextlib.contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A folder for the memory-mapped windows in this run's scratch folder (the temp root,
+    ``MAMOL_TEMP_DIR``; :mod:`core.runs`), removed when the block ends; a full disk there is
+    reported as such."""
+    with runs.scratch_folder("samples-") as folder, \
+            reporting_full_disk([folder], what="the training samples (set "
+                                f"{runs.TEMP_ROOT_VARIABLE} to a folder with more room)"):
+        yield folder
 
 
 def class_counts(samples: SampleSet, class_count: int) -> List[int]:

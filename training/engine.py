@@ -14,6 +14,8 @@ Progress goes to stderr, in one of four forms (``--progress``):
 * ``json``: one JSON object per line, for a calling program (the Processing algorithms):
   ``{"event": "progress", "percent": 12.5, "stage": "train"}``,
   ``{"event": "log", "text": ...}``, ``{"event": "warning", "text": ...}``,
+  ``{"event": "staging", "path": ...}`` (a run folder or output lock about to be made,
+  which the caller removes if the engine dies: :mod:`core.runs`),
   ``{"event": "result", "command": ..., "result": {...}}`` and, on failure,
   ``{"event": "error", "kind": "input" | "cancelled" | "internal", "message": ...}``;
 * ``none``: errors only.
@@ -26,9 +28,18 @@ shows progress and prints the result; every rank prints its errors as ``error: r
 (JSON errors carry ``"rank"``), and a failure on any rank fails every rank. ``--cog``
 writes classification outputs as Cloud-Optimized GeoTIFFs.
 
-Exit status: 0 on success; 2 for bad input, with a one-line message that says what to fix
-(the traceback only with ``--debug``); 1 for an internal error; 130 when interrupted (Ctrl-C)
-and 143 on SIGTERM — both cancel the run, and nothing is written.
+Exit status: 0 on success; 2 for bad input (a bad argument included), with a one-line
+message that says what to fix (the traceback only with ``--debug``); 1 for an internal error;
+130 when interrupted (Ctrl-C) and 143 on SIGTERM, SIGHUP or the loss of the calling program —
+all cancel the run, and nothing is written.
+
+A calling program that must not leave an engine behind starts it with
+``MAMOL_LIFELINE=stdin`` and a pipe as its stdin that it never writes to: when the caller
+dies, however it dies (SIGKILL included), the pipe closes and the engine cancels itself; if
+it has not stopped :data:`LIFELINE_GRACE_SECONDS` later it removes what it staged and exits.
+That works alike on Linux, macOS and Windows (no ``PR_SET_PDEATHSIG``, no job object needed).
+Every output path is locked for the whole run (:mod:`core.runs`): a second run on the same
+outputs stops at once and names the first.
 """
 import argparse
 import json
@@ -36,6 +47,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -45,6 +57,10 @@ from ..core.distributed import PeerFailed, finish, launched_world_size, start
 from ..core.errors import Cancelled, MamolInputError
 
 PROGRESS_MODES = ("auto", "bar", "plain", "json", "none")
+#: Seconds a run may take to stop after its caller is gone before it exits at once.
+LIFELINE_GRACE_SECONDS = 20.0
+#: File name endings of the GeoTIFF outputs of ``classify``.
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 
 
@@ -132,6 +148,12 @@ class Channel:
                 out.write(f"{key}: {json.dumps(value, ensure_ascii=False)}\n")
         out.flush()
 
+    def staging(self, path: Path) -> None:
+        """A path this run is about to create (a run folder, an output lock): the calling
+        program removes it if the engine dies before it could (:mod:`core.runs`)."""
+        if self.mode == "json":
+            self._json({"event": "staging", "path": str(path)})
+
     def error(self, kind: str, message: str) -> None:
         self._clear_bar()
         if self.mode in ("json", "json-errors"):
@@ -158,8 +180,31 @@ class Stop:
             self.signal = number
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        if hasattr(signal, "SIGHUP"):    # the terminal closed
+            signal.signal(signal.SIGHUP, handler)
         if hasattr(signal, "SIGBREAK"):  # Windows: what the plugin sends to cancel
             signal.signal(signal.SIGBREAK, handler)
+
+    def watch_lifeline(self, stream) -> None:
+        """Cancel when ``stream`` (a pipe from the calling program) closes: the caller is
+        gone. If the run has not stopped after a grace period, remove what it staged and
+        exit at once."""
+        descriptor = stream.fileno()
+
+        def wait() -> None:
+            try:   # the raw descriptor: a buffered reader's lock would block shutdown
+                while os.read(descriptor, 65536):
+                    pass
+            except OSError:
+                pass
+            if self.signal is None:
+                self.signal = signal.SIGTERM
+            time.sleep(LIFELINE_GRACE_SECONDS)
+            from ..core import runs
+            runs.remove_own()
+            runs.end()
+            os._exit(EXIT_TERMINATED)
+        threading.Thread(target=wait, name="mamol-lifeline", daemon=True).start()
 
     def __call__(self) -> bool:
         return self.signal is not None
@@ -465,49 +510,103 @@ COMMANDS = {"scene": (_scene_parser, run_scene), "train": (_train_parser, run_tr
             "classify": (_classify_parser, run_classify)}
 
 
+class ArgumentsError(Exception):
+    """A command line the engine cannot run: the reason in one line."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{prog}: {message}")
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises :class:`ArgumentsError` with argparse's reason
+    instead of printing the whole usage message and exiting."""
+
+    def error(self, message: str):
+        raise ArgumentsError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=program_name(),
         description="MaMOL land cover without QGIS: the engine behind the Processing "
                     "algorithms. Each command is the same core call as its algorithm.",
         epilog=f"Run '{program_name()} COMMAND --help' for a command's options.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
     for make, _ in COMMANDS.values():
         make(sub)
     return parser
 
 
+def output_paths(args) -> List[Path]:
+    """Every file a command's arguments ask it to write (what the run locks)."""
+    if args.command == "scene":
+        from ..core.sample_scene import OUTPUT_FILES
+        return [Path(args.output_folder) / name for name in OUTPUT_FILES]
+    if args.command == "classify":
+        from ..core.class_style import qml_path
+        given = [args.output, args.probabilities, args.confidence, args.entropy,
+                 args.modalities_used]
+        return [Path(p) for p in given if p] + [qml_path(Path(args.output))]
+    report = [Path(args.report), Path(args.report).with_suffix(".json")] \
+        if getattr(args, "report", None) else []
+    if args.command == "train":
+        return [Path(args.output)] + report
+    return report
+
+
+def check_outputs(args) -> None:
+    """Refuse output names the command cannot honour (before any work)."""
+    if args.command == "classify":
+        for option in ("output", "probabilities", "confidence", "entropy", "modalities_used"):
+            value = getattr(args, option)
+            if value and not value.lower().endswith(GEOTIFF_SUFFIXES):
+                flag = "--" + option.replace("_", "-")
+                raise MamolInputError(
+                    f"{flag}: '{value}' must end in .tif or .tiff: every classification "
+                    "output is a GeoTIFF.")
+
+
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
          stderr: Optional[TextIO] = None) -> int:
     """Run one engine command; returns the exit status (see the module's docstring)."""
+    from ..core import runs
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    json_requested = _json_requested(argv)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-        if code and json_requested:
-            # argparse wrote its usage message; a calling program also needs the event
-            Channel("json", "arguments", stderr).error(
-                "input", "invalid arguments (see the usage message above)")
-        return EXIT_INPUT if code else 0
+    except SystemExit as exc:   # --help
+        return EXIT_INPUT if exc.code else 0
+    except ArgumentsError as exc:
+        if _json_requested(argv):
+            Channel("json", "arguments", stderr).error("input", _one_line(str(exc)))
+        else:
+            stderr.write(f"error: {exc} (see '{exc.prog} --help')\n")
+        return EXIT_INPUT
     mode = "none" if args.quiet else args.progress
     size = launched_world_size()
     rank = int(os.environ.get("RANK", "0")) if size > 1 else None
     channel = Channel(mode, args.command, stderr, rank)
     stop = Stop()
     stop.install()
+    if os.environ.get(runs.LIFELINE_VARIABLE) == "stdin" and sys.stdin is not None:
+        stop.watch_lifeline(sys.stdin)
+    runs.begin(f"{program_name()} {args.command}")
+    runs.announce = channel.staging
     _, run = COMMANDS[args.command]
     world = None
     try:
-        if size > 1:
-            world = _join_world(args)
-            result = run(args, channel, stop, world)
-        else:
-            result = run(args, channel, stop)
+        check_outputs(args)
+        with runs.locked_outputs([p for p in output_paths(args) if p.parent.is_dir()]
+                                 if rank in (None, 0) else []):
+            if size > 1:
+                world = _join_world(args)
+                result = run(args, channel, stop, world)
+            else:
+                result = run(args, channel, stop)
     except PeerFailed as exc:
         channel.error(exc.kind, _one_line(str(exc)))
         if args.debug:
@@ -538,6 +637,8 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
             # exit, sends SIGTERM to this one, which must still exit with its own status.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             finish(world)
+        runs.end()
+        runs.announce = None
     channel.progress(100.0)
     if world is None or world.is_main:
         channel.result(args.command, result, stdout)

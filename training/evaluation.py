@@ -22,7 +22,6 @@ reference pixels whose values lie far from the training data is reported per mod
 and warned about above 5 % (:mod:`core.value_range`).
 """
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,14 +29,14 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from ..core import metrics, torch_compat
+from ..core import metrics, runs, torch_compat
 from ..core.devices import (dtype_name, model_inference_batch, parse_precision,
                             prepare_model, resolve_device)
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
 from ..core.model_file import check_inputs, load_model, read_header
-from ..core.staging import ensure_writable_folder
+from ..core.staging import ensure_writable_folder, staged_files
 from ..core.value_range import FarTally, z_scores
 from ..core.windows import pattern_name, window_offset
 from .batches import Batches, predict
@@ -368,10 +367,12 @@ def _summary(config, header, infos, used, simulation, forcing, result, real, pat
 
 
 def _write(summary: Dict[str, object], html: Optional[Path], json_path: Optional[Path]) -> None:
-    """Both reports appear together or not at all (a missing one goes to a scratch folder)."""
-    with tempfile.TemporaryDirectory(prefix="mamol-evaluation-") as folder:
-        write_report(summary, html or Path(folder) / "report.html",
-                     json_path or Path(folder) / "report.json")
+    """Both reports appear together or not at all (a missing one goes to this run's scratch
+    folder); they are staged in this run's folder beside them, and a full disk is named."""
+    finals = [p for p in (html, json_path) if p is not None]
+    with staged_files(finals) as staged, runs.scratch_folder("evaluation-") as folder:
+        write_report(summary, staged[html] if html else folder / "report.html",
+                     staged[json_path] if json_path else folder / "report.json")
 
 
 def _pct(value: Optional[float]) -> str:

@@ -13,7 +13,6 @@ and no report behind.
 import contextlib
 import logging
 import math
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:   # training.mce imports torch, which this module imports lazily
     from .mce import MceConfig
 
-from ..core import metrics, torch_compat
+from ..core import metrics, runs, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
 from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_bytes,
                             model_inference_batch, parse_compile_mode, parse_precision,
@@ -43,7 +42,7 @@ from ..core.model_file import (
     save_model,
     software_versions,
 )
-from ..core.staging import ensure_writable_folder, publish
+from ..core.staging import ensure_writable_folder, staged_files
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
 from .batches import Batches, predict
 from .dataset import SampleSet, extract_samples, normalisation_statistics, scratch_folder
@@ -396,14 +395,15 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
         summary = training_summary(config, infos, classes, split, train_patterns,
                                    validation_patterns, history, best_epoch, evaluation,
                                    timing, device, warnings, names)
-        _write_outputs(model, header, summary, output, config)
+        reports = _write_outputs(model, header, summary, output, config, caution)
     reporter.report(100)
     say(f"Model written to {output}.")
-    for path in (config.report_html, config.report_json):
-        if path:
-            say(f"Report written to {path}.")
-    return TrainingResult(output, _optional_path(config.report_html),
-                          _optional_path(config.report_json), summary)
+    for path in reports:
+        say(f"Report written to {path}.")
+    written = {str(p) for p in reports}
+    return TrainingResult(
+        output, *(_optional_path(p) if p and str(p) in written else None
+                  for p in (config.report_html, config.report_json)), summary)
 
 
 def _same_backbone(world: World, spec_fingerprint: str) -> None:
@@ -757,30 +757,31 @@ def _final_evaluation(config, model, validation: SampleSet, validation_patterns,
 
 
 def _write_outputs(model, header: ModelHeader, summary: Dict[str, object], output: Path,
-                   config: TrainingConfig) -> None:
-    """Reports first (to temporary names), then the model file atomically, then the reports
-    moved into place, so no output is left half-written."""
+                   config: TrainingConfig, caution: Callable[[str], None]) -> List[Path]:
+    """The model first, atomically and after a free-space check: it is the run's work. Then
+    the reports, both or neither; a report that cannot be written (a full disk, a folder
+    gone) is a warning, never a lost model. Returns the reports written."""
+    tensors_bytes = sum(t.numel() * 4 for t in model.trainable_state_dict().values())
+    with staged_files([output], tensors_bytes) as staged:
+        save_model(staged[output], model.cpu(), header)
     html = Path(config.report_html) if config.report_html else None
     json_path = Path(config.report_json) if config.report_json else None
-    staged = [(_temporary_name(p), p) for p in (html, json_path) if p is not None]
+    reports = [p for p in (html, json_path) if p is not None]
+    if not reports:
+        return []
     try:
-        if staged:
-            with tempfile.TemporaryDirectory(prefix="mamol-report-") as folder:
-                write_report(summary, _temporary_name(html) if html else
-                             Path(folder) / "report.html",
-                             _temporary_name(json_path) if json_path else
-                             Path(folder) / "report.json")
-        save_model(output, model.cpu(), header)
-        for temporary, final in staged:
-            publish(temporary, final)
-    finally:
-        for temporary, _ in staged:
-            if temporary.exists():
-                temporary.unlink()
+        with staged_files(reports) as staged, runs.scratch_folder("report-") as scratch:
+            write_report(summary, staged[html] if html else scratch / "report.html",
+                         staged[json_path] if json_path else scratch / "report.json")
+    except (OSError, RuntimeError, MamolInputError) as exc:
+        caution(f"The model was saved to '{output}', but the training report could not be "
+                f"written: {_one_line(exc)}")
+        return []
+    return reports
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.mamol-partial")
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 __all__ = ["TrainingConfig", "TrainingResult", "train_model", "resolve_device", "lr_factor",

@@ -63,15 +63,26 @@ def test_bad_input_is_one_line_and_exit_2(small_scene, tmp_path):
         f"error: Model file '{tmp_path / 'none.mamol'}' does not exist."]
     as_json = engine("classify", "--model", tmp_path / "none.mamol", "--hs", small_scene.hs,
                      "--output", tmp_path / "c.tif", "--progress", "json")
-    assert events(as_json.stderr) == [{"event": "error", "kind": "input", "message":
-                                       f"Model file '{tmp_path / 'none.mamol'}' does not "
-                                       "exist."}]
+    # what it announced before locking its outputs ("staging"), then the one error line
+    assert [e for e in events(as_json.stderr) if e["event"] != "staging"] == [
+        {"event": "error", "kind": "input", "message":
+         f"Model file '{tmp_path / 'none.mamol'}' does not exist."}]
     debug = engine("classify", "--model", tmp_path / "none.mamol", "--hs", small_scene.hs,
                    "--output", tmp_path / "c.tif", "--debug")
     assert debug.returncode == 2 and "Traceback" in debug.stderr
-    unknown = engine("classify", "--model", "m.mamol", "--nonsense", "--progress", "json")
+    unknown = engine("classify", "--model", "m.mamol", "--output", "c.tif", "--nonsense",
+                     "--progress", "json")
     assert unknown.returncode == 2
-    assert events(unknown.stderr)[-1]["kind"] == "input"
+    # one line, the reason in the JSON event, no usage message
+    assert events(unknown.stderr) == [{"event": "error", "kind": "input", "message":
+                                       "python -m mamol: unrecognized arguments: --nonsense"}]
+    assert unknown.stderr.strip().count("\n") == 0
+    plain = engine("classify", "--model", "m.mamol", "--output", "c.tif", "--nonsense")
+    assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [
+        "error: python -m mamol: unrecognized arguments: --nonsense (see 'python -m mamol "
+        "--help')"]
+    png = engine("classify", "--model", "m.mamol", "--output", tmp_path / "c.png")
+    assert png.returncode == 2 and "must end in .tif or .tiff" in png.stderr
     assert not list(tmp_path.iterdir())
 
 

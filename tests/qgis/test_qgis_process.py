@@ -1,39 +1,19 @@
 """The plugin as ``qgis_process`` users meet it: a real ``qgis_process.bin`` subprocess with
 its own isolated profile in which the plugin is enabled."""
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
-from support import PLUGINS_DIR
+from qgis_session import qgis_process
 
 pytestmark = [pytest.mark.skipif(shutil.which("qgis_process.bin") is None,
                                  reason="qgis_process.bin is not installed"),
               pytest.mark.subprocess]   # every test starts qgis_process
-
-
-@pytest.fixture(scope="module")
-def qgis_env(tmp_path_factory):
-    profile = tmp_path_factory.mktemp("qgis-profile")
-    runtime = tmp_path_factory.mktemp("xdg-runtime")
-    runtime.chmod(0o700)
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(profile),
-               QGIS_PLUGINPATH=str(PLUGINS_DIR), XDG_RUNTIME_DIR=str(runtime),
-               PYTHONPATH=sysconfig.get_paths()["purelib"])
-    enabled = qgis_process(env, "plugins", "enable", "mamol")
-    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
-    return env
-
-
-def qgis_process(env, *args, timeout=300):
-    return subprocess.run(["qgis_process.bin", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_provider_is_listed(qgis_env):
