@@ -292,8 +292,16 @@ def _take(path: Path, final: Path) -> Optional[Path]:
             ensure_writable_folder(final.parent)   # says why the folder refuses files
             raise
         else:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(text)
+            try:
+                with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                    stream.write(text)
+            except OSError as exc:   # a full disk: no room even for the lock's few bytes
+                _remove(path)
+                from .staging import NoSpaceError, is_full_disk, no_space_message
+                if is_full_disk(exc, final.parent):
+                    raise NoSpaceError(no_space_message(final.parent, f"'{final.name}'")) \
+                        from exc
+                raise
             return path
         record = _read_owner(path)
         if record is not None and owner_alive(record):

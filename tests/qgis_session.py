@@ -44,13 +44,18 @@ def shut_down():
 
 def recording_feedback():
     """A QgsProcessingFeedback that keeps its info lines (``.info``), warnings
-    (``.warnings``) and debug lines (``.debug``) besides passing them on."""
+    (``.warnings``), debug lines (``.debug``) and progress values (``.progress_values``)
+    besides passing them on."""
     from qgis.core import QgsProcessingFeedback
 
     class RecordingFeedback(QgsProcessingFeedback):
         def __init__(self):
             super().__init__()
-            self.info, self.warnings, self.debug = [], [], []
+            self.info, self.warnings, self.debug, self.progress_values = [], [], [], []
+
+        def setProgress(self, progress):  # noqa: N802 - QGIS API
+            self.progress_values.append(progress)
+            super().setProgress(progress)
 
         def pushInfo(self, info):  # noqa: N802 - QGIS API
             self.info.append(info)

@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def output_paths(args) -> List[Path]:
-    """Every file a command's arguments ask it to write (what the run locks)."""
+    """The files a command's arguments ask it to write that the run locks from its start."""
     if args.command == "scene":
         from ..core.sample_scene import OUTPUT_FILES
         return [Path(args.output_folder) / name for name in OUTPUT_FILES]
@@ -549,11 +549,11 @@ def output_paths(args) -> List[Path]:
         given = [args.output, args.probabilities, args.confidence, args.entropy,
                  args.modalities_used]
         return [Path(p) for p in given if p] + [qml_path(Path(args.output))]
-    report = [Path(args.report), Path(args.report).with_suffix(".json")] \
-        if getattr(args, "report", None) else []
     if args.command == "train":
-        return [Path(args.output)] + report
-    return report
+        # the reports are locked when they are written: one that cannot be written is a
+        # warning after training, never a reason to lose the model
+        return [Path(args.output)]
+    return [Path(args.report), Path(args.report).with_suffix(".json")]
 
 
 def check_outputs(args) -> None:

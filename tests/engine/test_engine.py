@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -128,3 +129,55 @@ def test_sigterm_cancels_and_writes_nothing(tiny_model, small_scene, tmp_path):
     assert events(rest)[-1] == {"event": "error", "kind": "cancelled",
                                 "message": "Cancelled; nothing was written."}
     assert not out.exists() or not list(out.iterdir())
+
+
+CALLER = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-m", "mamol", *sys.argv[1:]],
+                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         env=dict(os.environ, MAMOL_LIFELINE="stdin"))
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_engine_does_not_outlive_its_caller(tiny_model, small_scene, tmp_path):
+    """A caller that dies outright (SIGKILL: no chance to stop its child) closes the
+    engine's lifeline; the engine cancels and removes what it staged within seconds."""
+    out = tmp_path / "out"
+    out.mkdir()
+    caller = subprocess.Popen(
+        [sys.executable, "-c", CALLER, "classify", "--model", str(tiny_model), "--hs",
+         str(small_scene.hs), "--block-size", "512", "--device", "cpu", "--output",
+         str(out / "c.tif"), "--probabilities", str(out / "p.tif")],
+        stdout=subprocess.PIPE, text=True, env=dict(ENV, MAMOL_TEMP_DIR=str(tmp_path)))
+    pid = int(caller.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".mamol-run-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(out.glob(".mamol-run-*")), "the engine never started writing"
+        caller.kill()
+        caller.wait()
+        killed = time.monotonic()
+        while _alive(pid) and time.monotonic() - killed < 5.0:
+            time.sleep(0.1)
+        assert not _alive(pid), "the engine outlived its caller by 5 s"
+        assert sorted(p.name for p in out.iterdir()) == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    finally:
+        caller.kill()
+        caller.wait()
+        caller.stdout.close()
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone: the engine is not our child)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -2,6 +2,7 @@
 torch never loads into QGIS's process: what reaches it, and how its failures are reported."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -182,3 +183,30 @@ def test_an_engine_that_dies_is_reported_with_its_last_words(mamol_provider, sma
                                           "HS": str(small_scene.hs),
                                           "OUTPUT": str(tmp_path / "out" / "c.tif")})
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.subprocess
+def test_what_the_engine_printed_on_stdout_is_reported_and_the_command_can_be_pasted(
+        mamol_provider, small_scene, tmp_path, monkeypatch):
+    """A 'Python' that is not one (here /bin/echo, which prints its arguments and exits
+    0 without a result) is reported with what it printed; the logged command line is
+    shell-quoted, non-ASCII and spaces included, so it can be pasted into a shell."""
+    import shlex
+
+    import processing
+    from qgis.core import QgsProcessingException
+    echo = shutil.which("echo")
+    monkeypatch.setenv("MAMOL_PYTHON", echo)
+    output = tmp_path / "résumé folder" / "c.tif"
+    feedback = recording_feedback()
+    with pytest.raises(QgsProcessingException) as raised:
+        processing.run("mamol:classify", {"MODEL": str(tmp_path / "m.mamol"),
+                                          "HS": str(small_scene.hs), "OUTPUT": str(output)},
+                       feedback=feedback)
+    message = str(raised.value)
+    assert "stopped unexpectedly (exit status 0" in message
+    assert "-m mamol classify --model" in message and "(no output)" not in message
+    command = next(line for line in feedback.debug if line.startswith("Engine: "))
+    argv = shlex.split(command[len("Engine: "):])
+    assert argv[:4] == [echo, "-m", "mamol", "classify"]
+    assert argv[argv.index("--output") + 1] == str(output)
