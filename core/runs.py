@@ -111,14 +111,34 @@ def owner_alive(record: Dict[str, object]) -> bool:
         return False
     if pid == os.getpid():
         return record.get("token") == token()
+    if not _pid_running(pid):
+        return False
+    started = record.get("started")
+    return started is None or process_start(pid) in (None, started)
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on Windows ``os.kill(pid, 0)`` would end it, so
+    the process is opened and its exit code read instead)."""
+    if os.name == "nt":
+        import ctypes
+        kernel = ctypes.windll.kernel32   # type: ignore[attr-defined]
+        handle = kernel.OpenProcess(0x1000, False, pid)   # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return kernel.GetLastError() == 5   # access denied: it exists
+        try:
+            code = ctypes.c_ulong()
+            kernel.GetExitCodeProcess(handle, ctypes.byref(code))
+            return code.value == 259   # STILL_ACTIVE
+        finally:
+            kernel.CloseHandle(handle)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        pass
-    started = record.get("started")
-    return started is None or process_start(pid) in (None, started)
+    except OSError:
+        pass   # e.g. another user's process: it exists
+    return True
 
 
 def describe(record: Dict[str, object]) -> str:
@@ -305,9 +325,12 @@ def _take(path: Path, final: Path) -> Optional[Path]:
             return path
         record = _read_owner(path)
         if record is not None and owner_alive(record):
+            elsewhere = record.get("host") != socket.gethostname()
             raise MamolInputError(
                 f"'{final}' is being written by another MaMOL run, {describe(record)}. "
-                "Wait for it to finish, or choose other output paths.") from None
+                "Wait for it to finish, or choose other output paths"
+                + (f" (if that run is gone, delete '{path}')." if elsewhere else ".")) \
+                from None
         if record is None and not _abandoned(path):
             raise MamolInputError(
                 f"'{final}' is being written by another MaMOL run that is just "
