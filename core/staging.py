@@ -183,8 +183,11 @@ def no_space_message(folder: Path, what: str, needed_bytes: int = 0) -> str:
             "choose a folder on another disk.")
 
 
-def is_full_disk(exc: BaseException, folder: Path) -> bool:
-    """Whether ``exc`` is a write that failed because ``folder``'s disk is full."""
+def is_full_disk(exc: BaseException, folder: Path, needed_bytes: int = 0) -> bool:
+    """Whether ``exc`` is a write that failed because ``folder``'s disk is full: the error
+    says so, or it is a failed write (GDAL: "WriteEncodedTile/Strip() failed", "Write error
+    at scanline 0") while less room is left than the outputs need (GDAL may have removed
+    its partial file by then) or almost none."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         return True
     if isinstance(exc, (OSError, RuntimeError)):
@@ -192,7 +195,9 @@ def is_full_disk(exc: BaseException, folder: Path) -> bool:
         if "no space left" in text or "disk full" in text:
             return True
         free = free_bytes(folder)
-        return free is not None and free < NEARLY_FULL_BYTES
+        if free is None:
+            return False
+        return free < NEARLY_FULL_BYTES or ("write" in text and free < needed_bytes)
     return False
 
 
@@ -219,7 +224,7 @@ def reporting_full_disk(folders: Sequence[Path], needed_bytes: int = 0,
         raise
     except (OSError, RuntimeError) as exc:
         for folder in folders:
-            if is_full_disk(exc, folder):
+            if is_full_disk(exc, folder, needed_bytes):
                 raise NoSpaceError(no_space_message(
                     folder, what or _written_file(exc) or "the outputs", needed_bytes)) \
                     from exc

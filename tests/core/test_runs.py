@@ -190,3 +190,21 @@ def test_progress_moves_within_a_part_and_never_backwards():
     for done in (0, 1, 2, 1, 4):
         reporter.step(done, 4)
     assert seen == [12.5, 25.0, 50.0]
+
+
+def test_a_classification_that_fills_the_disk_says_so_and_leaves_nothing(
+        tiny_model, small_scene, tmp_path):
+    """Room for the outputs compressed tenfold, not for what they really take: the write
+    fails part-way, and the message names the disk (not GDAL's "WriteEncodedTile/Strip()
+    failed")."""
+    from mamol.core.inference import ClassifyConfig, classify
+    with small_disk(tmp_path / "disk", 3 << 20, leave_free=120 << 10) as disk:
+        config = ClassifyConfig(
+            model_path=str(tiny_model), rasters=(("hs", str(small_scene.hs)),),
+            output_classes=str(disk / "c.tif"), output_probabilities=str(disk / "p.tif"),
+            output_entropy=str(disk / "e.tif"), device="cpu")
+        with pytest.raises(NoSpaceError) as raised:
+            classify(config)
+        assert f"No space left on {disk} (folder '{disk}') while writing 'c.tif', 'p.tif', " \
+            "'e.tif'" in str(raised.value)
+        assert sorted(p.name for p in disk.iterdir()) == ["ballast"]
