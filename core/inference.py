@@ -56,15 +56,16 @@ from .class_style import apply_legend, qml_path, write_qml
 from .devices import (auto_block_size, dtype_name, model_inference_batch,
                       parse_compile_mode, parse_precision, prepare_model, resolve_device,
                       to_device)
+from .disk import ensure_writable_folder
 from .distributed import SINGLE, World
 from .errors import MamolInputError
 from .feedback import CancelCheck, ProgressCallback, Reporter
 from .grid import (AlignedRaster, Bounds, RasterInfo, ReferenceGrid, crs_label,
                    inspect_raster, modality_label, reference_grid, srs_from_wkt)
 from .model_file import ModelHeader, check_inputs, load_model, read_header
-from .raster_io import (DEFAULT_GDAL_CACHE_MB, VECTOR_MEMORY_DRIVER, create_geotiff,
-                        gdal_cache_limit)
-from .staging import ensure_writable_folder, staged_files
+from .raster_io import (DEFAULT_GDAL_CACHE_MB, VECTOR_MEMORY_DRIVER, close_datasets,
+                        create_geotiff, gdal_cache_limit)
+from .staging import staged_files
 from .value_range import FarTally
 from .windows import DEFAULT_MAX_MISSING_FRACTION, tile_halo, tile_layout, window_offset
 
@@ -233,27 +234,22 @@ class _Outputs:
         apply_legend(self.datasets["classes"].GetRasterBand(1), header.classes)
 
     def write(self, key: str, array: np.ndarray, col0: int, row0: int) -> None:
-        dataset = self.datasets.get(key)
-        if dataset is None:
+        if key not in self.datasets:
             return
-        if array.ndim == 2:
-            dataset.GetRasterBand(1).WriteArray(array, col0, row0)
-        else:
-            for band in range(array.shape[0]):
-                dataset.GetRasterBand(band + 1).WriteArray(array[band], col0, row0)
+        # No local name for the dataset: a failed write's traceback would keep it alive
+        # past close() (see raster_io.close_datasets).
+        planes = array[None] if array.ndim == 2 else array
+        for band in range(planes.shape[0]):
+            self.datasets[key].GetRasterBand(band + 1).WriteArray(planes[band], col0, row0)
 
     def record_far_shares(self, shares: Dict[str, Optional[float]]) -> None:
         """Keep each modality's share of far pixels in the class raster's metadata."""
-        dataset = self.datasets["classes"]
         for name, share in shares.items():
-            dataset.SetMetadataItem(f"MAMOL_FAR_SHARE_{name.upper()}",
-                                    "none" if share is None else f"{share:.6f}")
+            self.datasets["classes"].SetMetadataItem(
+                f"MAMOL_FAR_SHARE_{name.upper()}", "none" if share is None else f"{share:.6f}")
 
     def close(self) -> None:
-        for key in list(self.datasets):
-            self.datasets[key].FlushCache()
-            self.datasets[key] = None
-        self.datasets.clear()
+        close_datasets(self.datasets)
 
 
 def window_presence(missing: np.ndarray, patch_size: int, threshold: float) -> np.ndarray:
@@ -640,16 +636,12 @@ class _Parts:
             self.datasets[key] = dataset
 
     def write(self, key: str, array: np.ndarray, col0: int, row0: int) -> None:
-        dataset = self.datasets[key]
         planes = array[None] if array.ndim == 2 else array
         for band in range(planes.shape[0]):
-            dataset.GetRasterBand(band + 1).WriteArray(planes[band], col0, row0)
+            self.datasets[key].GetRasterBand(band + 1).WriteArray(planes[band], col0, row0)
 
     def close(self) -> None:
-        for key in list(self.datasets):
-            self.datasets[key].FlushCache()
-            self.datasets[key] = None
-        self.datasets.clear()
+        close_datasets(self.datasets)
 
     def remove(self) -> None:
         """Delete this rank's part files. Rank 0 may be removing the whole folder at the

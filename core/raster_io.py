@@ -70,3 +70,31 @@ def create_geotiff(path: Path, width: int, height: int, band_count: int, dtype: 
         if index < len(band_names):
             band.SetDescription(band_names[index])
     return dataset
+
+
+def close_datasets(datasets: dict) -> None:
+    """Flush and release every dataset of ``datasets`` (emptied), even when flushing one
+    fails (a full disk): a dataset left alive would be destroyed at interpreter exit, after
+    GDAL itself (a crash where QGIS shares the process). The first failure is raised once
+    all are released; releasing after a failure is quiet, as GDAL repeats the same error."""
+    failure = None
+    for dataset in datasets.values():
+        try:
+            dataset.FlushCache()
+        except RuntimeError as exc:
+            failure = failure or exc
+    exceptions = gdal.GetUseExceptions()
+    if failure is not None:
+        gdal.DontUseExceptions()
+        gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        for key in list(datasets):
+            datasets[key] = None
+        datasets.clear()
+    finally:
+        if failure is not None:
+            gdal.PopErrorHandler()
+            if exceptions:
+                gdal.UseExceptions()
+    if failure is not None:
+        raise failure

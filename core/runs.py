@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
+from .disk import NoSpaceError, ensure_writable_folder, is_full_disk, no_space_message
 from .errors import MamolInputError
 
 TOKEN_VARIABLE = "MAMOL_RUN_TOKEN"
@@ -308,7 +309,6 @@ def _take(path: Path, final: Path) -> Optional[Path]:
         except FileExistsError:
             pass
         except OSError:
-            from .staging import ensure_writable_folder
             ensure_writable_folder(final.parent)   # says why the folder refuses files
             raise
         else:
@@ -317,7 +317,6 @@ def _take(path: Path, final: Path) -> Optional[Path]:
                     stream.write(text)
             except OSError as exc:   # a full disk: no room even for the lock's few bytes
                 _remove(path)
-                from .staging import NoSpaceError, is_full_disk, no_space_message
                 if is_full_disk(exc, final.parent):
                     raise NoSpaceError(no_space_message(final.parent, f"'{final.name}'")) \
                         from exc

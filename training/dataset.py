@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core import runs
 from ..core.feedback import Reporter
-from ..core.staging import reporting_full_disk
+from ..core.disk import reporting_full_disk
 from ..core.grid import AlignedRaster
 from ..core.windows import cut_windows, modality_present, pattern_from_presence, window_offset
 from .labels import LabelledPixels

@@ -36,7 +36,8 @@ from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
 from ..core.model_file import check_inputs, load_model, read_header
-from ..core.staging import ensure_writable_folder, staged_files
+from ..core.disk import ensure_writable_folder
+from ..core.staging import staged_files
 from ..core.value_range import FarTally, z_scores
 from ..core.windows import pattern_name, window_offset
 from .batches import Batches, predict

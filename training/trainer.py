@@ -42,7 +42,8 @@ from ..core.model_file import (
     save_model,
     software_versions,
 )
-from ..core.staging import ensure_writable_folder, staged_files
+from ..core.disk import ensure_writable_folder
+from ..core.staging import staged_files
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
 from .batches import Batches, predict
 from .dataset import SampleSet, extract_samples, normalisation_statistics, scratch_folder

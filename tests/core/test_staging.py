@@ -5,7 +5,7 @@ import os
 import pytest
 
 from mamol.core.errors import MamolInputError
-from mamol.core.staging import ensure_writable_folder
+from mamol.core.disk import ensure_writable_folder
 
 pytestmark = pytest.mark.platform   # folders, permissions and renames of this platform
 
