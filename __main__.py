@@ -1,7 +1,7 @@
-"""``python -m mamol``: the engine's command line (see :mod:`training.engine`), the same as
-the ``mamol`` command of a pip-installed engine (:mod:`training.console`)."""
+"""``python -m mamol``: the engine's command line (see :mod:`engine.main`), the same as
+the ``mamol`` command of a pip-installed engine (:mod:`engine.console`)."""
 import sys
 
-from .training.console import main
+from .engine.console import main
 
 sys.exit(main())

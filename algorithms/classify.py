@@ -15,6 +15,7 @@ from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
 
 from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
+from ..core.modalities import NAMES
 from ..core.model_file import EXTENSION
 from ..core.raster_io import DEFAULT_GDAL_CACHE_MB
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
@@ -39,7 +40,7 @@ OPTIONAL_OUTPUTS = (
 OUTPUT_OPTIONS = {"OUTPUT_PROBABILITIES": "--probabilities",
                   "OUTPUT_CONFIDENCE": "--confidence", "OUTPUT_ENTROPY": "--entropy",
                   "OUTPUT_MODALITIES": "--modalities-used"}
-REFERENCE_CHOICES = (None, "hs", "sar", "lidar")
+REFERENCE_CHOICES = (None, *NAMES)
 
 # Post-processors must outlive the algorithm instance that registers them.
 _POST_PROCESSORS = []

@@ -14,6 +14,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import Cancelled, MamolInputError
+from ..core.modalities import MODALITIES
 from ..training.labels import PolygonSource
 
 ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
@@ -145,9 +146,10 @@ def as_whole_number(value):
     return None
 
 
-#: The model's raster inputs: (parameter key, modality name, label), in model order.
-RASTER_INPUTS = (("HS", "hs", "Hyperspectral raster"), ("SAR", "sar", "SAR raster"),
-                 ("LIDAR", "lidar", "LiDAR / DSM raster"))
+#: The model's raster inputs: (parameter key, modality name, label), in model order, from
+#: the one modality table (core/modalities.py).
+RASTER_INPUTS = tuple((m.key, m.name, m.description[:1].upper() + m.description[1:])
+                      for m in MODALITIES)
 NO_RASTER_MESSAGE = "Give at least one raster (hyperspectral, SAR or LiDAR)."
 
 

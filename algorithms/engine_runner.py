@@ -3,7 +3,7 @@ and relays it to a Processing feedback.
 
 PyTorch never loads into QGIS's process: QGIS's own BLAS and NumPy otherwise capture
 torch's (6× slower on Debian 13's QGIS 3.40, or a crash with OpenBLAS 0.3.29). The child
-writes JSON lines on stderr (see :mod:`training.engine`): progress, log lines and warnings
+writes JSON lines on stderr (see :mod:`engine.channel`): progress, log lines and warnings
 go to the feedback as they come, its error line becomes a ``QgsProcessingException``, and a
 cancel in QGIS sends it SIGTERM within a fraction of a second (the core stops at its next
 batch and removes what it staged), then kills it if it has not stopped within a grace period.
@@ -15,7 +15,6 @@ engine cancels itself then (``MAMOL_LIFELINE``; Linux, macOS and Windows alike).
 the Toolbox's Cancel button. The engine announces each run folder and output lock before it
 makes them; whatever remains of those when it has exited (it was killed) is removed here.
 """
-import json
 import os
 import queue
 import shlex
@@ -33,6 +32,7 @@ from qgis.PyQt.QtCore import QCoreApplication, QThread
 
 from ..core import model_env, runs
 from ..core.errors import MamolInputError
+from ..engine import channel
 from .common import WEIGHTS_CACHE_SETTING, FeedbackRelay
 
 #: The plugin's package name (``mamol`` when installed) and the folder that holds it, which
@@ -119,7 +119,7 @@ def run_engine(command: str, arguments: Sequence[str], relay: FeedbackRelay,
             child.stdin.close()
         runs.remove_leftovers(staged, token)
     finished = child.returncode == 0 and result is not None
-    if not finished and (cancelled or (error and error.get("kind") == "cancelled")):
+    if not finished and (cancelled or (error and error.get("kind") == channel.KIND_CANCELLED)):
         raise QgsProcessingException("Cancelled by the user; nothing was written.")
     if error is not None:
         raise QgsProcessingException(str(error.get("message", "")))
@@ -152,22 +152,23 @@ def _follow(child: subprocess.Popen, relay: FeedbackRelay, staged: List[str]):
         if tag is not None and line is None:
             open_streams -= 1
         elif tag is not None:
-            event = _event(line)
+            event = channel.parse_event(line)
+            kind = event.get("event") if event is not None else None
             if event is None:
                 tail.append(line)
                 if tag == "err" and relay.feedback is not None:
                     relay.feedback.pushDebugInfo(line)
-            elif event.get("event") == "progress":
+            elif kind == channel.PROGRESS:
                 relay.progress(float(event.get("percent", 0.0)))
-            elif event.get("event") == "log":
+            elif kind == channel.LOG:
                 relay.info(str(event.get("text", "")))
-            elif event.get("event") == "warning":
+            elif kind == channel.WARNING:
                 relay.warning(str(event.get("text", "")))
-            elif event.get("event") == "staging":
+            elif kind == channel.STAGING:
                 staged.append(str(event.get("path", "")))
-            elif event.get("event") == "result":
+            elif kind == channel.RESULT:
                 result = event.get("result")
-            elif event.get("event") == "error":
+            elif kind == channel.ERROR:
                 error = event
         _deliver_signals()
         if relay.is_cancelled() and child.poll() is None:
@@ -216,16 +217,6 @@ def command_line(argv: Sequence[str]) -> str:
     if os.name == "nt":
         return subprocess.list2cmdline(list(argv))
     return shlex.join(argv)
-
-
-def _event(line: str) -> Optional[Dict[str, object]]:
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) and "event" in event else None
 
 
 def _stop(child: subprocess.Popen) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from .errors import MamolInputError
+from .modalities import LABELS, label
 
 gdal.UseExceptions()
 osr.UseExceptions()
@@ -38,11 +39,9 @@ def srs_from_wkt(wkt: str) -> osr.SpatialReference:
 
 
 #: How messages name the modalities.
-MODALITY_LABELS = {"hs": "HS", "sar": "SAR", "lidar": "LiDAR"}
-
-
-def modality_label(name: str) -> str:
-    return MODALITY_LABELS.get(name, name)
+#: The modalities' labels and the function that gives one (core/modalities.py's table).
+MODALITY_LABELS = LABELS
+modality_label = label
 
 
 def crs_label(wkt: str) -> str:

@@ -40,7 +40,7 @@ from .errors import MamolInputError
 
 TOKEN_VARIABLE = "MAMOL_RUN_TOKEN"
 #: ``MAMOL_LIFELINE=stdin``: the engine's stdin is a pipe from the program that started it,
-#: closed only when that program dies (:mod:`training.engine`).
+#: closed only when that program dies (:mod:`engine.main`).
 LIFELINE_VARIABLE = "MAMOL_LIFELINE"
 TEMP_ROOT_VARIABLE = "MAMOL_TEMP_DIR"
 RUN_PREFIX = "mamol-run-"

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_NAME = "mamol"
 PLUGIN_FILES = ("metadata.txt", "__init__.py", "__main__.py", "mamol_plugin.py", "README.md",
                 "LICENSE")
-PLUGIN_FOLDERS = ("algorithms", "core", "training", "resources")
+PLUGIN_FOLDERS = ("algorithms", "core", "engine", "training", "resources")
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
 

@@ -32,6 +32,7 @@ from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_byte
 from ..core.distributed import SINGLE, World
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
+from ..core.modalities import NAMES
 from ..core.grid import (AlignedRaster, RasterInfo, inspect_raster, modality_label,
                          reference_grid)
 from ..core.model_file import (
@@ -56,7 +57,7 @@ from .summary import training_record, training_summary
 LOG = logging.getLogger(__name__)
 
 #: Modality names the plugin knows, in model order.
-KNOWN_MODALITIES = ("hs", "sar", "lidar")
+KNOWN_MODALITIES = NAMES   # core/modalities.py
 
 
 @dataclass(frozen=True)

@@ -569,8 +569,8 @@ def test_training_a_tile_model(trained_tile, small_scene, tmp_path):
 
 
 def test_model_kind_from_the_command_line(small_scene, tmp_path):
-    from mamol.training import cli
-    from mamol.training.engine import build_parser
+    from mamol.engine import train as cli
+    from mamol.engine.main import build_parser
     base = ["train", "--hs", str(small_scene.hs), "--polygons",
             str(small_scene.training_polygons), "--class-field", "class_id", "--output",
             str(tmp_path / "m.mamol")]

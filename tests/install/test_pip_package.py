@@ -20,7 +20,7 @@ from support import PLUGINS_DIR, REPO
 # What `pip install .` reads; copied so that setuptools' build/ and egg-info stay out of
 # the repository (and a stale build/ there cannot leak into the wheel).
 SOURCES = ("pyproject.toml", "README.md", "metadata.txt", "__init__.py", "__main__.py",
-           "mamol_plugin.py", "core", "training", "algorithms", "resources", "tests")
+           "mamol_plugin.py", "core", "engine", "training", "algorithms", "resources", "tests")
 QGIS_IMPORT = re.compile(r"^\s*(from|import)\s+(qgis|PyQt5|PyQt6|processing)\b", re.MULTILINE)
 
 
@@ -107,7 +107,7 @@ def test_wheel_metadata_names_the_dependencies_and_the_gdal_extra(wheel):
     assert [name for name, rest in requires if 'extra == "gdal"' in rest] == ["gdal-wheel"]
     assert "Requires-Python: >=3.10" in metadata
     entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
-    assert re.search(r"^mamol = mamol\.training\.console:main$", entry_points, re.MULTILINE)
+    assert re.search(r"^mamol = mamol\.engine\.console:main$", entry_points, re.MULTILINE)
 
 
 NO_GDAL = textwrap.dedent("""
@@ -121,7 +121,7 @@ NO_GDAL = textwrap.dedent("""
 
     sys.meta_path.insert(0, NoGdal())
     sys.path.insert(0, sys.argv[1])
-    from mamol.training.console import main
+    from mamol.engine.console import main
     sys.exit(main(sys.argv[2:]))
 """)
 
@@ -152,6 +152,6 @@ def test_the_plugin_zip_leaves_the_pip_files_out(tmp_path):
     subprocess.run([sys.executable, str(REPO / "packaging" / "build_zip.py"), "--out", str(out)],
                    check=True, capture_output=True)
     names = zipfile.ZipFile(out).namelist()
-    assert "mamol/__main__.py" in names and "mamol/training/console.py" in names
+    assert "mamol/__main__.py" in names and "mamol/engine/console.py" in names
     assert not [n for n in names if n.endswith("pyproject.toml") or ".egg-info" in n
                 or n.startswith("mamol/build/")]

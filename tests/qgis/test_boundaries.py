@@ -22,7 +22,7 @@ PROBE = textwrap.dedent("""
     sys.meta_path.insert(0, NoQgis())
     sys.path.insert(0, sys.argv[1])
     imported = []
-    for package_name in ("mamol.core", "mamol.training"):
+    for package_name in ("mamol.core", "mamol.engine", "mamol.training"):
         package = importlib.import_module(package_name)
         imported.append(package_name)
         for info in pkgutil.walk_packages(package.__path__, package_name + "."):
@@ -50,7 +50,8 @@ def test_core_and_training_import_without_qgis():
 
 def test_the_probe_does_block_qgis():
     """Guards the test above: the blocker really makes ``qgis`` unimportable."""
-    probe = PROBE.replace('("mamol.core", "mamol.training")', '("mamol.algorithms.common",)')
+    probe = PROBE.replace('("mamol.core", "mamol.engine", "mamol.training")',
+                          '("mamol.algorithms.common",)')
     result = subprocess.run([sys.executable, "-c", probe, str(PLUGINS_DIR)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "blocked in this test" in result.stderr

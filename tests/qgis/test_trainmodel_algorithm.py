@@ -178,7 +178,8 @@ def test_command_line_trains_without_qgis(small_scene, tmp_path):
     model = tmp_path / "cli.mamol"
     command = [sys.executable, "-c",
                "import sys; sys.modules['qgis'] = None; "
-               "from mamol.training.cli import main; sys.exit(main())",
+               "from mamol.engine.console import main; "
+               "sys.exit(main(['train', *sys.argv[1:]]))",
                "--hs", str(small_scene.hs), "--lidar", str(small_scene.lidar),
                "--polygons", str(small_scene.training_polygons), "--class-field", "class_id",
                "--arch", "mamol-tiny-vit", "--weights", "random", "--patch-size", "5",
@@ -243,8 +244,8 @@ def test_no_validation_is_said_as_a_warning_and_the_last_epoch_kept(mamol_provid
 def test_command_line_prints_warnings(small_scene, tmp_path):
     polygons = one_polygon_per_class(small_scene, tmp_path / "one_each.gpkg")
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; from mamol.training.cli import main; "
-         "sys.exit(main())", "--hs", str(small_scene.hs), "--polygons", str(polygons),
+        [sys.executable, "-c", "import sys; from mamol.engine.console import main; "
+         "sys.exit(main(['train', *sys.argv[1:]]))", "--hs", str(small_scene.hs), "--polygons", str(polygons),
          "--class-field", "class_id", "--arch", "mamol-tiny-vit", "--weights", "random",
          "--patch-size", "5", "--epochs", "1", "--max-train-per-class", "20", "--device",
          "cpu", "--output", str(tmp_path / "m.mamol")],

@@ -253,9 +253,8 @@ def test_the_report_shows_the_factor_curves(small_scene, tmp_path):
 
 
 def test_command_line_options(small_scene, tmp_path):
-    from mamol.training.engine import build_parser
-
-    from mamol.training import cli
+    from mamol.engine import train as cli
+    from mamol.engine.main import build_parser
     base = ["train", "--hs", str(small_scene.hs), "--polygons",
             str(small_scene.training_polygons), "--class-field", "class_id", "--output",
             str(tmp_path / "m.mamol")]
@@ -270,8 +269,8 @@ def test_command_line_options(small_scene, tmp_path):
 
 
 def test_independent_availability_from_the_command_lines(small_scene, tmp_path):
-    from mamol.training import cli
-    from mamol.training.engine import build_parser
+    from mamol.engine import train as cli
+    from mamol.engine.main import build_parser
     from mamol.training.evaluation import availability_simulation
     from mamol.training.missing import SimulationMode
     parser = build_parser()

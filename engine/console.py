@@ -1,5 +1,5 @@
 """The ``mamol`` command that ``pip install`` makes, and ``python -m mamol``: the engine
-(:mod:`training.engine`), after one check.
+(:mod:`engine.main`), after one check.
 
 Every engine command reads or writes rasters through GDAL's Python bindings (``osgeo``), and
 without them the engine would stop in its argument parser with a traceback. Inside QGIS they
@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..core.distributed import launched_world_size
-from . import engine
+from .channel import EXIT_INPUT, KIND_INPUT, Channel, json_requested
 
 INSTALL_GDAL = (
     "Install them with 'pip install \"mamol[gdal]\"' (the gdal-wheel package, for Python "
@@ -35,10 +35,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     problem = gdal_problem()
     if problem is not None:
-        mode = "json" if engine._json_requested(argv) else "plain"
-        engine.Channel(mode, "setup").error("input", problem)
-        return engine.EXIT_INPUT
-    status = engine.main(argv)
+        mode = "json" if json_requested(argv) else "plain"
+        Channel(mode, "setup").error(KIND_INPUT, problem)
+        return EXIT_INPUT
+    from .main import main as run   # after the check: the commands' modules import GDAL
+    status = run(argv)
     if launched_world_size() > 1:
         # A rank under torchrun: its outcome is decided and reported, its outputs are in
         # place or removed and the process group is left. Exit now, without the

@@ -1,43 +1,36 @@
-"""The options of ``python -m mamol train`` (see :mod:`training.engine`): the same core
-call as ``mamol:trainmodel``.
+"""``python -m mamol train``: train a model (the same call as mamol:trainmodel).
 
     python -m mamol train --hs hs.tif --sar sar.tif --lidar lidar.tif \\
         --polygons training.gpkg --class-field class_id --name-field class_name \\
         --arch mamol-tiny-vit --weights random --patch-size 7 --epochs 10 \\
         --output model.mamol --report report.html
-
-``python -m mamol.training`` (the training command line before the engine) still works and
-runs ``python -m mamol train``. Exit status: 0 on success, 2 for bad input (the message
-says what to fix), 130 when interrupted (Ctrl-C), 143 on SIGTERM (nothing is written).
 """
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
 from ..core.errors import MamolInputError
-from .labels import LabelRasterSource, PolygonSource, SplitConfig
-from .missing import MissingSimulation, SimulationMode, Table1Case, table1_availability
+from ..core.modalities import NAMES
+from ..training.labels import SplitConfig
+from ..training.missing import MissingSimulation, SimulationMode, Table1Case, table1_availability
+from .channel import Channel
+from .options import add_labels, add_rasters, apply_weights_cache, label_source, rasters
 
-DESCRIPTION = ("Train a MaMOL land-cover model on labelled polygons or a label raster (the "
-               "same as mamol:trainmodel): rasters are aligned onto the first one's grid, "
-               "pixels split into training and validation by polygon, and the model "
-               "fine-tuned with the missing-modality simulation; writes the .mamol model "
-               "file and, if asked, an HTML report with a JSON twin.")
+NAME = "train"
+SUMMARY = "train a model on labelled polygons or a label raster"
+HELP = ("Train a MaMOL land-cover model on labelled polygons or a label raster (the same as "
+        "mamol:trainmodel): rasters are aligned onto the first one's grid, pixels split into "
+        "training and validation by polygon, and the model fine-tuned with the "
+        "missing-modality simulation; writes the .mamol model file and, if asked, an HTML "
+        "report with a JSON twin.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The training options of ``python -m mamol train``."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--hs", help="hyperspectral raster")
-    data.add_argument("--sar", help="SAR raster")
-    data.add_argument("--lidar", help="LiDAR / DSM raster")
-    data.add_argument("--polygons", help="labelled polygons (any OGR format)")
-    data.add_argument("--labels", help="label raster instead of polygons (0 = unlabelled)")
-    data.add_argument("--layer", help="layer name inside the polygon file (default: first)")
-    data.add_argument("--class-field", help="integer class field (with --polygons)")
+    add_rasters(parser, group_name="rasters (at least one)")
+    data = add_labels(parser, "labels (polygons with a class field, or a label raster)")
     data.add_argument("--name-field", help="class-name field (optional)")
     data.add_argument("--class-styles", type=_class_styles, metavar="JSON",
                       help='class names and colours by class value, e.g. '
@@ -101,7 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     missing.add_argument("--missing-rate", type=float,
                          help="η: share of incomplete samples, all incomplete patterns equally")
     missing.add_argument("--availability", type=float, nargs="+", metavar="A",
-                         help="availability per given modality, in order hs sar lidar")
+                         help="availability per given modality, in order "
+                              + " ".join(NAMES))
     missing.add_argument("--independent", action="store_true",
                          help="with --availability: drop each modality on its own (patterns "
                               "combine; the missing shares may add up to more than 100 %%)")
@@ -140,8 +134,9 @@ def _simulation(args, names: Sequence[str]) -> MissingSimulation:
                                  else SimulationMode.AVAILABILITY,
                                  availability=tuple(args.availability), seed=args.seed)
     if args.table1:
-        if len(names) != 2 or names[0] != "hs":
-            raise MamolInputError("--table1 needs exactly two rasters: --hs and one other.")
+        if len(names) != 2 or names[0] != NAMES[0]:
+            raise MamolInputError(f"--table1 needs exactly two rasters: --{NAMES[0]} and one "
+                                  "other.")
         try:
             eta = float(args.table1[0])
             case = Table1Case(args.table1[1])
@@ -153,30 +148,17 @@ def _simulation(args, names: Sequence[str]) -> MissingSimulation:
     return MissingSimulation()
 
 
-def _label_source(args):
-    if bool(args.polygons) == bool(args.labels):
-        raise MamolInputError("Give either --polygons (with --class-field) or --labels.")
-    if args.labels:
-        return LabelRasterSource(args.labels)
-    if not args.class_field:
-        raise MamolInputError("--polygons needs --class-field.")
-    return PolygonSource(path=args.polygons, class_field=args.class_field, layer=args.layer,
-                         name_field=args.name_field, styled_classes=args.class_styles,
-                         name_field_choice=args.name_field_choice)
-
-
 def config_from_args(args):
     """The :class:`TrainingConfig` an argument namespace describes."""
-    from .trainer import TrainingConfig
+    from ..training.trainer import TrainingConfig
 
-    modalities = tuple((name, getattr(args, name)) for name in ("hs", "sar", "lidar")
-                       if getattr(args, name))
+    modalities = rasters(args)
     names = [name for name, _ in modalities]
     simulation = _simulation(args, names)
     report_json = str(Path(args.report).with_suffix(".json")) if args.report else None
     return TrainingConfig(
         modalities=modalities,
-        polygons=_label_source(args),
+        polygons=label_source(args),
         output_model=args.output, report_html=args.report, report_json=report_json,
         backbone=BackboneSpec(arch=args.arch, source=WeightsSource(args.weights),
                               pretrained_tag=args.pretrained_tag
@@ -208,12 +190,28 @@ def _mce(args):
         if changed:
             raise MamolInputError(f"{', '.join(changed)} only apply with --mce.")
         return None
-    from .mce import MceConfig
+    from ..training.mce import MceConfig
     return MceConfig(factors=args.mce_factors, auxiliary=args.lambda_aux,
                      subsets=args.lambda_sub, completion=args.lambda_rec)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m mamol.training ...``: the same as ``python -m mamol train ...``."""
-    from .engine import main as engine_main
-    return engine_main(["train", *(sys.argv[1:] if argv is None else argv)])
+def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
+    from ..training.missing import SimulationMode
+    from ..training.trainer import train_model
+    apply_weights_cache(args)
+    config = config_from_args(args)
+    if len(config.modality_names) == 1 and config.simulation.mode is SimulationMode.NONE:
+        channel.log("One modality given: there is nothing to hide, so no missing-modality "
+                    "simulation.")
+    result = train_model(config, channel.progress, is_cancelled, log=channel.log,
+                         warn=channel.warning, world=world)
+    return {"model": str(result.model_path),
+            "report_html": str(result.report_html) if result.report_html else None,
+            "report_json": str(result.report_json) if result.report_json else None}
+
+
+def outputs(args) -> List[Path]:
+    """The files locked from the start of the run: the model. The reports are locked when
+    they are written: one that cannot be written is a warning after training, never a
+    reason to lose the model."""
+    return [Path(args.output)]

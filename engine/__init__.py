@@ -1,0 +1,2 @@
+"""The engine: the headless ``mamol`` command (scene, train, evaluate, classify); QGIS-free.
+See :mod:`engine.main`."""

@@ -1,0 +1,132 @@
+"""``python -m mamol classify``: classify a scene with a trained model (the same as
+mamol:classify)."""
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..core.errors import MamolInputError
+from ..core.modalities import NAMES
+from .channel import Channel
+from .options import add_compute, add_rasters, apply_weights_cache, rasters
+
+NAME = "classify"
+SUMMARY = "classify a scene with a trained model"
+HELP = (
+    "Classify land cover with a trained model from whichever of its modalities you have: "
+    "each pixel from the modalities valid there. Rasters may differ in CRS, pixel size and "
+    "extent; everything is aligned onto the reference grid. Writes a class raster (GeoTIFF "
+    "with colour table, class names and a .qml style) and, if asked, class probabilities, "
+    "confidence, normalised entropy and the modalities used (the same as mamol:classify).")
+
+
+#: The options that name output rasters, and the endings a GeoTIFF's name may have.
+OUTPUT_OPTIONS = ("output", "probabilities", "confidence", "entropy", "modalities_used")
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def add_arguments(parser) -> None:
+    from ..core.raster_io import DEFAULT_GDAL_CACHE_MB
+    parser.add_argument("--model", required=True, help="the .mamol model file")
+    add_rasters(parser, "(at least one of the model's modalities)")
+    written = parser.add_argument_group("outputs (GeoTIFF)")
+    written.add_argument("--output", required=True, help="class raster (.tif)")
+    written.add_argument("--probabilities", help="class probabilities, one band per class")
+    written.add_argument("--confidence", help="highest class probability")
+    written.add_argument("--entropy", help="normalised entropy (0 certain, 1 undecided)")
+    written.add_argument("--modalities-used", help="bitmask of the modalities used per pixel")
+    written.add_argument("--cog", action="store_true",
+                         help="write every output as a Cloud-Optimized GeoTIFF (internal "
+                              "overviews; for serving over HTTP or object storage)")
+    area = parser.add_argument_group("area and grid")
+    area.add_argument("--reference", choices=list(NAMES),
+                      help="whose grid the outputs get (default: the first raster given)")
+    area.add_argument("--pixel-size", type=float, default=0.0,
+                      help="output pixel size in the reference CRS (0 = the raster's)")
+    area.add_argument("--extent", type=float, nargs=4,
+                      metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                      help="classify only this area (reference CRS unless --extent-crs)")
+    area.add_argument("--extent-crs", help="CRS of --extent (WKT or EPSG:N)")
+    area.add_argument("--mask", help="polygons outside which nothing is classified")
+    area.add_argument("--mask-layer", help="layer name inside the mask file")
+    options = parser.add_argument_group("options")
+    options.add_argument("--max-missing-fraction", type=float,
+                         help="share of a window that may be missing before its modality "
+                              "counts as missing (default: the model's)")
+    options.add_argument("--stride", type=int, default=1,
+                         help="classify every s-th pixel and fill the s×s cell (preview)")
+    options.add_argument("--tile-step", type=int, default=0,
+                         help="tile models: start a tile every N pixels (0 = automatic, "
+                              "P − 2·(P // 7): 10 for P = 14; at most P); larger is "
+                              "faster, each pixel then sits nearer its tile's edge")
+    options.add_argument("--tile-blend", choices=["central", "weighted"], default="central",
+                         help="tile models: take each pixel from the tile where it is most "
+                              "central, or average the covering tiles weighted towards "
+                              "their centres")
+    options.add_argument("--block-size", type=int, default=0,
+                         help="pixels per block side (0 = automatic); memory, not results")
+    options.add_argument("--batch-size", type=int, default=0,
+                         help="pixels per model call (0 = automatic)")
+    options.add_argument("--gdal-cache-mb", type=int, default=DEFAULT_GDAL_CACHE_MB,
+                         help=f"GDAL block cache for the run, MiB (default "
+                              f"{DEFAULT_GDAL_CACHE_MB})")
+    add_compute(parser)
+
+
+def _crs_wkt(text: Optional[str]) -> Optional[str]:
+    if not text:
+        return None
+    from osgeo import osr
+    reference = osr.SpatialReference()
+    try:
+        failed = reference.SetFromUserInput(text)
+    except RuntimeError:
+        failed = True
+    if failed:
+        raise MamolInputError(f"--extent-crs: cannot understand the CRS '{text}' (give WKT "
+                              "or EPSG:N).")
+    return reference.ExportToWkt()
+
+
+def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
+    from ..core.inference import ClassifyConfig, MaskSource, classify
+    apply_weights_cache(args)
+    config = ClassifyConfig(
+        model_path=args.model, rasters=rasters(args), output_classes=args.output,
+        output_probabilities=args.probabilities, output_confidence=args.confidence,
+        output_entropy=args.entropy, output_modalities=args.modalities_used,
+        reference=args.reference, pixel_size=args.pixel_size,
+        extent=tuple(args.extent) if args.extent else None,
+        extent_crs_wkt=_crs_wkt(args.extent_crs),
+        mask=MaskSource(args.mask, args.mask_layer) if args.mask else None,
+        max_missing_fraction=args.max_missing_fraction, stride=args.stride,
+        tile_step=args.tile_step, tile_blend=args.tile_blend,
+        block_size=args.block_size, batch_size=args.batch_size,
+        gdal_cache_mb=args.gdal_cache_mb, device=args.device, precision=args.precision,
+        compile_mode=args.compile, cog=args.cog)
+    result = classify(config, channel.progress, is_cancelled, log=channel.log,
+                      warn=channel.warning, world=world)
+    return {"outputs": {key: str(path) for key, path in result.outputs.items()},
+            "class_counts": [{"value": int(value), "name": result.class_names[value],
+                              "pixels": int(count)}
+                             for value, count in result.class_counts.items()],
+            "far_shares": {name: (None if share is None or math.isnan(share) else share)
+                           for name, share in result.far_shares.items()},
+            "pattern_counts": {str(code): int(n) for code, n in result.pattern_counts.items()},
+            "seconds": result.seconds, "pixels_per_second": result.pixels_per_second}
+
+
+def outputs(args) -> List[Path]:
+    """The files the run writes (locked for the run)."""
+    from ..core.class_style import qml_path
+    given = [Path(getattr(args, option)) for option in OUTPUT_OPTIONS if getattr(args, option)]
+    return given + [qml_path(Path(args.output))]
+
+
+def check(args) -> None:
+    """Refuse output names the command cannot honour, before any work."""
+    for option in OUTPUT_OPTIONS:
+        value = getattr(args, option)
+        if value and not value.lower().endswith(GEOTIFF_SUFFIXES):
+            raise MamolInputError(
+                f"--{option.replace('_', '-')}: '{value}' must end in .tif or .tiff: every "
+                "classification output is a GeoTIFF.")

@@ -1,0 +1,81 @@
+"""``python -m mamol evaluate``: score a model against reference labels (the same as
+mamol:evaluate)."""
+import argparse
+from pathlib import Path
+from typing import Dict, List
+
+from ..core.modalities import NAMES
+from .channel import Channel
+from .options import add_compute, add_labels, add_rasters, apply_weights_cache, label_source
+from .options import rasters
+
+NAME = "evaluate"
+SUMMARY = "score a model against reference labels"
+HELP = (
+    "Score a model against reference labels it was not trained on: OA, Cohen's kappa, "
+    "per-class accuracy, F1 and the confusion matrix, overall and per missing pattern, "
+    "optionally with modalities forced absent or present at an availability rate; an HTML "
+    "report and a JSON twin (the same as mamol:evaluate).")
+
+
+def _availability(text: str):
+    name, _, rate = text.partition("=")
+    try:
+        value = float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=RATE (e.g. hs=0.5), got '{text}'")
+    if name not in NAMES:
+        raise argparse.ArgumentTypeError(f"unknown modality '{name}' ({', '.join(NAMES)})")
+    return name, value
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="the .mamol model file")
+    add_rasters(parser, "(at least one of the model's modalities)")
+    add_labels(parser, "reference labels (a label raster or polygons)")
+    forced = parser.add_argument_group("forced missingness")
+    forced.add_argument("--absent", nargs="+", choices=list(NAMES), default=[],
+                        help="evaluate as if these modalities were absent")
+    forced.add_argument("--availability", nargs="+", type=_availability, default=[],
+                        metavar="NAME=RATE", help="share of samples that keep a modality, "
+                        "e.g. hs=0.5 (the others lose it, chosen with the seed)")
+    forced.add_argument("--independent", action="store_true",
+                        help="with --availability: force each modality on its own "
+                             "(patterns combine)")
+    options = parser.add_argument_group("options")
+    options.add_argument("--max-samples-per-class", type=int, default=0,
+                         help="evaluate a seeded subset of each class (0 = all)")
+    options.add_argument("--max-missing-fraction", type=float,
+                         help="share of a window that may be missing before its modality "
+                              "counts as missing (default: the model's)")
+    options.add_argument("--batch-size", type=int, default=0,
+                         help="samples per model call (0 = automatic)")
+    options.add_argument("--seed", type=int, default=0,
+                         help="chooses the per-class subset and the forced samples")
+    add_compute(parser, with_compile=False)
+    parser.add_argument("--report", required=True,
+                        help="HTML report; a JSON twin is written next to it")
+
+
+def outputs(args) -> List[Path]:
+    """The files the run writes (locked for the run)."""
+    return [Path(args.report), Path(args.report).with_suffix(".json")]
+
+
+def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
+    from ..training.evaluation import EvaluationConfig, evaluate
+    apply_weights_cache(args)
+    report = Path(args.report)
+    config = EvaluationConfig(
+        model_path=args.model, rasters=rasters(args), labels=label_source(args),
+        report_html=str(report), report_json=str(report.with_suffix(".json")),
+        absent=tuple(args.absent), availability=dict(args.availability),
+        simulation_seed=args.seed, independent=args.independent,
+        max_samples_per_class=args.max_samples_per_class,
+        max_missing_fraction=args.max_missing_fraction, batch_size=args.batch_size,
+        device=args.device, precision=args.precision, seed=args.seed)
+    result = evaluate(config, channel.progress, is_cancelled, log=channel.log,
+                      warn=channel.warning)
+    return {"oa": result.oa, "kappa": result.kappa,
+            "report_html": str(result.report_html) if result.report_html else None,
+            "report_json": str(result.report_json) if result.report_json else None}
