@@ -150,6 +150,10 @@ def as_whole_number(value):
 #: the one modality table (core/modalities.py).
 RASTER_INPUTS = tuple((m.key, m.name, m.description[:1].upper() + m.description[1:])
                       for m in MODALITIES)
+#: Each modality's availability parameter (training simulation, evaluation forcing), by
+#: modality name: ``HS_AVAILABILITY`` …, with its label.
+AVAILABILITY_PARAMETERS = {m.name: (f"{m.key}_AVAILABILITY", f"{m.label} availability")
+                           for m in MODALITIES}
 NO_RASTER_MESSAGE = "Give at least one raster (hyperspectral, SAR or LiDAR)."
 
 

@@ -16,7 +16,7 @@ from qgis.core import (QgsProcessing,
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.labels import LabelRasterSource
-from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_compute_parameters,
+from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_compute_parameters,
                      add_parameter, add_raster_inputs, compute_arguments, compute_settings,
                      core_errors_as_processing_exceptions, has_raster_input, polygon_arguments,
                      polygon_source, FeedbackRelay, raster_arguments, RasterFileParameter,
@@ -37,9 +37,6 @@ class EvaluateAlgorithm(MamolAlgorithm):
     POLYGONS = "POLYGONS"
     CLASS_FIELD = "CLASS_FIELD"
     ABSENT = "ABSENT"
-    HS_AVAILABILITY = "HS_AVAILABILITY"
-    SAR_AVAILABILITY = "SAR_AVAILABILITY"
-    LIDAR_AVAILABILITY = "LIDAR_AVAILABILITY"
     MAX_SAMPLES_PER_CLASS = "MAX_SAMPLES_PER_CLASS"
     MAX_MISSING_FRACTION = "MAX_MISSING_FRACTION"
     BATCH_SIZE = "BATCH_SIZE"
@@ -91,9 +88,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
             options=[self.tr("Hyperspectral"), self.tr("SAR"), self.tr("LiDAR / DSM")],
             allowMultiple=True, optional=True, defaultValue=[]),
             "Their rasters are ignored even when given.")
-        for key, label in ((self.HS_AVAILABILITY, "HS availability"),
-                           (self.SAR_AVAILABILITY, "SAR availability"),
-                           (self.LIDAR_AVAILABILITY, "LiDAR availability")):
+        for key, label in AVAILABILITY_PARAMETERS.values():
             add_parameter(self, QgsProcessingParameterNumber(
                 key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
                 minValue=0.0, maxValue=1.0),
@@ -175,8 +170,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
         else:
             arguments += polygon_arguments(labels, with_names=False)
         rates = []
-        for name, key in (("hs", self.HS_AVAILABILITY), ("sar", self.SAR_AVAILABILITY),
-                          ("lidar", self.LIDAR_AVAILABILITY)):
+        for name, (key, _) in AVAILABILITY_PARAMETERS.items():
             rate = self.parameterAsDouble(parameters, key, context)
             if rate < 1.0:
                 rates.append(f"{name}={rate!r}")

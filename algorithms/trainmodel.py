@@ -23,10 +23,11 @@ from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.missing import SimulationMode
-from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
-                     add_raster_inputs, compute_arguments, compute_settings,
-                     core_errors_as_processing_exceptions, has_raster_input, polygon_arguments,
-                     polygon_source, FeedbackRelay, raster_arguments, raster_inputs)
+from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
+                     FeedbackRelay, add_compute_parameters, add_parameter, add_raster_inputs,
+                     compute_arguments, compute_settings, core_errors_as_processing_exceptions,
+                     has_raster_input, polygon_arguments, polygon_source, raster_arguments,
+                     raster_inputs)
 from .engine_runner import run_engine
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
@@ -62,9 +63,6 @@ class TrainModelAlgorithm(MamolAlgorithm):
     MAX_SAMPLES_PER_CLASS = "MAX_SAMPLES_PER_CLASS"
     MISSING_MODE = "MISSING_MODE"
     MISSING_RATE = "MISSING_RATE"
-    HS_AVAILABILITY = "HS_AVAILABILITY"
-    SAR_AVAILABILITY = "SAR_AVAILABILITY"
-    LIDAR_AVAILABILITY = "LIDAR_AVAILABILITY"
     SIMULATE_VALIDATION = "SIMULATE_VALIDATION"
     DEVICE = "DEVICE"
     SEED = "SEED"
@@ -206,9 +204,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
         add_parameter(self, QgsProcessingParameterNumber(
             self.MISSING_RATE, self.tr("Missing rate η"), QgsProcessingParameterNumber.Double,
             defaultValue=0.5, minValue=0.0, maxValue=1.0), "Share of incomplete samples.")
-        for key, label in ((self.HS_AVAILABILITY, "HS availability"),
-                           (self.SAR_AVAILABILITY, "SAR availability"),
-                           (self.LIDAR_AVAILABILITY, "LiDAR availability")):
+        for key, label in AVAILABILITY_PARAMETERS.values():
             add_parameter(self, QgsProcessingParameterNumber(
                 key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
                 minValue=0.0, maxValue=1.0),
@@ -351,10 +347,8 @@ class TrainModelAlgorithm(MamolAlgorithm):
     def _simulation(self, parameters, context, names) -> List[str]:
         """The simulation options (none with a single modality: nothing to hide)."""
         mode = MISSING_MODES[self.parameterAsEnum(parameters, self.MISSING_MODE, context)]
-        availability_keys = {"hs": self.HS_AVAILABILITY, "sar": self.SAR_AVAILABILITY,
-                             "lidar": self.LIDAR_AVAILABILITY}
         if mode in (SimulationMode.AVAILABILITY, SimulationMode.INDEPENDENT):
-            return ["--availability"] + [repr(self._float(parameters, availability_keys[n],
+            return ["--availability"] + [repr(self._float(parameters, AVAILABILITY_PARAMETERS[n][0],
                                                           context)) for n in names] + \
                 (["--independent"] if mode is SimulationMode.INDEPENDENT else [])
         if mode is SimulationMode.RATE and len(names) > 1:
