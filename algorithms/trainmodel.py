@@ -27,11 +27,13 @@ from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
                      FeedbackRelay, add_compute_parameters, add_parameter, add_raster_inputs,
                      compute_arguments, compute_settings, core_errors_as_processing_exceptions,
                      has_raster_input, polygon_arguments, polygon_source, raster_arguments,
-                     raster_inputs)
+                     raster_file, raster_inputs, RasterFileParameter)
 from .engine_runner import run_engine
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
 MODEL_KINDS = ("pixel", "tile")  # the engine's --model-kind values, in the enum's order
+NO_LABELS_MESSAGE = ("Give the training labels: labelled polygons with a class field, or a "
+                     "label raster.")
 TILE_MCE_MESSAGE = ("MaMOL + MCE is available for the per-pixel model kind only: choose "
                     "'Per pixel' as the model kind or 'MaMOL' as the training mode.")
 MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY,
@@ -47,6 +49,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
     POLYGONS = "POLYGONS"
     CLASS_FIELD = "CLASS_FIELD"
     CLASS_NAME_FIELD = "CLASS_NAME_FIELD"
+    LABEL_RASTER = "LABEL_RASTER"
     BACKBONE = "BACKBONE"
     WEIGHTS = "WEIGHTS"
     PRETRAINED_TAG = "PRETRAINED_TAG"
@@ -120,18 +123,26 @@ class TrainModelAlgorithm(MamolAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         add_raster_inputs(self, "Optional; give at least one raster.")
         polygons = QgsProcessingParameterFeatureSource(
-            self.POLYGONS, self.tr("Labelled polygons"), [QgsProcessing.TypeVectorPolygon])
-        polygons.setHelp(self.tr("Training polygons, any CRS."))
+            self.POLYGONS, self.tr("Labelled polygons"), [QgsProcessing.TypeVectorPolygon],
+            optional=True)
+        polygons.setHelp(self.tr("Training polygons, any CRS. Give these or a label raster."))
         self.addParameter(polygons)
         class_field = QgsProcessingParameterField(
-            self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS)
-        class_field.setHelp(self.tr("Integer class value of each polygon."))
+            self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS,
+            optional=True)
+        class_field.setHelp(self.tr("Integer class value of each polygon (with polygons)."))
         self.addParameter(class_field)
         name_field = QgsProcessingParameterField(
             self.CLASS_NAME_FIELD, self.tr("Class-name field"),
             parentLayerParameterName=self.POLYGONS, optional=True)
         name_field.setHelp(self.tr("Optional text field naming each class."))
         self.addParameter(name_field)
+        add_parameter(self, RasterFileParameter(
+            self.LABEL_RASTER, self.tr("Label raster (instead of polygons)"), optional=True),
+            "A single-band raster of class values (0 and nodata = unlabelled), e.g. a "
+            "benchmark's training-label map. Class names and colours come from its category "
+            "names and colour table where it has them; pixels are split into training and "
+            "validation by blocks of 16 × 16.")
         add_parameter(self, QgsProcessingParameterString(
             self.BACKBONE, self.tr("Backbone architecture"), defaultValue=DEFAULT_ARCH),
             "open_clip ViT config name, e.g. ViT-B-16, or mamol-tiny-vit for tests.")
@@ -258,6 +269,12 @@ class TrainModelAlgorithm(MamolAlgorithm):
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
         if not has_raster_input(parameters):
             return False, self.tr(NO_RASTER_MESSAGE)
+        has_polygons = bool(parameters.get(self.POLYGONS))
+        if has_polygons == bool(parameters.get(self.LABEL_RASTER)):
+            return False, self.tr(NO_LABELS_MESSAGE if not has_polygons else
+                                  "Give either labelled polygons or a label raster, not both.")
+        if has_polygons and not parameters.get(self.CLASS_FIELD):
+            return False, self.tr("Choose the polygons' class field.")
         output = str(parameters.get(self.OUTPUT_MODEL) or "")
         if output and not output.endswith(EXTENSION) and not output.startswith("TEMPORARY"):
             return False, self.tr(f"The model file must end in {EXTENSION}.")
@@ -278,9 +295,13 @@ class TrainModelAlgorithm(MamolAlgorithm):
     def engine_arguments(self, parameters, context, feedback) -> List[str]:
         """The options of ``python -m mamol train`` these parameters mean."""
         arguments = raster_arguments(raster_inputs(self, parameters, context))
-        arguments += polygon_arguments(polygon_source(
-            self, parameters, context, feedback, self.POLYGONS, self.CLASS_FIELD,
-            self.CLASS_NAME_FIELD))
+        if parameters.get(self.LABEL_RASTER):
+            arguments += ["--labels", raster_file(self, parameters, self.LABEL_RASTER, context,
+                                                  "the label raster")]
+        else:
+            arguments += polygon_arguments(polygon_source(
+                self, parameters, context, feedback, self.POLYGONS, self.CLASS_FIELD,
+                self.CLASS_NAME_FIELD))
         backbone = self._backbone(parameters, context)
         arguments += ["--arch", backbone.arch, "--weights", backbone.source.value,
                       "--backbone-seed", str(backbone.seed)]

@@ -69,6 +69,20 @@ def test_trainmodel_runs_headless(qgis_env, small_scene, tmp_path):
     assert header.training["missing_simulation"]["missing_rate"] == 0.6
 
 
+@pytest.mark.slow
+def test_trainmodel_from_a_label_raster_headless(qgis_env, small_scene, tmp_path):
+    model = tmp_path / "m.mamol"
+    result = qgis_process(
+        qgis_env, "--json", "run", "mamol:trainmodel", "--", f"HS={small_scene.hs}",
+        f"LIDAR={small_scene.lidar}", f"LABEL_RASTER={small_scene.reference_labels}",
+        "BACKBONE=mamol-tiny-vit", "WEIGHTS=2", "PATCH_SIZE=5", "EPOCHS=1",
+        "MAX_SAMPLES_PER_CLASS=20", "DEVICE=cpu", f"OUTPUT_MODEL={model}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["results"]["OUTPUT_MODEL"] == str(model)
+    from mamol.core.model_file import read_header
+    assert [c.name for c in read_header(model).classes][0] == "Water"
+
+
 def test_log_lines_do_not_run_into_the_progress_dots(qgis_env, small_scene, tmp_path):
     # without --json qgis_process prints progress as "0...10...20" on the current line
     result = qgis_process(

@@ -245,7 +245,8 @@ def test_command_line_prints_warnings(small_scene, tmp_path):
     polygons = one_polygon_per_class(small_scene, tmp_path / "one_each.gpkg")
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from mamol.engine.console import main; "
-         "sys.exit(main(['train', *sys.argv[1:]]))", "--hs", str(small_scene.hs), "--polygons", str(polygons),
+         "sys.exit(main(['train', *sys.argv[1:]]))", "--hs", str(small_scene.hs),
+         "--polygons", str(polygons),
          "--class-field", "class_id", "--arch", "mamol-tiny-vit", "--weights", "random",
          "--patch-size", "5", "--epochs", "1", "--max-train-per-class", "20", "--device",
          "cpu", "--output", str(tmp_path / "m.mamol")],
@@ -253,3 +254,28 @@ def test_command_line_prints_warnings(small_scene, tmp_path):
         env={"PYTHONPATH": str(PLUGINS_DIR), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "warning: No validation pixels" in done.stderr
+
+
+@pytest.mark.subprocess
+def test_trains_from_a_label_raster(mamol_provider, small_scene, tmp_path):
+    """A label raster instead of polygons (a benchmark's TRLabel map, here the scene's
+    reference labels): class names and colours from its category names and colour table."""
+    from mamol.core.sample_scene import read_manifest
+    results = run(quick_parameters(small_scene, tmp_path, POLYGONS=None, CLASS_FIELD=None,
+                                   CLASS_NAME_FIELD=None,
+                                   LABEL_RASTER=str(small_scene.reference_labels)))
+    header = read_header(results["OUTPUT_MODEL"])
+    expected = {c["value"]: c["name"] for c in read_manifest(small_scene.manifest)["classes"]}
+    assert {c.value: c.name for c in header.classes} == expected
+
+
+def test_polygons_or_a_label_raster_not_both_nor_neither(mamol_provider, small_scene,
+                                                         tmp_path):
+    from qgis.core import QgsProcessingException
+    with pytest.raises(QgsProcessingException, match="not both"):
+        run(quick_parameters(small_scene, tmp_path,
+                             LABEL_RASTER=str(small_scene.reference_labels)))
+    with pytest.raises(QgsProcessingException, match="Give the training labels"):
+        run(quick_parameters(small_scene, tmp_path, POLYGONS=None, CLASS_FIELD=None,
+                             CLASS_NAME_FIELD=None))
+    assert not (tmp_path / "model.mamol").exists()
