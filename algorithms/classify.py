@@ -7,7 +7,7 @@ PyTorch never loads into QGIS's process.
 from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingParameterEnum,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination,
@@ -15,12 +15,12 @@ from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
 
 from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
+from ..core.inference import TILE_BLENDS, ClassifyConfig
 from ..core.modalities import NAMES
 from ..core.model_file import EXTENSION
-from ..core.raster_io import DEFAULT_GDAL_CACHE_MB
-from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, add_compute_parameters, add_parameter,
-                     add_raster_inputs, compute_arguments, compute_settings,
-                     core_errors_as_processing_exceptions, has_raster_input, FeedbackRelay,
+from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay, add_compute_parameters,
+                     add_parameter, add_raster_inputs, compute_arguments, compute_settings,
+                     core_errors_as_processing_exceptions, field_default, has_raster_input,
                      raster_arguments, raster_inputs)
 from .engine_runner import run_engine
 
@@ -73,6 +73,9 @@ class ClassifyAlgorithm(MamolAlgorithm):
     BLOCK_SIZE = "BLOCK_SIZE"
     GDAL_CACHE = "GDAL_CACHE"
     MAX_MISSING_FRACTION = "MAX_MISSING_FRACTION"
+    TILE_STEP = "TILE_STEP"
+    TILE_BLEND = "TILE_BLEND"
+    COG = "COG"
     OUTPUT = "OUTPUT"
 
     def name(self) -> str:
@@ -114,7 +117,8 @@ class ClassifyAlgorithm(MamolAlgorithm):
             "Whose CRS, pixel size and extent the outputs get.")
         add_parameter(self, QgsProcessingParameterNumber(
             self.PIXEL_SIZE, self.tr("Output pixel size (0 = the reference raster's)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
+            QgsProcessingParameterNumber.Double,
+            defaultValue=field_default(ClassifyConfig, "pixel_size"), minValue=0.0),
             "In the reference raster's CRS units.", advanced=True)
         add_parameter(self, QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"),
                                                          optional=True),
@@ -128,23 +132,26 @@ class ClassifyAlgorithm(MamolAlgorithm):
         add_compute_parameters(self)
         add_parameter(self, QgsProcessingParameterNumber(
             self.BATCH_SIZE, self.tr("Batch size (0 = automatic)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=65536),
+            QgsProcessingParameterNumber.Integer,
+            defaultValue=field_default(ClassifyConfig, "batch_size"), minValue=0, maxValue=65536),
             "Pixels per model call. Automatic: from free GPU memory on a GPU, 512 on the CPU.",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.STRIDE, self.tr("Prediction stride"), QgsProcessingParameterNumber.Integer,
-            defaultValue=1, minValue=1, maxValue=64),
+            defaultValue=field_default(ClassifyConfig, "stride"), minValue=1, maxValue=64),
             "Classify every s-th pixel in each direction and fill its s×s cell (preview).",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.BLOCK_SIZE, self.tr("Block size (pixels, 0 = automatic)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
+            QgsProcessingParameterNumber.Integer,
+            defaultValue=field_default(ClassifyConfig, "block_size"), minValue=0,
             maxValue=8192), "Pixels per side of a processing block (16 or more); memory, not "
             "results. Automatic: 512 on a GPU, 256 on the CPU.", advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.GDAL_CACHE, self.tr("GDAL block cache for the run (MiB)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_GDAL_CACHE_MB,
-            minValue=16, maxValue=65536),
+            QgsProcessingParameterNumber.Integer,
+            defaultValue=field_default(ClassifyConfig, "gdal_cache_mb"), minValue=16,
+            maxValue=65536),
             "GDAL keeps the raster blocks it reads and writes in one cache; it is capped at "
             "this size while the run lasts (QGIS's own setting is restored afterwards), so "
             "memory does not grow with the scene. More rarely helps: blocks are read in "
@@ -155,6 +162,25 @@ class ClassifyAlgorithm(MamolAlgorithm):
             maxValue=1.0),
             "A modality counts as missing at a pixel when more of its window than this is "
             "missing.", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.TILE_STEP, self.tr("Tile models: tile step (pixels, 0 = automatic)"),
+            QgsProcessingParameterNumber.Integer,
+            defaultValue=field_default(ClassifyConfig, "tile_step"), minValue=0,
+            maxValue=1024),
+            "For models of the tile kind: start a tile every N pixels (automatic: "
+            "P − 2·(P // 7), 10 for P = 14; at most P). Larger is faster; each pixel then "
+            "sits nearer its tile's edge.", advanced=True)
+        add_parameter(self, QgsProcessingParameterEnum(
+            self.TILE_BLEND, self.tr("Tile models: where a pixel's class comes from"),
+            options=[self.tr("The tile where the pixel is most central"),
+                     self.tr("The covering tiles, weighted towards their centres")],
+            defaultValue=TILE_BLENDS.index(field_default(ClassifyConfig, "tile_blend"))),
+            "For models of the tile kind.", advanced=True)
+        add_parameter(self, QgsProcessingParameterBoolean(
+            self.COG, self.tr("Write Cloud-Optimized GeoTIFFs"),
+            defaultValue=field_default(ClassifyConfig, "cog")),
+            "Every output as a COG with internal overviews, for serving over HTTP or object "
+            "storage.", advanced=True)
         add_parameter(self, QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Land-cover classes")),
             "Class raster (GeoTIFF) with colour table, class names and a .qml style.")
@@ -226,6 +252,12 @@ class ClassifyAlgorithm(MamolAlgorithm):
                             (self.GDAL_CACHE, "--gdal-cache-mb"),
                             (self.BATCH_SIZE, "--batch-size")):
             arguments += [option, str(self.parameterAsInt(parameters, key, context))]
+        arguments += ["--tile-step", str(self.parameterAsInt(parameters, self.TILE_STEP,
+                                                             context))]
+        arguments += ["--tile-blend", TILE_BLENDS[self.parameterAsEnum(parameters,
+                                                                       self.TILE_BLEND, context)]]
+        if self.parameterAsBoolean(parameters, self.COG, context):
+            arguments.append("--cog")
         arguments += ["--device", self.parameterAsString(parameters, self.DEVICE, context)
                       or "auto"]
         arguments += compute_arguments(compute_settings(self, parameters, context))

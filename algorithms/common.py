@@ -1,6 +1,7 @@
 """What every MaMOL algorithm shares: core errors become ``QgsProcessingException`` and
 QGIS feedback becomes the core's plain progress/cancel/log callables."""
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -155,6 +156,17 @@ RASTER_INPUTS = tuple((m.key, m.name, m.description[:1].upper() + m.description[
 AVAILABILITY_PARAMETERS = {m.name: (f"{m.key}_AVAILABILITY", f"{m.label} availability")
                            for m in MODALITIES}
 NO_RASTER_MESSAGE = "Give at least one raster (hyperspectral, SAR or LiDAR)."
+
+
+def field_default(config_class, name: str):
+    """The default of a config dataclass's field: the one place a default is declared (the
+    engine's options read it the same way)."""
+    for item in dataclasses.fields(config_class):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            return item.default_factory()
+    raise KeyError(f"{config_class.__name__} has no field {name!r}")
 
 
 def add_parameter(algorithm, parameter, help_text: str, advanced: bool = False) -> None:

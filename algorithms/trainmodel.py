@@ -369,8 +369,9 @@ class TrainModelAlgorithm(MamolAlgorithm):
         """The simulation options (none with a single modality: nothing to hide)."""
         mode = MISSING_MODES[self.parameterAsEnum(parameters, self.MISSING_MODE, context)]
         if mode in (SimulationMode.AVAILABILITY, SimulationMode.INDEPENDENT):
-            return ["--availability"] + [repr(self._float(parameters, AVAILABILITY_PARAMETERS[n][0],
-                                                          context)) for n in names] + \
+            rates = [self._float(parameters, AVAILABILITY_PARAMETERS[n][0], context)
+                     for n in names]
+            return ["--availability"] + [repr(rate) for rate in rates] + \
                 (["--independent"] if mode is SimulationMode.INDEPENDENT else [])
         if mode is SimulationMode.RATE and len(names) > 1:
             return ["--missing-rate", repr(self._float(parameters, self.MISSING_RATE,

@@ -72,6 +72,9 @@ from .windows import DEFAULT_MAX_MISSING_FRACTION, tile_halo, tile_layout, windo
 LOG = logging.getLogger(__name__)
 
 FLOAT_NODATA = -1.0  # probabilities, confidence and entropy are in [0, 1]
+#: How a tile model's overlapping tiles give a pixel its class: from the tile where the pixel
+#: is most central (the default), or the covering tiles averaged, weighted towards centres.
+TILE_BLENDS = ("central", "weighted")
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class ClassifyConfig:
     device: str = "auto"
     precision: str = "auto"                    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
     compile_mode: str = "off"                  # torch.compile: off | default | max-autotune
-    tile_blend: str = "central"                # tile models: central | weighted (issue 17)
+    tile_blend: str = TILE_BLENDS[0]           # tile models: see TILE_BLENDS (issue 17)
     tile_step: int = 0                         # tile models: lattice step; 0 = default
     cog: bool = False                          # outputs as Cloud-Optimized GeoTIFFs
 
@@ -140,7 +143,7 @@ class ClassifyConfig:
         if self.tile_step < 0:
             raise MamolInputError(
                 f"The tile step must be 0 (automatic) or positive, got {self.tile_step}.")
-        if self.tile_blend not in ("central", "weighted"):
+        if self.tile_blend not in TILE_BLENDS:
             raise MamolInputError(
                 f"Tile blending is 'central' or 'weighted', got '{self.tile_blend}'.")
 

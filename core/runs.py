@@ -236,7 +236,7 @@ def output_run_folder(parent: Path) -> Iterator[Path]:
 
 
 def scratch_root() -> Path:
-    """This run's folder in the temp root (made on first use, after a sweep)."""
+    """This run's folder in the temp root (made when first needed, after a sweep)."""
     global _scratch_root
     if _scratch_root is None or not _scratch_root.is_dir():
         root = temp_root()
@@ -251,18 +251,30 @@ def scratch_root() -> Path:
     return _scratch_root
 
 
+_scratch_users = 0
+
+
 @contextlib.contextmanager
 def scratch_folder(prefix: str) -> Iterator[Path]:
-    """A fresh folder inside this run's scratch folder, removed when the block ends."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
+    """A fresh folder inside this run's scratch folder, removed when the block ends; the
+    run's scratch folder goes with the last one (so a library caller that trains twice, or
+    changes ``MAMOL_TEMP_DIR`` between runs, leaves nothing in the temp root either)."""
+    global _scratch_users
+    _scratch_users += 1
     try:
-        yield folder
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
+        try:
+            yield folder
+        finally:
+            _remove(folder)
     finally:
-        _remove(folder)
+        _scratch_users -= 1
+        if _scratch_users == 0:
+            end()
 
 
 def end() -> None:
-    """Remove this run's scratch folder (the engine calls it once, however the run ended)."""
+    """Remove this run's scratch folder (also the engine's last act, however it ended)."""
     global _scratch_root
     if _scratch_root is not None:
         _remove(_scratch_root)

@@ -25,7 +25,8 @@ GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def add_arguments(parser) -> None:
-    from ..core.raster_io import DEFAULT_GDAL_CACHE_MB
+    from ..core.inference import TILE_BLENDS, ClassifyConfig
+    defaults = ClassifyConfig(model_path="", rasters=(), output_classes="")
     parser.add_argument("--model", required=True, help="the .mamol model file")
     add_rasters(parser, "(at least one of the model's modalities)")
     written = parser.add_argument_group("outputs (GeoTIFF)")
@@ -40,7 +41,7 @@ def add_arguments(parser) -> None:
     area = parser.add_argument_group("area and grid")
     area.add_argument("--reference", choices=list(NAMES),
                       help="whose grid the outputs get (default: the first raster given)")
-    area.add_argument("--pixel-size", type=float, default=0.0,
+    area.add_argument("--pixel-size", type=float, default=defaults.pixel_size,
                       help="output pixel size in the reference CRS (0 = the raster's)")
     area.add_argument("--extent", type=float, nargs=4,
                       metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
@@ -52,23 +53,23 @@ def add_arguments(parser) -> None:
     options.add_argument("--max-missing-fraction", type=float,
                          help="share of a window that may be missing before its modality "
                               "counts as missing (default: the model's)")
-    options.add_argument("--stride", type=int, default=1,
+    options.add_argument("--stride", type=int, default=defaults.stride,
                          help="classify every s-th pixel and fill the s×s cell (preview)")
-    options.add_argument("--tile-step", type=int, default=0,
+    options.add_argument("--tile-step", type=int, default=defaults.tile_step,
                          help="tile models: start a tile every N pixels (0 = automatic, "
                               "P − 2·(P // 7): 10 for P = 14; at most P); larger is "
                               "faster, each pixel then sits nearer its tile's edge")
-    options.add_argument("--tile-blend", choices=["central", "weighted"], default="central",
+    options.add_argument("--tile-blend", choices=TILE_BLENDS, default=defaults.tile_blend,
                          help="tile models: take each pixel from the tile where it is most "
                               "central, or average the covering tiles weighted towards "
                               "their centres")
-    options.add_argument("--block-size", type=int, default=0,
+    options.add_argument("--block-size", type=int, default=defaults.block_size,
                          help="pixels per block side (0 = automatic); memory, not results")
-    options.add_argument("--batch-size", type=int, default=0,
+    options.add_argument("--batch-size", type=int, default=defaults.batch_size,
                          help="pixels per model call (0 = automatic)")
-    options.add_argument("--gdal-cache-mb", type=int, default=DEFAULT_GDAL_CACHE_MB,
+    options.add_argument("--gdal-cache-mb", type=int, default=defaults.gdal_cache_mb,
                          help=f"GDAL block cache for the run, MiB (default "
-                              f"{DEFAULT_GDAL_CACHE_MB})")
+                              f"{defaults.gdal_cache_mb})")
     add_compute(parser)
 
 

@@ -117,3 +117,14 @@ def test_classify_algorithm_warns_in_the_processing_log(mamol_provider, tiny_mod
         "OUTPUT": str(tmp_path / "classes.tif")}, feedback=feedback)
     assert len(feedback.warnings) == 1 and "LiDAR pixels lie far" in feedback.warnings[0]
     assert (tmp_path / "classes.tif").exists()
+
+
+@pytest.mark.subprocess
+def test_cloud_optimized_outputs_from_the_toolbox(mamol_provider, tiny_model, small_scene,
+                                                  tmp_path):
+    run(parameters(tiny_model, small_scene, tmp_path, STRIDE=8, COG=True,
+                   OUTPUT_CONFIDENCE=str(tmp_path / "conf.tif")))
+    for name in ("lc.tif", "conf.tif"):
+        dataset = gdal.Open(str(tmp_path / name))
+        assert dataset.GetMetadataItem("LAYOUT", "IMAGE_STRUCTURE") == "COG", name
+        dataset = None

@@ -31,6 +31,7 @@ FROZEN = {
 #: Parameters added since the names were frozen (2026-12-04), each with the reason.
 ADDED = {
     "mamol:trainmodel": ["LABEL_RASTER"],   # training from a label raster (issue 30)
+    "mamol:classify": ["TILE_STEP", "TILE_BLEND", "COG"],   # Toolbox parity (issue 30)
 }
 
 
