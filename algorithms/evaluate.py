@@ -6,7 +6,7 @@ PyTorch never loads into QGIS's process.
 """
 from typing import List
 
-from qgis.core import (QgsProcessing,
+from qgis.core import (QgsProcessing, QgsProcessingParameterBoolean,
                        QgsProcessingOutputFile, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterField, QgsProcessingParameterFile,
@@ -37,6 +37,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
     POLYGONS = "POLYGONS"
     CLASS_FIELD = "CLASS_FIELD"
     ABSENT = "ABSENT"
+    FORCE_INDEPENDENTLY = "FORCE_INDEPENDENTLY"
     MAX_SAMPLES_PER_CLASS = "MAX_SAMPLES_PER_CLASS"
     MAX_MISSING_FRACTION = "MAX_MISSING_FRACTION"
     BATCH_SIZE = "BATCH_SIZE"
@@ -94,6 +95,12 @@ class EvaluateAlgorithm(MamolAlgorithm):
                 minValue=0.0, maxValue=1.0),
                 "Share of samples that keep this modality (1 = no forcing). The others "
                 "lose it, chosen with the seed; the shares lost must add up to at most 1.")
+        add_parameter(self, QgsProcessingParameterBoolean(
+            self.FORCE_INDEPENDENTLY, self.tr("Force each modality on its own"),
+            defaultValue=False),
+            "With availabilities below 1: each modality is dropped independently of the "
+            "others, so patterns combine (the shares lost may then add up to more than 1).",
+            advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.MAX_SAMPLES_PER_CLASS, self.tr("Samples per class (0 = all)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
@@ -176,6 +183,8 @@ class EvaluateAlgorithm(MamolAlgorithm):
                 rates.append(f"{name}={rate!r}")
         if rates:
             arguments += ["--availability"] + rates
+            if self.parameterAsBoolean(parameters, self.FORCE_INDEPENDENTLY, context):
+                arguments.append("--independent")
         absent = [MODALITY_CHOICES[i] for i in
                   self.parameterAsEnums(parameters, self.ABSENT, context)]
         if absent:

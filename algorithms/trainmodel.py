@@ -22,12 +22,14 @@ from qgis.core import (
 from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
+from ..training.labels import SplitConfig
 from ..training.missing import SimulationMode
+from ..training.trainer import TrainingConfig
 from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
                      FeedbackRelay, add_compute_parameters, add_parameter, add_raster_inputs,
                      compute_arguments, compute_settings, core_errors_as_processing_exceptions,
                      has_raster_input, polygon_arguments, polygon_source, raster_arguments,
-                     raster_file, raster_inputs, RasterFileParameter)
+                     raster_file, raster_inputs, RasterFileParameter, field_default)
 from .engine_runner import run_engine
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
@@ -50,6 +52,9 @@ class TrainModelAlgorithm(MamolAlgorithm):
     CLASS_FIELD = "CLASS_FIELD"
     CLASS_NAME_FIELD = "CLASS_NAME_FIELD"
     LABEL_RASTER = "LABEL_RASTER"
+    WARMUP_FRACTION = "WARMUP_FRACTION"
+    MAX_VALIDATION_PER_CLASS = "MAX_VALIDATION_PER_CLASS"
+    BALANCE_CLASSES = "BALANCE_CLASSES"
     BACKBONE = "BACKBONE"
     WEIGHTS = "WEIGHTS"
     PRETRAINED_TAG = "PRETRAINED_TAG"
@@ -164,7 +169,8 @@ class TrainModelAlgorithm(MamolAlgorithm):
             "Seed of the random backbone (weights = random).", advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.PATCH_SIZE, self.tr("Patch size P (pixels)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=14, minValue=1, maxValue=64),
+            QgsProcessingParameterNumber.Integer, defaultValue=field_default(TrainingConfig, "patch_size"), minValue=1,
+            maxValue=64),
             "Side of the window around each pixel; 14 matches ViT-B/16's position grid.")
         add_parameter(self, QgsProcessingParameterEnum(
             self.MODEL_KIND, self.tr("Model kind"),
@@ -176,34 +182,59 @@ class TrainModelAlgorithm(MamolAlgorithm):
             "classifying, usually a little less accurate. MCE needs the per-pixel kind.")
         add_parameter(self, QgsProcessingParameterNumber(
             self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer,
-            defaultValue=20, minValue=1, maxValue=10000), "Passes over the training samples.")
+            defaultValue=field_default(TrainingConfig, "epochs"), minValue=1,
+            maxValue=10000), "Passes over the training samples.")
         add_parameter(self, QgsProcessingParameterNumber(
             self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
-            defaultValue=128, minValue=1, maxValue=65536), "Samples per step.", advanced=True)
+            defaultValue=field_default(TrainingConfig, "batch_size"), minValue=1,
+            maxValue=65536), "Samples per step.", advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.MICRO_BATCH_SIZE, self.tr("Micro-batch size (0 = automatic)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=65536),
+            QgsProcessingParameterNumber.Integer,
+            defaultValue=field_default(TrainingConfig, "micro_batch_size"), minValue=0,
+            maxValue=65536),
             "Samples per forward/backward pass; gradients are accumulated over the batch. "
             "Automatic: the whole batch on a GPU when its free memory holds it, 16 on the CPU "
             "for ViT-B and larger.",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.LEARNING_RATE, self.tr("Learning rate"), QgsProcessingParameterNumber.Double,
-            defaultValue=2e-3, minValue=1e-8, maxValue=10.0), "Peak learning rate.",
+            defaultValue=field_default(TrainingConfig, "learning_rate"), minValue=1e-8,
+            maxValue=10.0), "Peak learning rate.",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.WEIGHT_DECAY, self.tr("Weight decay"), QgsProcessingParameterNumber.Double,
-            defaultValue=2e-2, minValue=0.0, maxValue=10.0), "Decoupled weight decay (AdamW).",
+            defaultValue=field_default(TrainingConfig, "weight_decay"), minValue=0.0,
+            maxValue=10.0), "Decoupled weight decay (AdamW).",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.VALIDATION_FRACTION, self.tr("Validation fraction"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.25, minValue=0.0,
+            QgsProcessingParameterNumber.Double,
+            defaultValue=field_default(SplitConfig, "validation_fraction"), minValue=0.0,
             maxValue=0.9), "Share of each class's pixels held out, by whole polygons.",
             advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.MAX_SAMPLES_PER_CLASS, self.tr("Maximum training samples per class"),
-            QgsProcessingParameterNumber.Integer, defaultValue=2000, minValue=0),
+            QgsProcessingParameterNumber.Integer,
+            defaultValue=field_default(SplitConfig, "max_train_per_class"), minValue=0),
             "Cap per class (0 = no cap); classes are balanced per epoch.", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.MAX_VALIDATION_PER_CLASS, self.tr("Maximum validation samples per class"),
+            QgsProcessingParameterNumber.Integer,
+            defaultValue=field_default(SplitConfig, "max_validation_per_class"), minValue=0),
+            "Cap per class of the held-out samples (0 = no cap).", advanced=True)
+        add_parameter(self, QgsProcessingParameterBoolean(
+            self.BALANCE_CLASSES, self.tr("Balance classes in every epoch"),
+            defaultValue=field_default(TrainingConfig, "balance_classes")),
+            "Every class seen equally often per epoch (the paper's protocol); off: each "
+            "sample once per epoch.", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.WARMUP_FRACTION, self.tr("Warm-up share of the steps"),
+            QgsProcessingParameterNumber.Double,
+            defaultValue=field_default(TrainingConfig, "warmup_fraction"), minValue=0.0,
+            maxValue=0.99),
+            "Linear learning-rate warm-up over this share of all steps, then linear decay "
+            "to 0 (the paper: 10 %).", advanced=True)
         add_parameter(self, QgsProcessingParameterEnum(
             self.MISSING_MODE, self.tr("Missing-modality simulation"),
             options=[self.tr("None (real missingness only)"),
@@ -313,13 +344,15 @@ class TrainModelAlgorithm(MamolAlgorithm):
                             (self.BATCH_SIZE, "--batch-size"),
                             (self.MICRO_BATCH_SIZE, "--micro-batch-size"),
                             (self.MAX_SAMPLES_PER_CLASS, "--max-train-per-class"),
+                            (self.MAX_VALIDATION_PER_CLASS, "--max-validation-per-class"),
                             (self.SEED, "--seed")):
             arguments += [option, str(self._int(parameters, key, context))]
         kind = MODEL_KINDS[self.parameterAsEnum(parameters, self.MODEL_KIND, context)]
         if kind != "pixel":
             arguments += ["--model-kind", kind]
         for key, option in ((self.LEARNING_RATE, "--lr"), (self.WEIGHT_DECAY, "--weight-decay"),
-                            (self.VALIDATION_FRACTION, "--validation-fraction")):
+                            (self.VALIDATION_FRACTION, "--validation-fraction"),
+                            (self.WARMUP_FRACTION, "--warmup-fraction")):
             arguments += [option, repr(self._float(parameters, key, context))]
         arguments += ["--device", self.parameterAsString(parameters, self.DEVICE, context)
                       or "auto"]
@@ -328,6 +361,8 @@ class TrainModelAlgorithm(MamolAlgorithm):
         arguments += self._simulation(parameters, context, names)
         if self.parameterAsBoolean(parameters, self.SIMULATE_VALIDATION, context):
             arguments.append("--simulate-validation")
+        if not self.parameterAsBoolean(parameters, self.BALANCE_CLASSES, context):
+            arguments.append("--no-balance")
         if self.parameterAsEnum(parameters, self.TRAINING_MODE, context) == 1:
             arguments += ["--mce", "--mce-factors", ("both", "a", "b")[
                 self.parameterAsEnum(parameters, self.MCE_FACTORS, context)]]

@@ -28,7 +28,11 @@ HELP = ("Train a MaMOL land-cover model on labelled polygons or a label raster (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options of ``python -m mamol train``."""
+    """The training options of ``python -m mamol train``; the defaults are the config's (the
+    paper's, §4.1), declared once in :class:`TrainingConfig` and :class:`SplitConfig`."""
+    from ..training.trainer import TrainingConfig
+    config = TrainingConfig(modalities=(), polygons=None, output_model="")
+    split = config.split
     add_rasters(parser, group_name="rasters (at least one)")
     data = add_labels(parser, "labels (polygons with a class field, or a label raster)")
     data.add_argument("--name-field", help="class-name field (optional)")
@@ -48,27 +52,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights-cache", metavar="FOLDER",
                        help="where downloaded backbone weights are kept (default: "
                             "MAMOL_WEIGHTS_CACHE, else the Hugging Face cache)")
-    model.add_argument("--patch-size", type=int, default=14)
+    model.add_argument("--patch-size", type=int, default=config.patch_size)
     model.add_argument("--experts", choices=["full", "no_dynamic", "no_static",
                                              "no_modality_specific", "none"], default="full")
     model.add_argument("--model-kind", choices=["pixel", "tile"], default="pixel",
                        help="pixel: one window per pixel (the paper); tile: one pass labels "
                             "every pixel of a P x P tile")
     optimiser = parser.add_argument_group("optimiser")
-    optimiser.add_argument("--epochs", type=int, default=20)
-    optimiser.add_argument("--batch-size", type=int, default=128)
-    optimiser.add_argument("--micro-batch-size", type=int, default=0,
+    optimiser.add_argument("--epochs", type=int, default=config.epochs)
+    optimiser.add_argument("--batch-size", type=int, default=config.batch_size)
+    optimiser.add_argument("--micro-batch-size", type=int, default=config.micro_batch_size,
                            help="samples per forward/backward pass (gradient accumulation); "
                                 "0 = automatic")
-    optimiser.add_argument("--lr", type=float, default=2e-3)
-    optimiser.add_argument("--weight-decay", type=float, default=2e-2)
-    optimiser.add_argument("--warmup-fraction", type=float, default=0.1)
-    optimiser.add_argument("--validation-fraction", type=float, default=0.25)
-    optimiser.add_argument("--max-train-per-class", type=int, default=2000)
-    optimiser.add_argument("--max-validation-per-class", type=int, default=1000)
+    optimiser.add_argument("--lr", type=float, default=config.learning_rate)
+    optimiser.add_argument("--weight-decay", type=float, default=config.weight_decay)
+    optimiser.add_argument("--warmup-fraction", type=float, default=config.warmup_fraction)
+    optimiser.add_argument("--validation-fraction", type=float, default=split.validation_fraction)
+    optimiser.add_argument("--max-train-per-class", type=int, default=split.max_train_per_class)
+    optimiser.add_argument("--max-validation-per-class", type=int, default=split.max_validation_per_class)
     optimiser.add_argument("--no-balance", action="store_true",
                            help="do not balance classes per epoch")
-    optimiser.add_argument("--seed", type=int, default=0)
+    optimiser.add_argument("--seed", type=int, default=config.seed)
     optimiser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     optimiser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                            help="frozen backbone's number format: auto = bf16 on CUDA, fp32 "

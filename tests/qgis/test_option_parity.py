@@ -11,10 +11,6 @@ ENGINE_ONLY = {
         "--class-styles": "comes from the polygon layer's categorised style, not a parameter",
         "--weights-cache": "the Processing setting MAMOL_WEIGHTS_CACHE, via the environment",
         "--experts": "ablation switch of the paper's Table 5 (research use)",
-        "--warmup-fraction": "the paper's schedule (10 % warm-up); research use",
-        "--max-validation-per-class": "follows the training cap in the Toolbox's presets "
-                                      "(research use)",
-        "--no-balance": "class balancing is the paper's protocol; research use",
         "--table1": "the paper's Table 1 protocol (bench/paper_protocol.py)",
     },
     "classify": {
@@ -24,7 +20,6 @@ ENGINE_ONLY = {
     "evaluate": {
         "--weights-cache": "the Processing setting MAMOL_WEIGHTS_CACHE, via the environment",
         "--layer": "the Toolbox passes the chosen layer itself",
-        "--independent": "forcing each modality on its own (patterns combine): research use",
     },
 }
 #: Options of every command that are about the engine's own output, not the run.
@@ -66,7 +61,7 @@ def test_every_train_option_is_in_the_toolbox_or_listed(mamol_provider, small_sc
             "CLASS_FIELD": "class_id", "CLASS_NAME_FIELD": "class_name",
             "BACKBONE": "mamol-tiny-vit", "WEIGHTS": 1, "CHECKPOINT": str(tiny_model),
             "MISSING_MODE": 1, "SIMULATE_VALIDATION": True, "TRAINING_MODE": 1,
-            "MODEL_KIND": 1, "OUTPUT_MODEL": str(tmp_path / "m.mamol"),
+            "MODEL_KIND": 1, "BALANCE_CLASSES": False, "OUTPUT_MODEL": str(tmp_path / "m.mamol"),
             "OUTPUT_REPORT": str(tmp_path / "r.html")}
     other = dict(base, POLYGONS=None, CLASS_FIELD=None, CLASS_NAME_FIELD=None,
                  LABEL_RASTER=str(small_scene.reference_labels), WEIGHTS=0, MISSING_MODE=3)
@@ -93,7 +88,7 @@ def test_every_evaluate_option_is_in_the_toolbox_or_listed(mamol_provider, small
                                                            tiny_model, tmp_path, context):
     base = {"MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
             "LIDAR": str(small_scene.lidar), "LABEL_RASTER": str(small_scene.reference_labels), "ABSENT": [1],
-            "HS_AVAILABILITY": 0.5, "MAX_MISSING_FRACTION": 0.5,
+            "HS_AVAILABILITY": 0.5, "FORCE_INDEPENDENTLY": True, "MAX_MISSING_FRACTION": 0.5,
             "OUTPUT_REPORT": str(tmp_path / "e.html")}
     polygons = dict(base, LABEL_RASTER=None, POLYGONS=str(small_scene.training_polygons),
                     CLASS_FIELD="class_id")

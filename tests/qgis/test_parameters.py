@@ -30,7 +30,10 @@ FROZEN = {
 
 #: Parameters added since the names were frozen (2026-12-04), each with the reason.
 ADDED = {
-    "mamol:trainmodel": ["LABEL_RASTER"],   # training from a label raster (issue 30)
+    # training from a label raster; Toolbox parity (issue 30)
+    "mamol:trainmodel": ["LABEL_RASTER", "MAX_VALIDATION_PER_CLASS", "BALANCE_CLASSES",
+                         "WARMUP_FRACTION"],
+    "mamol:evaluate": ["FORCE_INDEPENDENTLY"],   # Toolbox parity (issue 30)
     "mamol:classify": ["TILE_STEP", "TILE_BLEND", "COG"],   # Toolbox parity (issue 30)
 }
 
