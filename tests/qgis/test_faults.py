@@ -108,8 +108,8 @@ def test_the_feedbacks_cancel_stops_a_one_block_run_within_5_s(
     cancelled_at = []
 
     def cancel_once_running():
-        wait_for(lambda: (out / ".c.tif.mamol-lock").exists(), 120)
-        time.sleep(2.0)
+        # the bar moves within the one block (batch by batch): cancel once it has
+        wait_for(lambda: any(0 < p < 100 for p in feedback.progress_values), 240)
         cancelled_at.append(time.monotonic())
         feedback.cancel()
     threading.Thread(target=cancel_once_running, daemon=True).start()
@@ -118,10 +118,9 @@ def test_the_feedbacks_cancel_stops_a_one_block_run_within_5_s(
             "MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
             "LIDAR": str(small_scene.lidar), "DEVICE": "cpu", "BLOCK_SIZE": 512,
             "OUTPUT": str(out / "c.tif")}, feedback=feedback)
-    assert cancelled_at and time.monotonic() - cancelled_at[0] < 5.0
+    assert cancelled_at, "the bar never moved within the block"
+    assert time.monotonic() - cancelled_at[0] < 5.0
     assert everything_in(out) == []
-    # the bar moved within the one block before the cancel
-    assert any(p > 0 for p in feedback.progress_values if p < 100)
 
 
 def test_sigterm_to_qgis_process_leaves_no_engine(qgis_env, tiny_model, small_scene,
