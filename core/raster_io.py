@@ -81,6 +81,8 @@ def close_datasets(datasets: dict) -> None:
     for dataset in datasets.values():
         try:
             dataset.FlushCache()
+            if hasattr(dataset, "Close"):   # GDAL >= 3.8: closing's own errors raise here,
+                dataset.Close()             # not later in a destructor nobody can catch
         except RuntimeError as exc:
             failure = failure or exc
     exceptions = gdal.GetUseExceptions()
