@@ -7,20 +7,18 @@ PyTorch never loads into QGIS's process.
 from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
-                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterDestination,
-                       QgsProcessingParameterString)
+                       QgsProcessingParameterEnum, QgsProcessingParameterExtent,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
+                       QgsProcessingParameterRasterDestination)
 
 from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
-from ..core.inference import TILE_BLENDS, ClassifyConfig
+from ..core.inference import ClassifyConfig
 from ..core.modalities import NAMES
 from ..core.model_file import EXTENSION
-from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay, add_compute_parameters,
-                     add_parameter, add_raster_inputs, compute_arguments, compute_settings,
-                     core_errors_as_processing_exceptions, field_default, has_raster_input,
+from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay, add_config_parameters,
+                     add_parameter, add_raster_inputs, config_arguments,
+                     core_errors_as_processing_exceptions, has_raster_input,
                      raster_arguments, raster_inputs)
 from .engine_runner import run_engine
 
@@ -115,72 +113,17 @@ class ClassifyAlgorithm(MamolAlgorithm):
                      self.tr("Hyperspectral raster"), self.tr("SAR raster"),
                      self.tr("LiDAR / DSM raster")], defaultValue=0),
             "Whose CRS, pixel size and extent the outputs get.")
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.PIXEL_SIZE, self.tr("Output pixel size (0 = the reference raster's)"),
-            QgsProcessingParameterNumber.Double,
-            defaultValue=field_default(ClassifyConfig, "pixel_size"), minValue=0.0),
-            "In the reference raster's CRS units.", advanced=True)
+        add_config_parameters(self, ClassifyConfig, ("pixel_size",))
         add_parameter(self, QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"),
                                                          optional=True),
             "Classify only this area (default: the whole reference raster).")
         add_parameter(self, QgsProcessingParameterFeatureSource(
             self.MASK, self.tr("Mask polygons"), [QgsProcessing.TypeVectorPolygon],
             optional=True), "Pixels outside these polygons are nodata.")
-        add_parameter(self, QgsProcessingParameterString(
-            self.DEVICE, self.tr("Device"), defaultValue="auto"),
-            "auto, cpu, cuda or cuda:N.", advanced=True)
-        add_compute_parameters(self)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.BATCH_SIZE, self.tr("Batch size (0 = automatic)"),
-            QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(ClassifyConfig, "batch_size"), minValue=0, maxValue=65536),
-            "Pixels per model call. Automatic: from free GPU memory on a GPU, 512 on the CPU.",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.STRIDE, self.tr("Prediction stride"), QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(ClassifyConfig, "stride"), minValue=1, maxValue=64),
-            "Classify every s-th pixel in each direction and fill its s×s cell (preview).",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.BLOCK_SIZE, self.tr("Block size (pixels, 0 = automatic)"),
-            QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(ClassifyConfig, "block_size"), minValue=0,
-            maxValue=8192), "Pixels per side of a processing block (16 or more); memory, not "
-            "results. Automatic: 512 on a GPU, 256 on the CPU.", advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.GDAL_CACHE, self.tr("GDAL block cache for the run (MiB)"),
-            QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(ClassifyConfig, "gdal_cache_mb"), minValue=16,
-            maxValue=65536),
-            "GDAL keeps the raster blocks it reads and writes in one cache; it is capped at "
-            "this size while the run lasts (QGIS's own setting is restored afterwards), so "
-            "memory does not grow with the scene. More rarely helps: blocks are read in "
-            "order.", advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.MAX_MISSING_FRACTION, self.tr("Missing share of a window (-1 = model's)"),
-            QgsProcessingParameterNumber.Double, defaultValue=-1.0, minValue=-1.0,
-            maxValue=1.0),
-            "A modality counts as missing at a pixel when more of its window than this is "
-            "missing.", advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.TILE_STEP, self.tr("Tile models: tile step (pixels, 0 = automatic)"),
-            QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(ClassifyConfig, "tile_step"), minValue=0,
-            maxValue=1024),
-            "For models of the tile kind: start a tile every N pixels (automatic: "
-            "P − 2·(P // 7), 10 for P = 14; at most P). Larger is faster; each pixel then "
-            "sits nearer its tile's edge.", advanced=True)
-        add_parameter(self, QgsProcessingParameterEnum(
-            self.TILE_BLEND, self.tr("Tile models: where a pixel's class comes from"),
-            options=[self.tr("The tile where the pixel is most central"),
-                     self.tr("The covering tiles, weighted towards their centres")],
-            defaultValue=TILE_BLENDS.index(field_default(ClassifyConfig, "tile_blend"))),
-            "For models of the tile kind.", advanced=True)
-        add_parameter(self, QgsProcessingParameterBoolean(
-            self.COG, self.tr("Write Cloud-Optimized GeoTIFFs"),
-            defaultValue=field_default(ClassifyConfig, "cog")),
-            "Every output as a COG with internal overviews, for serving over HTTP or object "
-            "storage.", advanced=True)
+        add_config_parameters(self, ClassifyConfig, (
+            "device", "precision", "compile_mode", "batch_size", "stride", "block_size",
+            "gdal_cache_mb", "max_missing_fraction", "tile_step", "tile_blend", "cog"))
+        add_config_parameters(self, ClassifyConfig)   # every declared field not given above
         add_parameter(self, QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Land-cover classes")),
             "Class raster (GeoTIFF) with colour table, class names and a .qml style.")
@@ -231,8 +174,6 @@ class ClassifyAlgorithm(MamolAlgorithm):
         reference = REFERENCE_CHOICES[self.parameterAsEnum(parameters, self.REFERENCE, context)]
         if reference:
             arguments += ["--reference", reference]
-        arguments += ["--pixel-size", repr(self.parameterAsDouble(parameters, self.PIXEL_SIZE,
-                                                                  context))]
         if parameters.get(self.EXTENT):
             rectangle = self.parameterAsExtent(parameters, self.EXTENT, context)
             crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
@@ -245,22 +186,7 @@ class ClassifyAlgorithm(MamolAlgorithm):
             path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
                 parameters, self.MASK, context, ["gpkg", "shp"], "gpkg", feedback)
             arguments += ["--mask", path] + (["--mask-layer", layer_name] if layer_name else [])
-        fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
-        if fraction >= 0:
-            arguments += ["--max-missing-fraction", repr(fraction)]
-        for key, option in ((self.STRIDE, "--stride"), (self.BLOCK_SIZE, "--block-size"),
-                            (self.GDAL_CACHE, "--gdal-cache-mb"),
-                            (self.BATCH_SIZE, "--batch-size")):
-            arguments += [option, str(self.parameterAsInt(parameters, key, context))]
-        arguments += ["--tile-step", str(self.parameterAsInt(parameters, self.TILE_STEP,
-                                                             context))]
-        arguments += ["--tile-blend", TILE_BLENDS[self.parameterAsEnum(parameters,
-                                                                       self.TILE_BLEND, context)]]
-        if self.parameterAsBoolean(parameters, self.COG, context):
-            arguments.append("--cog")
-        arguments += ["--device", self.parameterAsString(parameters, self.DEVICE, context)
-                      or "auto"]
-        arguments += compute_arguments(compute_settings(self, parameters, context))
+        arguments += config_arguments(self, parameters, context, ClassifyConfig)
         outputs = {self.OUTPUT: self._output(parameters, self.OUTPUT, context)}
         arguments += ["--output", outputs[self.OUTPUT]]
         for key, option in OUTPUT_OPTIONS.items():

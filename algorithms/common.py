@@ -1,7 +1,6 @@
 """What every MaMOL algorithm shares: core errors become ``QgsProcessingException`` and
 QGIS feedback becomes the core's plain progress/cancel/log callables."""
 import contextlib
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,13 +8,15 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingFeedback,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
-                       QgsProcessingParameterRasterLayer)
+                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import Cancelled, MamolInputError
 from ..core.modalities import MODALITIES
+from ..core.options import Declared, declared
 from ..training.labels import PolygonSource
 
 ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
@@ -158,17 +159,6 @@ AVAILABILITY_PARAMETERS = {m.name: (f"{m.key}_AVAILABILITY", f"{m.label} availab
 NO_RASTER_MESSAGE = "Give at least one raster (hyperspectral, SAR or LiDAR)."
 
 
-def field_default(config_class, name: str):
-    """The default of a config dataclass's field: the one place a default is declared (the
-    engine's options read it the same way)."""
-    for item in dataclasses.fields(config_class):
-        if item.name == name:
-            if item.default is not dataclasses.MISSING:
-                return item.default
-            return item.default_factory()
-    raise KeyError(f"{config_class.__name__} has no field {name!r}")
-
-
 def add_parameter(algorithm, parameter, help_text: str, advanced: bool = False) -> None:
     """Add ``parameter`` to ``algorithm`` with its help text, flagged Advanced if asked."""
     parameter.setHelp(algorithm.tr(help_text))
@@ -280,47 +270,78 @@ def polygon_source(algorithm, parameters, context, feedback, polygons_key: str,
                          name_field_choice=choice)
 
 
-#: Options of the "Precision" and "Compile" parameters, in enum order (core names).
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
-COMPILE_CHOICES = ("off", "default", "max-autotune")
-PRECISION = "PRECISION"
-COMPILE = "COMPILE"
+def config_parameter(algorithm, declared_field: Declared):
+    """The Processing parameter of a config field declared with ``core.options.option``:
+    a number (integer or double, with its bounds), a choice, a yes/no or a text."""
+    facts, kind = declared_field.option, declared_field.kind
+    label = algorithm.tr(facts.label)
+    if facts.choices:
+        return QgsProcessingParameterEnum(
+            facts.key, label, options=[algorithm.tr(text) for _, text in facts.choices],
+            defaultValue=facts.values.index(declared_field.default))
+    if kind is bool:
+        return QgsProcessingParameterBoolean(facts.key, label,
+                                             defaultValue=declared_field.default)
+    if kind in (int, float):
+        number = QgsProcessingParameterNumber.Integer if kind is int \
+            else QgsProcessingParameterNumber.Double
+        bounds = {name: kind(value) for name, value in (("minValue", facts.minimum),
+                                                         ("maxValue", facts.maximum))
+                  if value is not None}
+        default = facts.unset if declared_field.default is None else declared_field.default
+        return QgsProcessingParameterNumber(facts.key, label, number, defaultValue=default,
+                                            **bounds)
+    return QgsProcessingParameterString(facts.key, label, defaultValue=declared_field.default)
 
 
-def add_compute_parameters(algorithm, with_compile: bool = True) -> None:
-    """The advanced "Precision" (and "Compile encoder") parameters, after "Device"."""
-    add_parameter(algorithm, QgsProcessingParameterEnum(
-        PRECISION, algorithm.tr("Precision of the frozen backbone"),
-        options=[algorithm.tr("Automatic (bf16 on a GPU, fp32 on the CPU)"), "fp32", "bf16"],
-        defaultValue=0),
-        "Number format of the frozen CLIP tower and its activations; trainable weights, "
-        "gates and class scores are always fp32. bf16 is about twice as fast on a GPU; on "
-        "a CPU it is slower and only useful for checking results.", advanced=True)
-    if with_compile:
-        add_parameter(algorithm, QgsProcessingParameterEnum(
-            COMPILE, algorithm.tr("Compile the encoder (torch.compile)"),
-            options=[algorithm.tr("Off"), algorithm.tr("Default"),
-                     algorithm.tr("Max-autotune")], defaultValue=0),
-            "Compiles the encoder once per run before the first batch (minutes; "
-            "max-autotune longer). Pays off on a GPU for long runs only (see the README).",
-            advanced=True)
+def add_config_parameters(algorithm, config_class,
+                          names: Optional[Sequence[str]] = None) -> None:
+    """The parameters of ``config_class``'s declared fields (``names`` in that order; None:
+    every declared field the algorithm lacks so far, so that a new field reaches the
+    Toolbox without an edit here)."""
+    for item in declared(config_class, names):
+        if names is None and algorithm.parameterDefinition(item.option.key) is not None:
+            continue
+        add_parameter(algorithm, config_parameter(algorithm, item), item.option.help,
+                      advanced=item.option.advanced)
 
 
-def compute_settings(algorithm, parameters, context, with_compile: bool = True):
-    """``{"precision": ..., "compile_mode": ...}`` for the core config."""
-    settings = {"precision": PRECISION_CHOICES[
-        algorithm.parameterAsEnum(parameters, PRECISION, context)]}
-    if with_compile:
-        settings["compile_mode"] = COMPILE_CHOICES[
-            algorithm.parameterAsEnum(parameters, COMPILE, context)]
-    return settings
+def config_value(algorithm, parameters, context, declared_field: Declared):
+    """The config value a field's parameter holds (None where it holds ``unset``)."""
+    facts, kind, key = declared_field.option, declared_field.kind, declared_field.option.key
+    if facts.choices:
+        return facts.values[algorithm.parameterAsEnum(parameters, key, context)]
+    if kind is bool:
+        return algorithm.parameterAsBoolean(parameters, key, context)
+    if kind is int:
+        value = algorithm.parameterAsInt(parameters, key, context)
+    elif kind is float:
+        value = algorithm.parameterAsDouble(parameters, key, context)
+    else:
+        return (algorithm.parameterAsString(parameters, key, context) or "").strip() \
+            or declared_field.default
+    return None if facts.unset is not None and value == facts.unset else value
 
 
-def compute_arguments(settings) -> List[str]:
-    """The engine options of :func:`compute_settings`'s result."""
-    arguments = ["--precision", settings["precision"]]
-    if "compile_mode" in settings:
-        arguments += ["--compile", settings["compile_mode"]]
+def config_arguments(algorithm, parameters, context, config_class,
+                     names: Optional[Sequence[str]] = None,
+                     exclude: Sequence[str] = ()) -> List[str]:
+    """The engine options that give the declared fields (all but ``exclude``, or
+    ``names``) their parameters' values: ``--flag VALUE`` for numbers and texts; a choice
+    or a yes/no only where it differs from the default, and nothing for an unset value (the
+    engine's default, the same declaration, applies)."""
+    arguments = []
+    for item in declared(config_class, names):
+        if item.name in exclude:
+            continue
+        value = config_value(algorithm, parameters, context, item)
+        if (item.kind is bool or item.option.choices) and value == item.default:
+            continue
+        if item.kind is bool:
+            arguments.append(item.option.flag)
+        elif value is not None:
+            arguments += [item.option.flag, repr(value) if isinstance(value, float)
+                          else str(value)]
     return arguments
 
 

@@ -1,12 +1,11 @@
 """``mamol:createsamplescene`` — write the built-in synthetic HS + SAR + LiDAR scene."""
 from qgis.core import (QgsProcessing, QgsProcessingContext,
                        QgsProcessingOutputFile, QgsProcessingOutputRasterLayer,
-                       QgsProcessingOutputVectorLayer, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterNumber)
+                       QgsProcessingOutputVectorLayer, QgsProcessingParameterFolderDestination)
 
 from ..core import sample_scene
 from ..core.errors import MamolInputError
-from .common import (MamolAlgorithm, as_whole_number, core_errors_as_processing_exceptions,
+from .common import (MamolAlgorithm, add_config_parameters, as_whole_number, core_errors_as_processing_exceptions,
                      FeedbackRelay)
 
 
@@ -54,16 +53,7 @@ class CreateSampleSceneAlgorithm(MamolAlgorithm):
             "fails or is cancelled, none of them is touched.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        size = QgsProcessingParameterNumber(
-            self.SIZE, self.tr("Size (pixels per side)"), QgsProcessingParameterNumber.Integer,
-            defaultValue=256, minValue=sample_scene.MIN_SIZE, maxValue=sample_scene.MAX_SIZE)
-        size.setHelp(self.tr("Width and height of the hyperspectral grid, in 1 m pixels."))
-        self.addParameter(size)
-        seed = QgsProcessingParameterNumber(
-            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
-            defaultValue=42, minValue=0, maxValue=sample_scene.MAX_SEED)
-        seed.setHelp(self.tr("Seed of every random choice; the same seed gives the same scene."))
-        self.addParameter(seed)
+        add_config_parameters(self, sample_scene.SampleSceneConfig)
         folder = QgsProcessingParameterFolderDestination(
             self.OUTPUT_FOLDER, self.tr("Output folder"))
         folder.setHelp(self.tr("Folder that receives the scene's files."))

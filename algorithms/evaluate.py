@@ -6,19 +6,18 @@ PyTorch never loads into QGIS's process.
 """
 from typing import List
 
-from qgis.core import (QgsProcessing, QgsProcessingParameterBoolean,
-                       QgsProcessingOutputFile, QgsProcessingOutputNumber,
+from qgis.core import (QgsProcessing, QgsProcessingOutputFile, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterField, QgsProcessingParameterFile,
-                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterString)
+                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber)
 
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
+from ..training.evaluation import EvaluationConfig
 from ..training.labels import LabelRasterSource
-from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS, add_compute_parameters,
-                     add_parameter, add_raster_inputs, compute_arguments, compute_settings,
-                     core_errors_as_processing_exceptions, has_raster_input, polygon_arguments,
+from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE, RASTER_INPUTS,
+                     add_config_parameters, add_parameter, add_raster_inputs,
+                     config_arguments, core_errors_as_processing_exceptions, has_raster_input, polygon_arguments,
                      polygon_source, FeedbackRelay, raster_arguments, RasterFileParameter,
                      raster_file, raster_inputs)
 from .engine_runner import run_engine
@@ -95,37 +94,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
                 minValue=0.0, maxValue=1.0),
                 "Share of samples that keep this modality (1 = no forcing). The others "
                 "lose it, chosen with the seed; the shares lost must add up to at most 1.")
-        add_parameter(self, QgsProcessingParameterBoolean(
-            self.FORCE_INDEPENDENTLY, self.tr("Force each modality on its own"),
-            defaultValue=False),
-            "With availabilities below 1: each modality is dropped independently of the "
-            "others, so patterns combine (the shares lost may then add up to more than 1).",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.MAX_SAMPLES_PER_CLASS, self.tr("Samples per class (0 = all)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
-            "Evaluate a seeded random subset of each class (faster on large maps).",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.MAX_MISSING_FRACTION, self.tr("Missing share of a window (-1 = model's)"),
-            QgsProcessingParameterNumber.Double, defaultValue=-1.0, minValue=-1.0,
-            maxValue=1.0),
-            "A modality counts as missing at a pixel when more of its window than this is "
-            "missing.", advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.BATCH_SIZE, self.tr("Batch size (0 = automatic)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=65536),
-            "Samples per model call. Automatic: from free GPU memory on a GPU, 512 on the CPU.",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterString(
-            self.DEVICE, self.tr("Device"), defaultValue="auto"),
-            "auto, cpu, cuda or cuda:N.", advanced=True)
-        add_compute_parameters(self, with_compile=False)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
-            defaultValue=0, minValue=0),
-            "Chooses the samples of the per-class cap and of the availability forcing.",
-            advanced=True)
+        add_config_parameters(self, EvaluationConfig)
         add_parameter(self, QgsProcessingParameterFileDestination(
             self.OUTPUT_REPORT, self.tr("Evaluation report"), self.tr("HTML files (*.html)")),
             "HTML report; a JSON report with the same name is written next to it.")
@@ -183,8 +152,8 @@ class EvaluateAlgorithm(MamolAlgorithm):
                 rates.append(f"{name}={rate!r}")
         if rates:
             arguments += ["--availability"] + rates
-            if self.parameterAsBoolean(parameters, self.FORCE_INDEPENDENTLY, context):
-                arguments.append("--independent")
+            arguments += config_arguments(self, parameters, context, EvaluationConfig,
+                                          ("independent",))
         absent = [MODALITY_CHOICES[i] for i in
                   self.parameterAsEnums(parameters, self.ABSENT, context)]
         if absent:
@@ -192,14 +161,6 @@ class EvaluateAlgorithm(MamolAlgorithm):
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         if not report:
             raise MamolInputError("Give the evaluation report file (.html).")
-        fraction = self.parameterAsDouble(parameters, self.MAX_MISSING_FRACTION, context)
-        if fraction >= 0:
-            arguments += ["--max-missing-fraction", repr(fraction)]
-        for key, option in ((self.MAX_SAMPLES_PER_CLASS, "--max-samples-per-class"),
-                            (self.BATCH_SIZE, "--batch-size"), (self.SEED, "--seed")):
-            arguments += [option, str(self.parameterAsInt(parameters, key, context))]
-        arguments += ["--device", self.parameterAsString(parameters, self.DEVICE, context)
-                      or "auto"]
-        arguments += compute_arguments(compute_settings(self, parameters, context,
-                                                        with_compile=False))
+        arguments += config_arguments(self, parameters, context, EvaluationConfig,
+                                      exclude=("independent",))
         return arguments + ["--report", report]

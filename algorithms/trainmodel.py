@@ -25,15 +25,17 @@ from ..core.model_file import EXTENSION
 from ..training.labels import SplitConfig
 from ..training.missing import SimulationMode
 from ..training.trainer import TrainingConfig
+from ..core.model_kinds import ModelKind
+from ..core.options import declared
 from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
-                     FeedbackRelay, add_compute_parameters, add_parameter, add_raster_inputs,
-                     compute_arguments, compute_settings, core_errors_as_processing_exceptions,
-                     has_raster_input, polygon_arguments, polygon_source, raster_arguments,
-                     raster_file, raster_inputs, RasterFileParameter, field_default)
+                     FeedbackRelay, RasterFileParameter, add_config_parameters,
+                     add_parameter, add_raster_inputs, config_arguments, config_value,
+                     core_errors_as_processing_exceptions, has_raster_input,
+                     polygon_arguments, polygon_source, raster_arguments, raster_file,
+                     raster_inputs)
 from .engine_runner import run_engine
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
-MODEL_KINDS = ("pixel", "tile")  # the engine's --model-kind values, in the enum's order
 NO_LABELS_MESSAGE = ("Give the training labels: labelled polygons with a class field, or a "
                      "label raster.")
 TILE_MCE_MESSAGE = ("MaMOL + MCE is available for the per-pixel model kind only: choose "
@@ -167,74 +169,11 @@ class TrainModelAlgorithm(MamolAlgorithm):
             self.BACKBONE_SEED, self.tr("Random backbone seed"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
             "Seed of the random backbone (weights = random).", advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.PATCH_SIZE, self.tr("Patch size P (pixels)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=field_default(TrainingConfig, "patch_size"), minValue=1,
-            maxValue=64),
-            "Side of the window around each pixel; 14 matches ViT-B/16's position grid.")
-        add_parameter(self, QgsProcessingParameterEnum(
-            self.MODEL_KIND, self.tr("Model kind"),
-            options=[self.tr("Per pixel (one window per pixel, the paper's method)"),
-                     self.tr("Tile (one pass labels a P×P tile; much faster)")],
-            defaultValue=0),
-            "Per pixel: one encoder pass per pixel (the paper). Tile: one pass labels every "
-            "pixel of a P × P tile (tiles overlap), some 100× fewer passes at P = 14 when "
-            "classifying, usually a little less accurate. MCE needs the per-pixel kind.")
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(TrainingConfig, "epochs"), minValue=1,
-            maxValue=10000), "Passes over the training samples.")
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(TrainingConfig, "batch_size"), minValue=1,
-            maxValue=65536), "Samples per step.", advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.MICRO_BATCH_SIZE, self.tr("Micro-batch size (0 = automatic)"),
-            QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(TrainingConfig, "micro_batch_size"), minValue=0,
-            maxValue=65536),
-            "Samples per forward/backward pass; gradients are accumulated over the batch. "
-            "Automatic: the whole batch on a GPU when its free memory holds it, 16 on the CPU "
-            "for ViT-B and larger.",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.LEARNING_RATE, self.tr("Learning rate"), QgsProcessingParameterNumber.Double,
-            defaultValue=field_default(TrainingConfig, "learning_rate"), minValue=1e-8,
-            maxValue=10.0), "Peak learning rate.",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.WEIGHT_DECAY, self.tr("Weight decay"), QgsProcessingParameterNumber.Double,
-            defaultValue=field_default(TrainingConfig, "weight_decay"), minValue=0.0,
-            maxValue=10.0), "Decoupled weight decay (AdamW).",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.VALIDATION_FRACTION, self.tr("Validation fraction"),
-            QgsProcessingParameterNumber.Double,
-            defaultValue=field_default(SplitConfig, "validation_fraction"), minValue=0.0,
-            maxValue=0.9), "Share of each class's pixels held out, by whole polygons.",
-            advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.MAX_SAMPLES_PER_CLASS, self.tr("Maximum training samples per class"),
-            QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(SplitConfig, "max_train_per_class"), minValue=0),
-            "Cap per class (0 = no cap); classes are balanced per epoch.", advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.MAX_VALIDATION_PER_CLASS, self.tr("Maximum validation samples per class"),
-            QgsProcessingParameterNumber.Integer,
-            defaultValue=field_default(SplitConfig, "max_validation_per_class"), minValue=0),
-            "Cap per class of the held-out samples (0 = no cap).", advanced=True)
-        add_parameter(self, QgsProcessingParameterBoolean(
-            self.BALANCE_CLASSES, self.tr("Balance classes in every epoch"),
-            defaultValue=field_default(TrainingConfig, "balance_classes")),
-            "Every class seen equally often per epoch (the paper's protocol); off: each "
-            "sample once per epoch.", advanced=True)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.WARMUP_FRACTION, self.tr("Warm-up share of the steps"),
-            QgsProcessingParameterNumber.Double,
-            defaultValue=field_default(TrainingConfig, "warmup_fraction"), minValue=0.0,
-            maxValue=0.99),
-            "Linear learning-rate warm-up over this share of all steps, then linear decay "
-            "to 0 (the paper: 10 %).", advanced=True)
+        add_config_parameters(self, TrainingConfig, ("patch_size", "model_kind", "epochs",
+                                                     "batch_size", "micro_batch_size",
+                                                     "learning_rate", "weight_decay"))
+        add_config_parameters(self, SplitConfig)
+        add_config_parameters(self, TrainingConfig, ("balance_classes", "warmup_fraction"))
         add_parameter(self, QgsProcessingParameterEnum(
             self.MISSING_MODE, self.tr("Missing-modality simulation"),
             options=[self.tr("None (real missingness only)"),
@@ -279,14 +218,9 @@ class TrainModelAlgorithm(MamolAlgorithm):
             add_parameter(self, QgsProcessingParameterNumber(
                 key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
                 minValue=0.0, maxValue=100.0), help_text, advanced=True)
-        add_parameter(self, QgsProcessingParameterString(
-            self.DEVICE, self.tr("Device"), defaultValue="auto"),
-            "auto, cpu, cuda or cuda:N.", advanced=True)
-        add_compute_parameters(self)
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
-            defaultValue=0, minValue=0), "Same seed and inputs give the same model file.",
-            advanced=True)
+        add_config_parameters(self, TrainingConfig, ("device", "precision", "compile_mode",
+                                                     "seed"))
+        add_config_parameters(self, TrainingConfig)   # every declared field not given above
         add_parameter(self, QgsProcessingParameterFileDestination(
             self.OUTPUT_MODEL, self.tr("Model file"), self.tr(f"MaMOL model (*{EXTENSION})")),
             "The trained model.")
@@ -309,8 +243,10 @@ class TrainModelAlgorithm(MamolAlgorithm):
         output = str(parameters.get(self.OUTPUT_MODEL) or "")
         if output and not output.endswith(EXTENSION) and not output.startswith("TEMPORARY"):
             return False, self.tr(f"The model file must end in {EXTENSION}.")
-        if (MODEL_KINDS[self.parameterAsEnum(parameters, self.MODEL_KIND, context)] == "tile"
-                and self.parameterAsEnum(parameters, self.TRAINING_MODE, context) == 1):
+        kind = config_value(self, parameters, context,
+                            next(declared(TrainingConfig, ("model_kind",))))
+        if kind == ModelKind.TILE and \
+                self.parameterAsEnum(parameters, self.TRAINING_MODE, context) == 1:
             return False, self.tr(TILE_MCE_MESSAGE)
         return super().checkParameterValues(parameters, context)
 
@@ -340,29 +276,12 @@ class TrainModelAlgorithm(MamolAlgorithm):
             arguments += ["--pretrained-tag", backbone.pretrained_tag]
         if backbone.checkpoint_path:
             arguments += ["--checkpoint", backbone.checkpoint_path]
-        for key, option in ((self.PATCH_SIZE, "--patch-size"), (self.EPOCHS, "--epochs"),
-                            (self.BATCH_SIZE, "--batch-size"),
-                            (self.MICRO_BATCH_SIZE, "--micro-batch-size"),
-                            (self.MAX_SAMPLES_PER_CLASS, "--max-train-per-class"),
-                            (self.MAX_VALIDATION_PER_CLASS, "--max-validation-per-class"),
-                            (self.SEED, "--seed")):
-            arguments += [option, str(self._int(parameters, key, context))]
-        kind = MODEL_KINDS[self.parameterAsEnum(parameters, self.MODEL_KIND, context)]
-        if kind != "pixel":
-            arguments += ["--model-kind", kind]
-        for key, option in ((self.LEARNING_RATE, "--lr"), (self.WEIGHT_DECAY, "--weight-decay"),
-                            (self.VALIDATION_FRACTION, "--validation-fraction"),
-                            (self.WARMUP_FRACTION, "--warmup-fraction")):
-            arguments += [option, repr(self._float(parameters, key, context))]
-        arguments += ["--device", self.parameterAsString(parameters, self.DEVICE, context)
-                      or "auto"]
-        arguments += compute_arguments(compute_settings(self, parameters, context))
+        arguments += config_arguments(self, parameters, context, TrainingConfig)
+        arguments += config_arguments(self, parameters, context, SplitConfig)
         names = [name for name, _ in raster_inputs(self, parameters, context)]
         arguments += self._simulation(parameters, context, names)
         if self.parameterAsBoolean(parameters, self.SIMULATE_VALIDATION, context):
             arguments.append("--simulate-validation")
-        if not self.parameterAsBoolean(parameters, self.BALANCE_CLASSES, context):
-            arguments.append("--no-balance")
         if self.parameterAsEnum(parameters, self.TRAINING_MODE, context) == 1:
             arguments += ["--mce", "--mce-factors", ("both", "a", "b")[
                 self.parameterAsEnum(parameters, self.MCE_FACTORS, context)]]

@@ -16,8 +16,16 @@ from typing import Optional
 
 from . import torch_compat
 from .errors import MamolInputError
+from .options import choices, option
 
 LOG = logging.getLogger(__name__)
+
+#: Automatic sizes where no GPU memory guides them: pixels per side of a classification
+#: block (larger on a GPU, so that each block holds many batches) and samples per
+#: inference batch on the CPU.
+CPU_BLOCK_SIZE = 256
+GPU_BLOCK_SIZE = 512
+CPU_INFERENCE_BATCH = 512
 
 
 class CompileMode(str, enum.Enum):
@@ -37,6 +45,34 @@ class Precision(str, enum.Enum):
     AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"
+
+
+def device_field():
+    """The ``device`` field of every config that runs the model (declared once)."""
+    return option("auto", flag="--device", key="DEVICE", label="Device", advanced=True,
+                  help="auto, cpu, cuda or cuda:N (auto: a CUDA GPU when there is one).")
+
+
+def precision_field():
+    """The ``precision`` field of every config that runs the model (declared once)."""
+    return option(
+        Precision.AUTO.value, flag="--precision", key="PRECISION",
+        label="Precision of the frozen backbone", advanced=True,
+        choices=choices(Precision, ("Automatic (bf16 on a GPU, fp32 on the CPU)", "fp32",
+                                    "bf16")),
+        help="Number format of the frozen CLIP tower and its activations; trainable "
+             "weights, gates and class scores are always fp32. bf16 is about twice as fast "
+             "on a GPU; on a CPU it is slower and only useful for checking results.")
+
+
+def compile_field():
+    """The ``compile_mode`` field of every config that may compile the encoder."""
+    return option(
+        CompileMode.OFF.value, flag="--compile", key="COMPILE",
+        label="Compile the encoder (torch.compile)", advanced=True,
+        choices=choices(CompileMode, ("Off", "Default", "Max-autotune")),
+        help="Compiles the encoder once per run before the first batch (minutes; "
+             "max-autotune longer). Pays off on a GPU for long runs only.")
 
 
 def resolve_device(name: str):
@@ -152,7 +188,8 @@ def _sequence_bytes(reference: int, tokens: int, width: int, blocks: int,
 
 
 def auto_inference_batch(free_bytes: Optional[int], tokens: int, width: int, blocks: int,
-                         element_bytes: int, share: float = 0.5, cpu_default: int = 512,
+                         element_bytes: int, share: float = 0.5,
+                         cpu_default: int = CPU_INFERENCE_BATCH,
                          largest: int = 4096) -> int:
     """Samples per inference batch: with ``free_bytes`` of GPU memory (None = the CPU) as
     many as ``share`` of it holds (a power of two, at most ``largest``); on the CPU
@@ -187,7 +224,8 @@ def auto_training_micro_batch(free_bytes: Optional[int], batch_size: int, tokens
     return _power_of_two(free_bytes * share / per_sample, 1, batch_size)
 
 
-def auto_block_size(device, cpu_default: int = 256, gpu_default: int = 512) -> int:
+def auto_block_size(device, cpu_default: int = CPU_BLOCK_SIZE,
+                    gpu_default: int = GPU_BLOCK_SIZE) -> int:
     """Pixels per side of a classification block: larger on a GPU so that each block holds
     many batches and the GPU waits less on reading and writing."""
     return gpu_default if device.type == "cuda" else cpu_default

@@ -56,13 +56,7 @@ from torch import nn
 
 from .devices import CompileMode, to_device
 from .errors import MamolInputError
-
-
-class ModelKind(str, enum.Enum):
-    """What one encoder pass labels (issue 17)."""
-
-    PIXEL = "pixel"   # the paper's model: one P x P window per pixel, its CLS feature
-    TILE = "tile"     # every pixel token of a P x P tile, one pass per tile and modality
+from .model_kinds import ModelKind
 
 
 class ExpertSet(str, enum.Enum):

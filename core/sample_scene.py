@@ -33,6 +33,7 @@ from osgeo import gdal, ogr, osr
 
 from .errors import MamolInputError
 from .feedback import CancelCheck, ProgressCallback, Reporter
+from .options import option
 from .raster_io import GEOTIFF_OPTIONS, create_geotiff, srs_from_epsg
 from .staging import staged_outputs
 
@@ -111,8 +112,12 @@ SAR_MEAN_DB: Dict[LandCover, Tuple[float, float]] = {
 class SampleSceneConfig:
     """What to generate."""
 
-    size: int = 256   # width and height of the HS grid in 1 m pixels
-    seed: int = 42    # seed of every random choice; same (size, seed) -> same scene
+    size: int = option(256, flag="--size", key="SIZE", label="Size (pixels per side)",
+                       minimum=MIN_SIZE, maximum=MAX_SIZE,
+                       help="Width and height of the hyperspectral grid, in 1 m pixels.")
+    seed: int = option(42, flag="--seed", key="SEED", label="Random seed", minimum=0,
+                       maximum=MAX_SEED, help="Seed of every random choice; the same size "
+                                              "and seed always give the same scene.")
 
     def validate(self) -> None:
         """Raise :class:`MamolInputError` with an actionable message if a value is unusable."""

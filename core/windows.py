@@ -14,8 +14,21 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from .options import option
+
 #: Default share of a window that may be missing before the whole modality counts as missing.
 DEFAULT_MAX_MISSING_FRACTION = 0.5
+
+
+def max_missing_fraction_field():
+    """The ``max_missing_fraction`` override of classification and evaluation: None (the
+    Toolbox's -1) keeps the share the model was trained with (declared once)."""
+    return option(
+        None, kind=float, unset=-1.0, flag="--max-missing-fraction",
+        key="MAX_MISSING_FRACTION", label="Missing share of a window (-1 = model's)",
+        minimum=-1.0, maximum=1.0, advanced=True,
+        help="A modality counts as missing at a pixel when more of its window than this is "
+             "missing (default: the share the model was trained with).")
 
 
 def window_offset(patch_size: int) -> int:

@@ -7,7 +7,8 @@ from typing import Dict, List, Optional
 from ..core.errors import MamolInputError
 from ..core.modalities import NAMES
 from .channel import Channel
-from .options import add_compute, add_rasters, apply_weights_cache, rasters
+from .options import (add_compute, add_config_options, add_rasters, apply_weights_cache,
+                      config_values, rasters)
 
 NAME = "classify"
 SUMMARY = "classify a scene with a trained model"
@@ -25,8 +26,7 @@ GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def add_arguments(parser) -> None:
-    from ..core.inference import TILE_BLENDS, ClassifyConfig
-    defaults = ClassifyConfig(model_path="", rasters=(), output_classes="")
+    from ..core.inference import ClassifyConfig
     parser.add_argument("--model", required=True, help="the .mamol model file")
     add_rasters(parser, "(at least one of the model's modalities)")
     written = parser.add_argument_group("outputs (GeoTIFF)")
@@ -35,42 +35,20 @@ def add_arguments(parser) -> None:
     written.add_argument("--confidence", help="highest class probability")
     written.add_argument("--entropy", help="normalised entropy (0 certain, 1 undecided)")
     written.add_argument("--modalities-used", help="bitmask of the modalities used per pixel")
-    written.add_argument("--cog", action="store_true",
-                         help="write every output as a Cloud-Optimized GeoTIFF (internal "
-                              "overviews; for serving over HTTP or object storage)")
+    add_config_options(written, ClassifyConfig, ("cog",))
     area = parser.add_argument_group("area and grid")
     area.add_argument("--reference", choices=list(NAMES),
                       help="whose grid the outputs get (default: the first raster given)")
-    area.add_argument("--pixel-size", type=float, default=defaults.pixel_size,
-                      help="output pixel size in the reference CRS (0 = the raster's)")
+    add_config_options(area, ClassifyConfig, ("pixel_size",))
     area.add_argument("--extent", type=float, nargs=4,
                       metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                       help="classify only this area (reference CRS unless --extent-crs)")
     area.add_argument("--extent-crs", help="CRS of --extent (WKT or EPSG:N)")
     area.add_argument("--mask", help="polygons outside which nothing is classified")
     area.add_argument("--mask-layer", help="layer name inside the mask file")
+    add_compute(parser, ClassifyConfig)
     options = parser.add_argument_group("options")
-    options.add_argument("--max-missing-fraction", type=float,
-                         help="share of a window that may be missing before its modality "
-                              "counts as missing (default: the model's)")
-    options.add_argument("--stride", type=int, default=defaults.stride,
-                         help="classify every s-th pixel and fill the s×s cell (preview)")
-    options.add_argument("--tile-step", type=int, default=defaults.tile_step,
-                         help="tile models: start a tile every N pixels (0 = automatic, "
-                              "P − 2·(P // 7): 10 for P = 14; at most P); larger is "
-                              "faster, each pixel then sits nearer its tile's edge")
-    options.add_argument("--tile-blend", choices=TILE_BLENDS, default=defaults.tile_blend,
-                         help="tile models: take each pixel from the tile where it is most "
-                              "central, or average the covering tiles weighted towards "
-                              "their centres")
-    options.add_argument("--block-size", type=int, default=defaults.block_size,
-                         help="pixels per block side (0 = automatic); memory, not results")
-    options.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                         help="pixels per model call (0 = automatic)")
-    options.add_argument("--gdal-cache-mb", type=int, default=defaults.gdal_cache_mb,
-                         help=f"GDAL block cache for the run, MiB (default "
-                              f"{defaults.gdal_cache_mb})")
-    add_compute(parser)
+    add_config_options(options, ClassifyConfig)   # every declared field not given above
 
 
 def _crs_wkt(text: Optional[str]) -> Optional[str]:
@@ -95,15 +73,10 @@ def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
         model_path=args.model, rasters=rasters(args), output_classes=args.output,
         output_probabilities=args.probabilities, output_confidence=args.confidence,
         output_entropy=args.entropy, output_modalities=args.modalities_used,
-        reference=args.reference, pixel_size=args.pixel_size,
-        extent=tuple(args.extent) if args.extent else None,
+        reference=args.reference, extent=tuple(args.extent) if args.extent else None,
         extent_crs_wkt=_crs_wkt(args.extent_crs),
         mask=MaskSource(args.mask, args.mask_layer) if args.mask else None,
-        max_missing_fraction=args.max_missing_fraction, stride=args.stride,
-        tile_step=args.tile_step, tile_blend=args.tile_blend,
-        block_size=args.block_size, batch_size=args.batch_size,
-        gdal_cache_mb=args.gdal_cache_mb, device=args.device, precision=args.precision,
-        compile_mode=args.compile, cog=args.cog)
+        **config_values(args, ClassifyConfig))
     result = classify(config, channel.progress, is_cancelled, log=channel.log,
                       warn=channel.warning, world=world)
     return {"outputs": {key: str(path) for key, path in result.outputs.items()},

@@ -6,8 +6,8 @@ from typing import Dict, List
 
 from ..core.modalities import NAMES
 from .channel import Channel
-from .options import add_compute, add_labels, add_rasters, apply_weights_cache, label_source
-from .options import rasters
+from .options import (add_compute, add_config_options, add_labels, add_rasters,
+                      apply_weights_cache, config_values, label_source, rasters)
 
 NAME = "evaluate"
 SUMMARY = "score a model against reference labels"
@@ -30,6 +30,7 @@ def _availability(text: str):
 
 
 def add_arguments(parser) -> None:
+    from ..training.evaluation import EvaluationConfig
     parser.add_argument("--model", required=True, help="the .mamol model file")
     add_rasters(parser, "(at least one of the model's modalities)")
     add_labels(parser, "reference labels (a label raster or polygons)")
@@ -39,20 +40,10 @@ def add_arguments(parser) -> None:
     forced.add_argument("--availability", nargs="+", type=_availability, default=[],
                         metavar="NAME=RATE", help="share of samples that keep a modality, "
                         "e.g. hs=0.5 (the others lose it, chosen with the seed)")
-    forced.add_argument("--independent", action="store_true",
-                        help="with --availability: force each modality on its own "
-                             "(patterns combine)")
+    add_config_options(forced, EvaluationConfig, ("independent",))
+    add_compute(parser, EvaluationConfig)
     options = parser.add_argument_group("options")
-    options.add_argument("--max-samples-per-class", type=int, default=0,
-                         help="evaluate a seeded subset of each class (0 = all)")
-    options.add_argument("--max-missing-fraction", type=float,
-                         help="share of a window that may be missing before its modality "
-                              "counts as missing (default: the model's)")
-    options.add_argument("--batch-size", type=int, default=0,
-                         help="samples per model call (0 = automatic)")
-    options.add_argument("--seed", type=int, default=0,
-                         help="chooses the per-class subset and the forced samples")
-    add_compute(parser, with_compile=False)
+    add_config_options(options, EvaluationConfig)   # every declared field not given above
     parser.add_argument("--report", required=True,
                         help="HTML report; a JSON twin is written next to it")
 
@@ -70,10 +61,7 @@ def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
         model_path=args.model, rasters=rasters(args), labels=label_source(args),
         report_html=str(report), report_json=str(report.with_suffix(".json")),
         absent=tuple(args.absent), availability=dict(args.availability),
-        simulation_seed=args.seed, independent=args.independent,
-        max_samples_per_class=args.max_samples_per_class,
-        max_missing_fraction=args.max_missing_fraction, batch_size=args.batch_size,
-        device=args.device, precision=args.precision, seed=args.seed)
+        simulation_seed=args.seed, **config_values(args, EvaluationConfig))
     result = evaluate(config, channel.progress, is_cancelled, log=channel.log,
                       warn=channel.warning)
     return {"oa": result.oa, "kappa": result.kappa,

@@ -2,8 +2,10 @@
 raster options, the device options, the weights cache."""
 import argparse
 import os
+from typing import Optional, Sequence, Tuple
 
 from ..core.modalities import MODALITIES
+from ..core.options import declared
 from .channel import PROGRESS_MODES
 
 
@@ -30,17 +32,59 @@ def rasters(args) -> tuple:
     return tuple((m.name, getattr(args, m.name)) for m in MODALITIES if getattr(args, m.name))
 
 
-def add_compute(parser, with_compile: bool = True) -> None:
+def add_config_options(group, config_class, names: Optional[Sequence[str]] = None) -> None:
+    """One option per field of ``config_class`` declared with :func:`core.options.option`
+    (``names`` in that order; None: every declared field the parser lacks so far, so that a
+    new field reaches the command line without an edit here): its flag, type, choices,
+    default and help, stored under the field's name."""
+    # a group shares its parser's list of actions (argparse keeps no public view of it)
+    present = {action.dest for action in group._actions}
+    for declared_field in declared(config_class, names):
+        if names is None and declared_field.name in present:
+            continue
+        facts = declared_field.option
+        text = facts.help.replace("%", "%%")
+        if facts.negate:
+            text = f"Do not: {facts.label[0].lower()}{facts.label[1:]}. {text}"
+        elif declared_field.kind is not bool and declared_field.default is not None:
+            bounds = ""
+            if facts.minimum is not None and facts.maximum is not None:
+                bounds = f"{facts.minimum!r} to {facts.maximum!r}; "
+            text += f" ({bounds}default: %(default)s)"
+        settings = dict(dest=declared_field.name, default=declared_field.default, help=text)
+        if declared_field.kind is bool:
+            settings["action"] = "store_false" if facts.negate else "store_true"
+        else:
+            settings["type"] = declared_field.kind
+            if facts.choices:
+                settings["choices"] = facts.values
+        group.add_argument(facts.flag, **settings)
+
+
+def config_values(args, config_class, names: Optional[Sequence[str]] = None) -> dict:
+    """The values of ``config_class``'s declared fields in an argument namespace, by field
+    name (the keyword arguments of the config)."""
+    return {item.name: getattr(args, item.name) for item in declared(config_class, names)}
+
+
+#: The fields of the device group, in order (a config may lack ``compile_mode``).
+COMPUTE_FIELDS = ("device", "precision", "compile_mode")
+
+
+def compute_fields(config_class) -> Tuple[str, ...]:
+    have = {item.name for item in declared(config_class)}
+    return tuple(name for name in COMPUTE_FIELDS if name in have)
+
+
+def add_compute(parser, config_class) -> None:
+    """The device group: ``config_class``'s device, precision (and compile) options and the
+    weights cache."""
     group = parser.add_argument_group("device")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N "
-                       "(auto: a CUDA GPU when there is one)")
-    group.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                       help="number format of the frozen backbone: auto = bf16 on a GPU, "
-                            "fp32 on the CPU (trainable weights stay fp32)")
-    if with_compile:
-        group.add_argument("--compile", choices=["off", "default", "max-autotune"],
-                           default="off", help="torch.compile the encoder once per run "
-                                               "(pays off on a GPU for long runs only)")
+    add_config_options(group, config_class, compute_fields(config_class))
+    add_weights_cache(group)
+
+
+def add_weights_cache(group) -> None:
     group.add_argument("--weights-cache", metavar="FOLDER",
                        help="where downloaded backbone weights are kept (default: "
                             "MAMOL_WEIGHTS_CACHE, else the Hugging Face cache)")

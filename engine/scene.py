@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from .channel import Channel
+from .options import add_config_options, config_values
 
 NAME = "scene"
 SUMMARY = "write the built-in sample scene"
@@ -14,11 +15,7 @@ HELP = (
 
 def add_arguments(parser) -> None:
     from ..core import sample_scene
-    parser.add_argument("--size", type=int, default=256,
-                        help=f"pixels per side of the HS grid ({sample_scene.MIN_SIZE}–"
-                             f"{sample_scene.MAX_SIZE}, default 256)")
-    parser.add_argument("--seed", type=int, default=42,
-                        help="the same size and seed always give the same scene (default 42)")
+    add_config_options(parser, sample_scene.SampleSceneConfig)
     parser.add_argument("--output-folder", required=True,
                         help="folder that receives hs.tif, sar.tif, lidar.tif, "
                              "training_polygons.gpkg, reference_labels.tif and scene.json")
@@ -32,7 +29,8 @@ def outputs(args) -> List[Path]:
 
 def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
     from ..core import sample_scene
-    config = sample_scene.SampleSceneConfig(size=args.size, seed=args.seed)
+    config = sample_scene.SampleSceneConfig(
+        **config_values(args, sample_scene.SampleSceneConfig))
     config.validate()
     scene = sample_scene.write_sample_scene(config, Path(args.output_folder),
                                             channel.progress, is_cancelled)

@@ -16,7 +16,8 @@ from ..core.modalities import NAMES
 from ..training.labels import SplitConfig
 from ..training.missing import MissingSimulation, SimulationMode, Table1Case, table1_availability
 from .channel import Channel
-from .options import add_labels, add_rasters, apply_weights_cache, label_source, rasters
+from .options import (add_compute, add_config_options, add_labels, add_rasters,
+                      apply_weights_cache, config_values, label_source, rasters)
 
 NAME = "train"
 SUMMARY = "train a model on labelled polygons or a label raster"
@@ -31,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The training options of ``python -m mamol train``; the defaults are the config's (the
     paper's, §4.1), declared once in :class:`TrainingConfig` and :class:`SplitConfig`."""
     from ..training.trainer import TrainingConfig
-    config = TrainingConfig(modalities=(), polygons=None, output_model="")
-    split = config.split
     add_rasters(parser, group_name="rasters (at least one)")
     data = add_labels(parser, "labels (polygons with a class field, or a label raster)")
     data.add_argument("--name-field", help="class-name field (optional)")
@@ -49,36 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--pretrained-tag", default="openai")
     model.add_argument("--checkpoint", help="backbone checkpoint file (--weights checkpoint)")
     model.add_argument("--backbone-seed", type=int, default=0)
-    model.add_argument("--weights-cache", metavar="FOLDER",
-                       help="where downloaded backbone weights are kept (default: "
-                            "MAMOL_WEIGHTS_CACHE, else the Hugging Face cache)")
-    model.add_argument("--patch-size", type=int, default=config.patch_size)
+    add_config_options(model, TrainingConfig, ("patch_size",))
     model.add_argument("--experts", choices=["full", "no_dynamic", "no_static",
                                              "no_modality_specific", "none"], default="full")
-    model.add_argument("--model-kind", choices=["pixel", "tile"], default="pixel",
-                       help="pixel: one window per pixel (the paper); tile: one pass labels "
-                            "every pixel of a P x P tile")
-    optimiser = parser.add_argument_group("optimiser")
-    optimiser.add_argument("--epochs", type=int, default=config.epochs)
-    optimiser.add_argument("--batch-size", type=int, default=config.batch_size)
-    optimiser.add_argument("--micro-batch-size", type=int, default=config.micro_batch_size,
-                           help="samples per forward/backward pass (gradient accumulation); "
-                                "0 = automatic")
-    optimiser.add_argument("--lr", type=float, default=config.learning_rate)
-    optimiser.add_argument("--weight-decay", type=float, default=config.weight_decay)
-    optimiser.add_argument("--warmup-fraction", type=float, default=config.warmup_fraction)
-    optimiser.add_argument("--validation-fraction", type=float, default=split.validation_fraction)
-    optimiser.add_argument("--max-train-per-class", type=int, default=split.max_train_per_class)
-    optimiser.add_argument("--max-validation-per-class", type=int, default=split.max_validation_per_class)
-    optimiser.add_argument("--no-balance", action="store_true",
-                           help="do not balance classes per epoch")
-    optimiser.add_argument("--seed", type=int, default=config.seed)
-    optimiser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    optimiser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                           help="frozen backbone's number format: auto = bf16 on CUDA, fp32 "
-                                "on the CPU (trainable weights stay fp32)")
-    optimiser.add_argument("--compile", choices=["off", "default", "max-autotune"],
-                           default="off", help="torch.compile the encoder once per run")
+    add_config_options(model, TrainingConfig, ("model_kind",))
+    add_compute(parser, TrainingConfig)
+    optimiser = parser.add_argument_group("optimiser and samples")
+    add_config_options(optimiser, TrainingConfig)   # every declared field not given above
+    add_config_options(optimiser, SplitConfig)
     mce = parser.add_argument_group(
         "MCE training mode (imbalanced missing rates, seed 001)")
     mce.add_argument("--mce", action="store_true",
@@ -170,17 +147,11 @@ def config_from_args(args):
                               checkpoint_path=args.checkpoint
                               if args.weights == WeightsSource.CHECKPOINT.value else None,
                               seed=args.backbone_seed),
-        patch_size=args.patch_size, adapter={"experts": args.experts},
-        epochs=args.epochs, batch_size=args.batch_size,
-        micro_batch_size=args.micro_batch_size, learning_rate=args.lr,
-        weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
-        split=SplitConfig(validation_fraction=args.validation_fraction,
-                          max_train_per_class=args.max_train_per_class,
-                          max_validation_per_class=args.max_validation_per_class),
-        balance_classes=not args.no_balance, simulation=simulation,
+        adapter={"experts": args.experts},
+        split=SplitConfig(**config_values(args, SplitConfig)),
+        simulation=simulation,
         validation_simulation=simulation if args.simulate_validation else MissingSimulation(),
-        device=args.device, precision=args.precision, compile_mode=args.compile,
-        mce=_mce(args), seed=args.seed, model_kind=args.model_kind)
+        mce=_mce(args), **config_values(args, TrainingConfig))
 
 
 def _mce(args):

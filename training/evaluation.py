@@ -30,16 +30,17 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from ..core import metrics, runs, torch_compat
-from ..core.devices import (dtype_name, model_inference_batch, parse_precision,
-                            prepare_model, resolve_device)
+from ..core.devices import (CPU_INFERENCE_BATCH, device_field, dtype_name, model_inference_batch,
+                            parse_precision, precision_field, prepare_model, resolve_device)
 from ..core.errors import MamolInputError
+from ..core.options import option
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
 from ..core.model_file import check_inputs, load_model, read_header
 from ..core.disk import ensure_writable_folder
 from ..core.staging import staged_files
 from ..core.value_range import FarTally, z_scores
-from ..core.windows import pattern_name, window_offset
+from ..core.windows import max_missing_fraction_field, pattern_name, window_offset
 from .batches import Batches, predict
 from .dataset import Normalisation, extract_samples, scratch_folder
 from .labels import (LabelledPixels, LabelRasterSource, PolygonSource, cap_indices,
@@ -64,13 +65,26 @@ class EvaluationConfig:
     absent: Tuple[str, ...] = ()                  # modalities to treat as not given
     availability: Mapping[str, float] = field(default_factory=dict)  # name -> a_m (< 1 forces)
     simulation_seed: int = 0                      # chooses the samples that lose a modality
-    independent: bool = False                     # each modality forced on its own
-    max_samples_per_class: int = 0                # 0 = every labelled pixel
-    max_missing_fraction: Optional[float] = None  # None = the model's
-    batch_size: int = 0                           # samples per model call; 0 = automatic
-    device: str = "auto"
-    precision: str = "auto"                       # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
-    seed: int = 0                                 # for the per-class sample cap
+    independent: bool = option(
+        False, flag="--independent", key="FORCE_INDEPENDENTLY",
+        label="Force each modality on its own", advanced=True,
+        help="With availabilities below 1: each modality is dropped independently of the "
+             "others, so patterns combine (the shares lost may then add up to more than 1).")
+    max_samples_per_class: int = option(
+        0, flag="--max-samples-per-class", key="MAX_SAMPLES_PER_CLASS",
+        label="Samples per class (0 = all)", minimum=0, advanced=True,
+        help="Evaluate a seeded random subset of each class (faster on large maps).")
+    max_missing_fraction: Optional[float] = max_missing_fraction_field()
+    batch_size: int = option(
+        0, flag="--batch-size", key="BATCH_SIZE", label="Batch size (0 = automatic)",
+        minimum=0, maximum=65536, advanced=True,
+        help=f"Samples per model call. Automatic: from free GPU memory on a GPU, "
+             f"{CPU_INFERENCE_BATCH} on the CPU.")
+    device: str = device_field()
+    precision: str = precision_field()   # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    seed: int = option(0, flag="--seed", key="SEED", label="Random seed", minimum=0,
+                       advanced=True, help="Chooses the samples of the per-class cap and of "
+                                           "the availability forcing.")
 
     def validate(self) -> None:
         names = [name for name, _ in self.rasters]

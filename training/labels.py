@@ -14,6 +14,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from ..core.errors import MamolInputError
+from ..core.options import option
 from ..core.grid import (AlignedRaster, ReferenceGrid, crs_label, inspect_raster,
                          srs_from_wkt)
 from ..core.raster_io import VECTOR_MEMORY_DRIVER
@@ -323,9 +324,18 @@ def labels_from_raster(source: LabelRasterSource, grid: ReferenceGrid) -> Labell
 class SplitConfig:
     """How labelled pixels become training and validation samples."""
 
-    validation_fraction: float = 0.25     # share of each class's polygons' pixels, by polygon
-    max_train_per_class: int = 2000       # cap of training samples per class (0 = no cap)
-    max_validation_per_class: int = 1000  # cap of validation samples per class (0 = no cap)
+    validation_fraction: float = option(
+        0.25, flag="--validation-fraction", key="VALIDATION_FRACTION",
+        label="Validation fraction", minimum=0.0, maximum=0.9, advanced=True,
+        help="Share of each class's pixels held out, by whole polygons.")
+    max_train_per_class: int = option(
+        2000, flag="--max-train-per-class", key="MAX_SAMPLES_PER_CLASS",
+        label="Maximum training samples per class", minimum=0, advanced=True,
+        help="Cap per class (0 = no cap); classes are balanced per epoch.")
+    max_validation_per_class: int = option(
+        1000, flag="--max-validation-per-class", key="MAX_VALIDATION_PER_CLASS",
+        label="Maximum validation samples per class", minimum=0, advanced=True,
+        help="Cap per class of the held-out samples (0 = no cap).")
     min_pixels_per_class: int = 20        # fewer labelled pixels in a class is an error
     seed: int = 0
 

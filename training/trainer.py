@@ -27,7 +27,8 @@ if TYPE_CHECKING:   # training.mce imports torch, which this module imports lazi
 from ..core import metrics, runs, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
 from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_bytes,
-                            model_inference_batch, parse_compile_mode, parse_precision,
+                            compile_field, device_field, model_inference_batch,
+                            parse_compile_mode, parse_precision, precision_field,
                             prepare_model, resolve_device, synchronize, to_device)
 from ..core.distributed import SINGLE, World
 from ..core.errors import MamolInputError
@@ -44,6 +45,8 @@ from ..core.model_file import (
     software_versions,
 )
 from ..core.disk import ensure_writable_folder
+from ..core.model_kinds import ModelKind
+from ..core.options import choices, option
 from ..core.staging import staged_files
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
 from .batches import Batches, predict
@@ -70,25 +73,55 @@ class TrainingConfig:
     report_html: Optional[str] = None         # optional HTML report
     report_json: Optional[str] = None         # optional JSON report
     backbone: BackboneSpec = BackboneSpec()
-    patch_size: int = 14                      # P: window side in pixels (14 = ViT-B/16 grid)
+    patch_size: int = option(
+        14, flag="--patch-size", key="PATCH_SIZE", label="Patch size P (pixels)",
+        minimum=1, maximum=64,
+        help="Side of the window around each pixel; 14 matches ViT-B/16's position grid.")
     adapter: Dict[str, object] = field(default_factory=dict)  # AdapterConfig fields to override
-    epochs: int = 20
-    batch_size: int = 128
-    micro_batch_size: int = 0                 # samples per pass; 0 = automatic (see below)
-    learning_rate: float = 2e-3
-    weight_decay: float = 2e-2                # decoupled (AdamW)
-    warmup_fraction: float = 0.1              # linear warm-up share of all steps
+    epochs: int = option(20, flag="--epochs", key="EPOCHS", label="Epochs", minimum=1,
+                         maximum=10000, help="Passes over the training samples.")
+    batch_size: int = option(128, flag="--batch-size", key="BATCH_SIZE", label="Batch size",
+                             minimum=1, maximum=65536, advanced=True,
+                             help="Samples per step.")
+    micro_batch_size: int = option(
+        0, flag="--micro-batch-size", key="MICRO_BATCH_SIZE",
+        label="Micro-batch size (0 = automatic)", minimum=0, maximum=65536, advanced=True,
+        help="Samples per forward/backward pass; gradients are accumulated over the batch. "
+             "Automatic: the whole batch on a GPU when its free memory holds it, 16 on the "
+             "CPU for ViT-B and larger.")
+    learning_rate: float = option(2e-3, flag="--lr", key="LEARNING_RATE",
+                                  label="Learning rate", minimum=1e-8, maximum=10.0,
+                                  advanced=True, help="Peak learning rate.")
+    weight_decay: float = option(2e-2, flag="--weight-decay", key="WEIGHT_DECAY",
+                                 label="Weight decay", minimum=0.0, maximum=10.0,
+                                 advanced=True, help="Decoupled weight decay (AdamW).")
+    warmup_fraction: float = option(
+        0.1, flag="--warmup-fraction", key="WARMUP_FRACTION",
+        label="Warm-up share of the steps", minimum=0.0, maximum=0.99, advanced=True,
+        help="Linear learning-rate warm-up over this share of all steps, then linear decay "
+             "to 0 (the paper: 10 %).")
     split: SplitConfig = SplitConfig()
-    balance_classes: bool = True              # every class equally often per epoch
+    balance_classes: bool = option(
+        True, flag="--no-balance", negate=True, key="BALANCE_CLASSES",
+        label="Balance classes in every epoch", advanced=True,
+        help="Every class seen equally often per epoch (the paper's protocol); off: each "
+             "sample once per epoch.")
     simulation: MissingSimulation = MissingSimulation()             # on training samples
     validation_simulation: MissingSimulation = MissingSimulation()  # on validation samples
     max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
-    device: str = "auto"                      # auto | cpu | cuda | cuda:N
-    precision: str = "auto"                   # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
-    compile_mode: str = "off"                 # torch.compile: off | default | max-autotune
+    device: str = device_field()
+    precision: str = precision_field()    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    compile_mode: str = compile_field()   # torch.compile: off | default | max-autotune
     mce: Optional["MceConfig"] = None         # MCE training mode (seed 001); None = plain MaMOL
-    seed: int = 0
-    model_kind: str = "pixel"                 # pixel (the paper's) | tile (issue 17)
+    seed: int = option(0, flag="--seed", key="SEED", label="Random seed", minimum=0,
+                       advanced=True, help="Same seed and inputs give the same model file.")
+    model_kind: str = option(
+        ModelKind.PIXEL.value, flag="--model-kind", key="MODEL_KIND", label="Model kind",
+        choices=choices(ModelKind, ("Per pixel (one window per pixel, the paper's method)",
+                                    "Tile (one pass labels a P×P tile; much faster)")),
+        help="Per pixel: one encoder pass per pixel (the paper). Tile: one pass labels every "
+             "pixel of a P × P tile (tiles overlap), some 100× fewer passes at P = 14 when "
+             "classifying, usually a little less accurate. MCE needs the per-pixel kind.")
 
     @property
     def modality_names(self) -> List[str]:
@@ -121,11 +154,11 @@ class TrainingConfig:
             if not ok:
                 raise MamolInputError(message)
         self.split.validate()
-        if self.model_kind not in ("pixel", "tile"):
+        if self.model_kind not in {kind.value for kind in ModelKind}:
             raise MamolInputError(
                 f"The model kind must be 'pixel' or 'tile', got '{self.model_kind}'.")
         if self.mce is not None:
-            if self.model_kind != "pixel":
+            if self.model_kind != ModelKind.PIXEL:
                 raise MamolInputError("MCE is available for the pixel model kind only.")
             self.mce.validate()
         self.simulation.validate(names)

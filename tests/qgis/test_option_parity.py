@@ -61,7 +61,8 @@ def test_every_train_option_is_in_the_toolbox_or_listed(mamol_provider, small_sc
             "CLASS_FIELD": "class_id", "CLASS_NAME_FIELD": "class_name",
             "BACKBONE": "mamol-tiny-vit", "WEIGHTS": 1, "CHECKPOINT": str(tiny_model),
             "MISSING_MODE": 1, "SIMULATE_VALIDATION": True, "TRAINING_MODE": 1,
-            "MODEL_KIND": 1, "BALANCE_CLASSES": False, "OUTPUT_MODEL": str(tmp_path / "m.mamol"),
+            "MODEL_KIND": 1, "BALANCE_CLASSES": False, "PRECISION": 2, "COMPILE": 1,
+            "OUTPUT_MODEL": str(tmp_path / "m.mamol"),
             "OUTPUT_REPORT": str(tmp_path / "r.html")}
     other = dict(base, POLYGONS=None, CLASS_FIELD=None, CLASS_NAME_FIELD=None,
                  LABEL_RASTER=str(small_scene.reference_labels), WEIGHTS=0, MISSING_MODE=3)
@@ -73,7 +74,7 @@ def test_every_classify_option_is_in_the_toolbox_or_listed(mamol_provider, small
                                                            tiny_model, tmp_path, context):
     parameters = {"MODEL": str(tiny_model), "HS": str(small_scene.hs),
                   "SAR": str(small_scene.sar), "LIDAR": str(small_scene.lidar), "REFERENCE": 1,
-                  "COG": True,
+                  "COG": True, "TILE_BLEND": 1, "PRECISION": 2, "COMPILE": 1,
                   "EXTENT": "0,1,0,1 [EPSG:32632]",
                   "MASK": str(small_scene.training_polygons), "MAX_MISSING_FRACTION": 0.5,
                   "OUTPUT": str(tmp_path / "c.tif")}
@@ -89,6 +90,7 @@ def test_every_evaluate_option_is_in_the_toolbox_or_listed(mamol_provider, small
     base = {"MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
             "LIDAR": str(small_scene.lidar), "LABEL_RASTER": str(small_scene.reference_labels), "ABSENT": [1],
             "HS_AVAILABILITY": 0.5, "FORCE_INDEPENDENTLY": True, "MAX_MISSING_FRACTION": 0.5,
+            "PRECISION": 2,
             "OUTPUT_REPORT": str(tmp_path / "e.html")}
     polygons = dict(base, LABEL_RASTER=None, POLYGONS=str(small_scene.training_polygons),
                     CLASS_FIELD="class_id")
@@ -103,3 +105,35 @@ def assert_parity(command: str, found: set) -> None:
     assert not found & listed, f"listed as engine-only but in the Toolbox: {found & listed}"
     missing = options - found - listed
     assert not missing, f"engine options neither in the Toolbox nor listed: {missing}"
+
+
+def declared_configs():
+    """Each command's config classes whose declared fields both sides build from."""
+    from mamol.core.inference import ClassifyConfig
+    from mamol.training.evaluation import EvaluationConfig
+    from mamol.training.labels import SplitConfig
+    from mamol.training.trainer import TrainingConfig
+    return {("train", "mamol:trainmodel"): (TrainingConfig, SplitConfig),
+            ("classify", "mamol:classify"): (ClassifyConfig,),
+            ("evaluate", "mamol:evaluate"): (EvaluationConfig,)}
+
+
+def test_every_declared_config_field_is_an_engine_option_and_a_parameter(mamol_provider):
+    """A field declared with core.options.option() that one side forgot fails here: the
+    engine's option and the Toolbox's parameter both come from the field."""
+    from qgis.core import QgsApplication
+    from mamol.core.options import declared
+    for (command, algorithm_id), classes in declared_configs().items():
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
+        parameters = {d.name(): d for d in algorithm.parameterDefinitions()}
+        options = engine_options(command)
+        for config_class in classes:
+            for item in declared(config_class):
+                facts = item.option
+                assert facts.flag in options, (command, item.name)
+                assert facts.key in parameters, (algorithm_id, item.name)
+                definition = parameters[facts.key]
+                assert definition.description() == facts.label, (algorithm_id, item.name)
+                expected = facts.values.index(item.default) if facts.choices else \
+                    (facts.unset if item.default is None else item.default)
+                assert definition.defaultValue() == expected, (algorithm_id, item.name)

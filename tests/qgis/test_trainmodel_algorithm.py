@@ -279,3 +279,69 @@ def test_polygons_or_a_label_raster_not_both_nor_neither(mamol_provider, small_s
         run(quick_parameters(small_scene, tmp_path, POLYGONS=None, CLASS_FIELD=None,
                              CLASS_NAME_FIELD=None))
     assert not (tmp_path / "model.mamol").exists()
+
+
+TRENTO_CLASSES = ("Apple trees", "Buildings", "Ground", "Woods", "Vineyard", "Roads")
+
+
+@pytest.fixture(scope="module")
+def trento_shaped(tmp_path_factory):
+    """Trento's real LiDAR elevation and its standard training map (TRLabel, 819 labelled
+    pixels in 166 × 600) from ../shared/data, read in place and written as GeoTIFFs; the
+    map's category names give the class names."""
+    import numpy as np
+    from osgeo import gdal, osr
+    from support import SHARED_DATA
+    npz = SHARED_DATA / "trento" / "trento.npz"
+    if not npz.is_file():
+        pytest.skip(f"no Trento data at {npz}")
+    with np.load(npz) as data:
+        lidar, labels = data["lidar"][:, :, 0], data["train_labels"]
+    folder = tmp_path_factory.mktemp("trento")
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32632)
+    paths = {}
+    for name, array, kind in (("lidar", lidar, gdal.GDT_Float32),
+                              ("train_labels", labels, gdal.GDT_Byte)):
+        paths[name] = folder / f"trento_{name}.tif"
+        dataset = gdal.GetDriverByName("GTiff").Create(str(paths[name]), array.shape[1],
+                                                       array.shape[0], 1, kind)
+        dataset.SetGeoTransform((664000.0, 1.0, 0.0, 5105000.0, 0.0, -1.0))
+        dataset.SetProjection(srs.ExportToWkt())
+        band = dataset.GetRasterBand(1)
+        band.WriteArray(array)
+        if name == "train_labels":
+            band.SetCategoryNames(["unlabelled", *TRENTO_CLASSES])
+        dataset = None
+    return paths
+
+
+def trento_parameters(paths, folder):
+    return {"LIDAR": str(paths["lidar"]), "LABEL_RASTER": str(paths["train_labels"]),
+            "BACKBONE": "mamol-tiny-vit", "WEIGHTS": 2, "PATCH_SIZE": 5, "EPOCHS": 1,
+            "MAX_SAMPLES_PER_CLASS": 40, "DEVICE": "cpu",
+            "OUTPUT_MODEL": str(folder / "trento.mamol"),
+            "OUTPUT_REPORT": str(folder / "trento.html")}
+
+
+@pytest.mark.subprocess
+def test_trains_from_trentos_training_map(mamol_provider, trento_shaped, tmp_path):
+    """A benchmark's TRLabel map as the label raster, through ``processing.run``: the six
+    classes with the map's category names."""
+    results = run(trento_parameters(trento_shaped, tmp_path))
+    header = read_header(results["OUTPUT_MODEL"])
+    assert [(c.value, c.name) for c in header.classes] == list(enumerate(TRENTO_CLASSES, 1))
+    assert header.modality_names == ["lidar"]
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_qgis_process_trains_from_trentos_training_map(qgis_env, trento_shaped, tmp_path):
+    """The same through ``qgis_process`` (a script's or a shell's way in)."""
+    from qgis_session import qgis_process
+    parameters = trento_parameters(trento_shaped, tmp_path)
+    done = qgis_process(qgis_env, "run", ALGORITHM, "--",
+                        *[f"{key}={value}" for key, value in parameters.items()])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    header = read_header(tmp_path / "trento.mamol")
+    assert [c.name for c in header.classes] == list(TRENTO_CLASSES)
