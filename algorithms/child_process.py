@@ -144,8 +144,8 @@ class ChildProcess:
             return
         if self._stop_sent is None:
             self._stop_sent = time.monotonic()
-            self._close_lifeline()
             _ask_to_stop(self.process)
+            self._close_lifeline()
         elif not self._killed and time.monotonic() - self._stop_sent > grace_seconds:
             self._killed = True
             _kill(self.process)
