@@ -1,12 +1,12 @@
 """``mamol:installdependencies`` — set up the Python environment with PyTorch that runs
-MaMOL's engine (see :mod:`core.model_env`)."""
+MaMOL's engine (see :mod:`algorithms.model_env`)."""
 import os
 
 from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingOutputFile,
                        QgsProcessingParameterEnum, QgsProcessingParameterFile,
                        QgsProcessingParameterString, QgsSettings)
 
-from ..core import model_env
+from . import model_env
 from .common import FeedbackRelay, MamolAlgorithm, add_parameter, \
     core_errors_as_processing_exceptions
 

@@ -1,4 +1,4 @@
-"""The model environment (``core.model_env``) and ``mamol:installdependencies``.
+"""The model environment (``algorithms.model_env``) and ``mamol:installdependencies``.
 
 The slow tests install the pinned packages for real, once per module, from pip's configured
 index (here the local wheels), into a folder under pytest's tmp_path.
@@ -15,7 +15,7 @@ from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
 
 from qgis_session import recording_feedback
 from support import PLUGINS_DIR, REPO
-from mamol.core import model_env
+from mamol.algorithms import model_env
 from mamol.core.errors import Cancelled, MamolInputError
 
 ALGORITHM = "mamol:installdependencies"

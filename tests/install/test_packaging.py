@@ -19,7 +19,8 @@ def test_zip_has_one_top_folder_and_no_dev_files(tmp_path):
     assert {name.split("/")[0] for name in names} == {"mamol"}
     for required in ("mamol/metadata.txt", "mamol/__init__.py", "mamol/__main__.py",
                      "mamol/mamol_plugin.py",
-                     "mamol/algorithms/provider.py", "mamol/core/sample_scene.py",
+                     "mamol/algorithms/provider.py", "mamol/algorithms/child_process.py",
+                     "mamol/algorithms/model_env.py", "mamol/core/sample_scene.py",
                      "mamol/resources/icon.svg", "mamol/resources/report/report.html.j2",
                      "mamol/resources/report/macros.html.j2",
                      "mamol/resources/report/style.css"):

@@ -1,4 +1,6 @@
-"""``core/`` and ``training/`` must work where QGIS and Qt cannot even be imported."""
+"""``core/`` and ``training/`` must work where QGIS and Qt cannot even be imported; so must
+the plugin's QGIS-free modules (the child-process runner and the model-environment
+installer), whose tests then need no QGIS."""
 import subprocess
 import sys
 import textwrap
@@ -25,7 +27,8 @@ PROBE = textwrap.dedent("""
     for package_name in ("mamol.core", "mamol.engine", "mamol.training"):
         package = importlib.import_module(package_name)
         imported.append(package_name)
-        for info in pkgutil.walk_packages(package.__path__, package_name + "."):
+        for info in pkgutil.walk_packages(getattr(package, "__path__", ()),
+                                          package_name + "."):
             if info.name.endswith(".__main__"):
                 continue  # the CLI entry point runs on import
             importlib.import_module(info.name)
@@ -55,3 +58,12 @@ def test_the_probe_does_block_qgis():
     result = subprocess.run([sys.executable, "-c", probe, str(PLUGINS_DIR)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "blocked in this test" in result.stderr
+
+
+def test_the_plugins_qgis_free_modules_import_without_qgis():
+    modules = ("mamol.algorithms.child_process", "mamol.algorithms.model_env")
+    probe = PROBE.replace('("mamol.core", "mamol.engine", "mamol.training")', repr(modules))
+    result = subprocess.run([sys.executable, "-c", probe, str(PLUGINS_DIR)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert set(modules) <= set(result.stdout.split())

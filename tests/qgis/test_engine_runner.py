@@ -140,7 +140,7 @@ def test_without_a_model_environment_the_algorithms_say_to_install_one(
     import processing
     from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
 
-    from mamol.core import model_env
+    from mamol.algorithms import model_env
     monkeypatch.delenv("MAMOL_PYTHON", raising=False)
     settings = QgsSettings()
     before = settings.value(model_env.SETTINGS_KEY, None)

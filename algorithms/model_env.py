@@ -5,9 +5,12 @@ child Python, and this module says which one and how to make it. The managed env
 is a venv made from QGIS's own Python with ``--system-site-packages`` (so it sees QGIS's
 ``osgeo`` and NumPy, which are built against each other) plus the pinned PyTorch packages.
 
-QGIS-free like the rest of the core: progress, log lines and cancellation are plain
-callables (see :mod:`core.feedback`); errors the user can act on are
-:class:`~core.errors.MamolInputError`.
+Only the plugin uses it (``mamol:installdependencies``, and the engine runner to find the
+engine's Python), so it lives with the algorithms, not in the pip package's ``core/``; yet it
+imports no QGIS, so that its tests need none: progress, log lines and cancellation are plain
+callables (see :mod:`core.feedback`), errors the user can act on are
+:class:`~core.errors.MamolInputError`, and pip and the probes run through
+:mod:`algorithms.child_process`.
 
 Test hook: the environment variable ``MAMOL_TORCH_PIN`` (e.g. ``torch==0.0.0``) replaces
 the torch pin of :data:`PINNED_PACKAGES` when an environment is created, so a test can make
@@ -18,18 +21,16 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from queue import Empty, Queue
 from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from .errors import Cancelled, MamolInputError
-from .feedback import CancelCheck, ProgressCallback, Reporter
+from ..core.errors import MamolInputError
+from ..core.feedback import CancelCheck, ProgressCallback, Reporter
+from . import child_process
 
 #: The engine's packages, pinned exactly (the same pins as requirements.txt).
 PINNED_PACKAGES = ("torch==2.13.0", "torchvision==0.28.0", "open_clip_torch==3.3.0",
@@ -52,6 +53,8 @@ CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
 #: Values of ``torch_index`` that mean "pip's own configured index" (PyPI or a mirror).
 CONFIGURED_INDEX = ("", "pypi")
 BUILDS = ("auto", "cpu", "cuda")
+#: Seconds pip or a probe may take to stop after a cancel before it is killed.
+STOP_GRACE_SECONDS = 5.0
 
 SETUP_HINT = ("run 'Install dependencies' (Processing Toolbox → MaMOL land cover → Setup), "
               "or set an existing Python environment in its 'Use an existing Python "
@@ -223,7 +226,7 @@ def detect_nvidia(timeout: float = 15.0) -> Optional[Tuple[NvidiaGpu, ...]]:
         done = subprocess.run([program, "--query-gpu=name,driver_version",
                                "--format=csv,noheader"], capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL,
-                              **_no_window())
+                              **child_process.spawn_options())
     except (OSError, subprocess.SubprocessError):
         return None
     if done.returncode != 0:
@@ -283,69 +286,21 @@ def pinned_packages(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, .
 
 # ---- running programs -----------------------------------------------------------------
 
-def _no_window() -> dict:
-    """No console window for a child on Windows; its own process group everywhere, so a
-    cancel can stop it with all its children."""
-    if os.name == "nt":
-        return {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)
-                | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-    return {"start_new_session": True}
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop ``process`` and its children (its process group), then reap it."""
-    if process.poll() is not None:
-        return
-    try:
-        if os.name == "nt":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)],
-                           capture_output=True, timeout=30, **_no_window())
-        else:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-    except (OSError, subprocess.SubprocessError):
-        process.kill()
-    process.wait()
-
-
 def run_streaming(command: Sequence[str], on_line: Callable[[str], None],
                   check: CancelCheck, env: Optional[Mapping[str, str]] = None) -> int:
     """Run ``command``, hand each line of its output (stdout and stderr) to ``on_line`` as
     it comes, and return its exit status. ``check`` is called often and may raise
-    :class:`Cancelled`: then the command and its children are stopped first."""
-    process = subprocess.Popen(list(command), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env=dict(env) if env is not None else child_environment(),
-                               **_no_window())
-    lines: "Queue[Optional[bytes]]" = Queue()
+    :class:`~core.errors.Cancelled`: then the command and its children are stopped first
+    (asked to, then killed after :data:`STOP_GRACE_SECONDS`)."""
+    def relay(_stream: str, line: str) -> None:
+        line = line.rstrip()
+        if line:
+            on_line(line)
 
-    def pump() -> None:
-        for raw in iter(process.stdout.readline, b""):
-            lines.put(raw)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        while True:
-            check()
-            try:
-                raw = lines.get(timeout=0.2)
-            except Empty:
-                continue
-            if raw is None:
-                break
-            line = raw.decode("utf-8", errors="replace").rstrip()
-            if line:
-                on_line(line)
-        return process.wait()
-    finally:
-        _stop(process)
-        reader.join(timeout=5)
-        process.stdout.close()
+    # ``check`` raises rather than answers: the runner stops the child, then re-raises
+    return child_process.run(list(command), relay, STOP_GRACE_SECONDS, is_cancelled=check,
+                             env=dict(env) if env is not None else child_environment(),
+                             merge_stderr=True).status
 
 
 def _last_error(lines: Sequence[str]) -> str:
@@ -649,7 +604,7 @@ def _swap(new_dir: Path, env_dir: Path, log: LogCallback, reporter: Reporter,
                                "import sys, torch; print(sys.prefix)"],
                               capture_output=True, text=True, timeout=300,
                               env=child_environment(), stdin=subprocess.DEVNULL,
-                              **_no_window())
+                              **child_process.spawn_options())
         if done.returncode != 0 or Path(done.stdout.strip()).resolve() != env_dir.resolve():
             raise MamolInputError(
                 f"The environment does not work from {env_dir} after moving it there: "
