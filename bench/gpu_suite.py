@@ -20,7 +20,7 @@ Rows (ViT-B-16, P = 14, frozen tower in bf16 on CUDA unless ``--precision`` says
 Usage on the GPU machine (``bench/gpu_machine.sh`` sets up the environment and runs it):
     python bench/gpu_suite.py --out gpu_suite.json
 On a CPU, a smoke run of every row but the peer:
-    .venv/bin/python bench/gpu_suite.py --device cpu --arch mamol-tiny-vit --sizes 64 \\
+    .venv/bin/python bench/gpu_suite.py --device cpu --arch mamol-tiny-vit --sizes 128 \\
         --train-scene 128 --train-samples-per-class 20 --seconds 1
 """
 import argparse
