@@ -19,118 +19,66 @@ Usage:
     .venv/bin/python bench/bench_classify.py --arch ViT-B-16 --device cuda --runs 512:1 2048:1
 """
 import argparse
-import json
-import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
+import harness  # noqa: E402 - puts the plugin on sys.path
+
 from mamol.core.raster_io import DEFAULT_GDAL_CACHE_MB  # noqa: E402
 
-
-def make_model(arch: str, patch: int, path: Path) -> None:
-    import torch
-
-    from mamol.core.backbone import BackboneSpec, build_visual_tower, fingerprint
-    from mamol.core.mamol_model import MamolModel, ModalitySpec
-    from mamol.core.model_file import ClassInfo, ModalityInfo, ModelHeader, save_model
-    from mamol.core.sample_scene import CLASS_STYLE
-    spec = BackboneSpec(arch=arch)
-    visual = build_visual_tower(spec)
-    torch.manual_seed(0)
-    bands = {"hs": 48, "sar": 2, "lidar": 1}
-    model = MamolModel([ModalitySpec(n, b) for n, b in bands.items()], 7, visual)
-    # Rough per-band statistics of the sample scene, so windows are near unit scale.
-    stats = {"hs": (2000.0, 1500.0), "sar": (0.1, 0.1), "lidar": (200.0, 10.0)}
-    header = ModelHeader(
-        modalities=tuple(ModalityInfo(n, b, (stats[n][0],) * b, (stats[n][1],) * b)
-                         for n, b in bands.items()),
-        classes=tuple(ClassInfo(int(k), v[0], v[1]) for k, v in CLASS_STYLE.items()),
-        patch_size=patch, backbone=spec, backbone_fingerprint=fingerprint(visual),
-        adapter=model.config.to_json(), training={"max_missing_fraction": 0.5})
-    save_model(path, model, header)
+COLUMNS = [harness.Column("scene", "scene", number=False), harness.Column("stride", "stride"),
+           harness.Column("batch", "batch"), harness.Column("classified", "classified px"),
+           harness.Column("pixels_per_second", "px/s", ".1f"),
+           harness.Column("encoder_passes_per_second", "encoder passes/s", ".1f"),
+           harness.Column("backbone_samples_per_second", "backbone samples/s", ".1f"),
+           harness.Column("ratio", "ratio", ".2f"), harness.Column("peak_mib", "peak MiB", ".0f"),
+           harness.Column("seconds", "wall s", ".1f")]
 
 
 def backbone_rate(arch: str, patch: int, batch: int, device: str, precision: str,
-                  seconds: float = 20.0):
+                  seconds: float = 20.0) -> float:
     """Plain frozen backbone samples/s on random tokens of the run's shape (the same SDPA
     blocks and precision as the product, no adapters)."""
     import torch
 
-    from mamol.core.backbone import BackboneSpec, build_visual_tower
-    from mamol.core.devices import resolve_device, resolve_precision, synchronize
-    from mamol.core.mamol_model import AdapterConfig, ExpertSet, MamolEncoder, RoutingContext
+    from mamol.core.devices import resolve_device, resolve_precision
     target = resolve_device(device)
-    encoder = MamolEncoder(build_visual_tower(BackboneSpec(arch=arch)), 1,
-                           AdapterConfig(experts=ExpertSet.NONE)).to(target).eval()
-    encoder.set_compute_dtype(resolve_precision(precision, target))
+    encoder, context = harness.plain_tower(arch, target, resolve_precision(precision, target))
     tokens = torch.randn(batch, patch * patch, encoder.width, device=target)
-    context = RoutingContext(None, None, 0)
-    done, started = 0, time.perf_counter()
     with torch.no_grad():
-        while True:
-            encoder(tokens, context)
-            synchronize(target)
-            done += batch
-            if time.perf_counter() - started > seconds and done >= 2 * batch:
-                break
-    return done / (time.perf_counter() - started)
-
-
-def own_peak_mib() -> float:
-    """This process's own peak resident memory. Linux's ``ru_maxrss`` is not: a child
-    started by fork + exec inherits as its maximum the parent's resident size at the fork
-    (kept across exec), so every run here reported at least what the parent had just used
-    to write the sample scene, which grows with the scene. ``VmHWM`` belongs to the
-    process's own address space, which exec replaces."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        timing = harness.measure(lambda: encoder(tokens, context), target, seconds=seconds,
+                                 min_calls=2)
+    return timing.rate(batch)
 
 
 def single(args) -> None:
     """One classification in this process; prints one JSON line."""
-    from osgeo import gdal
+    import time
 
     from mamol.core.inference import ClassifyConfig, classify
     folder = Path(args.folder)
     config = ClassifyConfig(
-        model_path=str(folder / "model.mamol"),
-        rasters=tuple((n, str(folder / f"{n}.tif")) for n in ("hs", "sar", "lidar")),
+        model_path=str(folder / "model.mamol"), rasters=harness.scene_rasters(folder),
         output_classes=str(folder / "classes.tif"),
         output_modalities=str(folder / "used.tif"), stride=args.stride,
         gdal_cache_mb=args.gdal_cache_mb,
         batch_size=args.batch_size, device=args.device, precision=args.precision)
     lines = []
+    peaks = harness.PeakMemory(args.device)
     started = time.perf_counter()
     result = classify(config, log=lines.append)
-    batch = int(lines[0].split("batches of ")[1].split(",")[0])
     wall = time.perf_counter() - started
-    used = gdal.Open(config.output_modalities).ReadAsArray()
-    anchors = used[args.stride // 2::args.stride, args.stride // 2::args.stride]
-    passes = int(sum(((anchors >> bit) & 1).sum() for bit in range(3)))
-    record = {"pixels_per_second": result.pixels_per_second, "seconds": wall,
-              "classified": int((anchors > 0).sum()), "encoder_passes": passes,
-              "encoder_passes_per_second": passes / result.seconds}
-    if args.device.startswith("cuda"):
-        import torch
-        record["peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
-    else:
-        record["peak_mib"] = own_peak_mib()
-    record["batch"] = batch
-    record["backbone_samples_per_second"] = backbone_rate(
-        args.arch, args.patch_size, batch, args.device, args.precision)
-    print(json.dumps(record))
+    batch = int(lines[0].split("batches of ")[1].split(",")[0])
+    counted = harness.encoder_passes(config.output_modalities, args.stride)
+    harness.print_child_record({
+        "pixels_per_second": result.pixels_per_second, "seconds": wall,
+        "classified": counted["classified"], "encoder_passes": counted["passes"],
+        "encoder_passes_per_second": counted["passes"] / result.seconds,
+        "peak_mib": peaks.main_mib(), "batch": batch,
+        "backbone_samples_per_second": backbone_rate(
+            args.arch, args.patch_size, batch, args.device, args.precision)})
 
 
 def main() -> None:
@@ -144,6 +92,7 @@ def main() -> None:
                         help="GDAL block cache of each run, MiB")
     parser.add_argument("--runs", nargs="+", default=["512:4", "2048:16", "4096:32"],
                         help="SIZE:STRIDE pairs")
+    harness.add_record_arguments(parser)
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--stride", type=int, default=1, help=argparse.SUPPRESS)
@@ -151,30 +100,24 @@ def main() -> None:
     if args.single:
         single(args)
         return
-    from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene
-    print(f"host {platform.node()} ({os.cpu_count()} CPUs), device {args.device}, "
-          f"arch {args.arch}, P={args.patch_size}, batch {args.batch_size or 'automatic'}, "
-          f"precision {args.precision}, GDAL cache {args.gdal_cache_mb} MiB")
-    print("| scene | stride | batch | classified px | px/s | encoder passes/s "
-          "| backbone samples/s | ratio | peak MiB | wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(harness.host_banner(args.device, arch=args.arch, P=args.patch_size,
+                              batch=args.batch_size or "automatic", precision=args.precision,
+                              **{"GDAL cache MiB": args.gdal_cache_mb}))
+    table = harness.Table("classify", COLUMNS, args.json_lines)
+    table.header()
     for run in args.runs:
         size, stride = (int(v) for v in run.split(":"))
         with tempfile.TemporaryDirectory() as folder:
-            write_sample_scene(SampleSceneConfig(size=size, seed=42), folder)
-            make_model(args.arch, args.patch_size, Path(folder) / "model.mamol")
-            done = subprocess.run(
-                [sys.executable, __file__, "--single", "--folder", folder, "--stride",
-                 str(stride), "--arch", args.arch, "--patch-size", str(args.patch_size),
-                 "--batch-size", str(args.batch_size), "--device", args.device,
-                 "--precision", args.precision, "--gdal-cache-mb", str(args.gdal_cache_mb)],
-                capture_output=True, text=True, check=True)
-            record = json.loads(done.stdout.strip().splitlines()[-1])
-        ratio = record["encoder_passes_per_second"] / record["backbone_samples_per_second"]
-        print(f"| {size}² | {stride} | {record['batch']} | {record['classified']} | "
-              f"{record['pixels_per_second']:.1f} | {record['encoder_passes_per_second']:.1f} | "
-              f"{record['backbone_samples_per_second']:.1f} | {ratio:.2f} | "
-              f"{record['peak_mib']:.0f} | {record['seconds']:.1f} |", flush=True)
+            harness.sample_scene(size, folder)
+            harness.fixture_model(args.arch, args.patch_size, Path(folder) / "model.mamol")
+            record = harness.run_child(__file__, [
+                "--single", "--folder", folder, "--stride", str(stride), "--arch", args.arch,
+                "--patch-size", str(args.patch_size), "--batch-size", str(args.batch_size),
+                "--device", args.device, "--precision", args.precision,
+                "--gdal-cache-mb", str(args.gdal_cache_mb)])
+        record.update(scene=f"{size}²", stride=stride, ratio=record[
+            "encoder_passes_per_second"] / record["backbone_samples_per_second"])
+        table.row(record)
 
 
 if __name__ == "__main__":

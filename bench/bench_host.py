@@ -22,7 +22,6 @@ bench-host`` runs it on Debian 13.
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,12 +30,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plugin_path  # noqa: E402 - puts the plugin on sys.path
-
-from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene  # noqa: E402
+import harness  # noqa: E402 - puts the plugin on sys.path
 
 BLAS_NAMES = ("blas", "lapack", "mkl", "gomp", "iomp")
 CLASSIFIED = re.compile(r"Classified (\d+) pixels in ([\d.]+) s \(([\d.]+) pixels/s\)")
+COLUMNS = [harness.Column("host", "host", number=False),
+           harness.Column("samples_per_second", "training samples/s", ".1f"),
+           harness.Column("train_wall", "training run s", ".0f"),
+           harness.Column("pixels_per_second", "classification px/s", ".0f"),
+           harness.Column("classify_wall", "classification run s", ".0f"),
+           harness.Column("libraries", "BLAS/OpenMP libraries in the torch process",
+                          lambda names: ", ".join(sorted(names)) or "-", number=False)]
 
 
 def blas_libraries(pid) -> set:
@@ -150,32 +154,23 @@ def main() -> None:
     parser.add_argument("--qgis-process", default="qgis_process.bin")
     parser.add_argument("--python", default=os.environ.get("MAMOL_PYTHON", sys.executable),
                         help="the engine's Python (default: MAMOL_PYTHON, else this one)")
+    harness.add_record_arguments(parser)
     args = parser.parse_args()
-    env = dict(os.environ, MAMOL_PYTHON=args.python, PYTHONPATH=os.pathsep.join(
-        [str(plugin_path.PLUGINS)] + [p for p in os.environ.get("PYTHONPATH", "").split(
-            os.pathsep) if p]))
+    env = harness.engine_env(MAMOL_PYTHON=args.python)
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        scene = write_sample_scene(SampleSceneConfig(size=args.scene_size, seed=42),
-                                   folder / "scene")
+        scene = harness.sample_scene(args.scene_size, folder / "scene")
         rows = [("engine command", measure("engine", engine_commands(
                     args, scene, folder, args.python), folder, env)),
                 ("qgis_process", measure("qgis", qgis_commands(args, scene, folder), folder,
                                          env))]
-    release = Path("/etc/debian_version")
-    print(f"host: {platform.node()} ({os.cpu_count()} CPUs), Debian "
-          f"{release.read_text().strip() if release.exists() else '?'}, "
-          f"Python {platform.python_version()}")
-    print(f"arch {args.arch}, P={args.patch_size}, batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), CPU fp32; classification of the {args.scene_size}² scene "
-          f"at stride {args.stride}")
-    print("| host | training samples/s | training run s | classification px/s | "
-          "classification run s | BLAS/OpenMP libraries in the torch process |")
-    print("|---|---:|---:|---:|---:|---|")
+    print(harness.host_banner("cpu", arch=args.arch, P=args.patch_size,
+                              batch=args.batch_size, epochs=args.epochs, precision="fp32",
+                              classification=f"{args.scene_size}² at stride {args.stride}"))
+    table = harness.Table("host", COLUMNS, args.json_lines)
+    table.header()
     for host, row in rows:
-        print(f"| {host} | {row['samples_per_second']:.1f} | {row['train_wall']:.0f} | "
-              f"{row['pixels_per_second']:.0f} | {row['classify_wall']:.0f} | "
-              f"{', '.join(sorted(row['libraries'])) or '-'} |")
+        table.row(dict(row, host=host, libraries=sorted(row["libraries"])))
     engine, qgis = rows[0][1], rows[1][1]
     print(f"qgis_process / engine command: training "
           f"{qgis['samples_per_second'] / engine['samples_per_second']:.2f}, classification "

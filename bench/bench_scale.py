@@ -18,7 +18,6 @@ Usage:
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
+import harness  # noqa: E402 - puts the plugin on sys.path
+
+COLUMNS = [harness.Column("run", "run", number=False),
+           harness.Column("device", "device", number=False),
+           harness.Column("processes", "processes"), harness.Column("seconds", "wall s", ".1f"),
+           harness.Column("rate", "end-to-end rate", number=False),
+           harness.Column("loop_rate", "engine loop rate", number=False),
+           harness.Column("speed_up", "speed-up (wall)", number=False)]
 
 
 def _run(command, env, limit):
@@ -59,14 +65,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=3600, help="seconds per run")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
+    harness.add_record_arguments(parser)
     args = parser.parse_args()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(plugin_path.PLUGINS)] +
-                                        [p for p in [env.get("PYTHONPATH")] if p])
+    env = harness.engine_env()
     import torch
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"# {platform.node()}: {cores} cores, torch {torch.__version__}, "
-          f"{args.size}² scene, {args.arch}, P = {args.patch_size}")
+    print(harness.host_banner(cores=cores, scene=f"{args.size}²", arch=args.arch,
+                              P=args.patch_size))
     setups = [("cpu", n) for n in args.processes]
     if torch.cuda.is_available():
         setups.append(("cuda", torch.cuda.device_count()))
@@ -110,14 +115,15 @@ def main() -> None:
                 rows.append(("classify", device, processes, seconds,
                              args.size * args.size / seconds,
                              float(result["pixels_per_second"]), "px/s"))
-    print("| run | device | processes | wall s | end-to-end rate | engine loop rate | "
-          "speed-up (wall) |")
-    print("|---|---|---|---|---|---|---|")
+    table = harness.Table("scale", COLUMNS, args.json_lines)
+    table.header()
     for what, device, processes, seconds, rate, loop, unit in rows:
         base = next(r for r in rows if r[0] == what and r[2] == min(
             x[2] for x in rows if x[0] == what and x[1] == "cpu") and r[1] == "cpu")
-        print(f"| {what} | {device} | {processes} | {seconds:.1f} | {rate:.0f} {unit} | "
-              f"{loop:.0f} {unit} | {base[3] / seconds:.2f}× |")
+        table.row({"run": what, "device": device, "processes": processes, "seconds": seconds,
+                   "unit": unit, "rate_value": rate, "loop_rate_value": loop,
+                   "speed_up_value": base[3] / seconds, "rate": f"{rate:.0f} {unit}",
+                   "loop_rate": f"{loop:.0f} {unit}", "speed_up": f"{base[3] / seconds:.2f}×"})
 
 
 if __name__ == "__main__":

@@ -16,42 +16,21 @@ Usage:
     .venv/bin/python bench/bench_tile.py --arch ViT-B-16 --device cuda --size 1024 --crop 256
 """
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
+import harness  # noqa: E402 - puts the plugin on sys.path
 
-
-def make_models(arch: str, patch: int, folder: Path) -> None:
-    """pixel.mamol and tile.mamol: the same seeded weights, two kinds."""
-    import torch
-
-    from mamol.core.backbone import BackboneSpec, build_visual_tower, fingerprint
-    from mamol.core.mamol_model import AdapterConfig, MamolModel, ModalitySpec, ModelKind
-    from mamol.core.model_file import ClassInfo, ModalityInfo, ModelHeader, save_model
-    from mamol.core.sample_scene import CLASS_STYLE
-    spec = BackboneSpec(arch=arch)
-    bands = {"hs": 48, "sar": 2, "lidar": 1}
-    stats = {"hs": (2000.0, 1500.0), "sar": (0.1, 0.1), "lidar": (200.0, 10.0)}
-    for kind in (ModelKind.PIXEL, ModelKind.TILE):
-        visual = build_visual_tower(spec)
-        torch.manual_seed(0)
-        model = MamolModel([ModalitySpec(n, b) for n, b in bands.items()], 7, visual,
-                           AdapterConfig(kind=kind))
-        header = ModelHeader(
-            modalities=tuple(ModalityInfo(n, b, (stats[n][0],) * b, (stats[n][1],) * b)
-                             for n, b in bands.items()),
-            classes=tuple(ClassInfo(int(k), v[0], v[1]) for k, v in CLASS_STYLE.items()),
-            patch_size=patch, backbone=spec, backbone_fingerprint=fingerprint(visual),
-            adapter=model.config.to_json(), training={"max_missing_fraction": 0.5})
-        save_model(folder / f"{kind.value}.mamol", model, header)
+COLUMNS = [harness.Column("kind", "kind", number=False),
+           harness.Column("area", "area", number=False),
+           harness.Column("classified", "classified px"),
+           harness.Column("passes", "encoder passes"),
+           harness.Column("passes_per_pixel", "passes/px", ".4f"),
+           harness.Column("pixels_per_second", "px/s", ".1f"),
+           harness.Column("seconds", "wall s", ".1f")]
 
 
 def single(args) -> None:
@@ -68,33 +47,25 @@ def single(args) -> None:
         extent = (x0 + first * dx, y0 + (first + args.crop) * dy,
                   x0 + (first + args.crop) * dx, y0 + first * dy)
     config = ClassifyConfig(
-        model_path=str(folder / f"{args.kind}.mamol"),
-        rasters=tuple((n, str(folder / f"{n}.tif")) for n in ("hs", "sar", "lidar")),
+        model_path=str(folder / f"{args.kind}.mamol"), rasters=harness.scene_rasters(folder),
         output_classes=str(folder / f"classes-{args.kind}.tif"),
         output_modalities=str(folder / f"used-{args.kind}.tif"), extent=extent,
         tile_step=args.tile_step, device=args.device, precision=args.precision)
     started = time.perf_counter()
     result = classify(config, log=lambda line: None)
     wall = time.perf_counter() - started
-    used = gdal.Open(config.output_modalities).ReadAsArray()
-    classified = int((used > 0).sum())
-    if result.encoder_passes is None:
-        passes = int(sum(((used >> bit) & 1).sum() for bit in range(3)))
-    else:
-        passes = result.encoder_passes
-    print(json.dumps({"classified": classified, "passes": passes, "seconds": wall,
-                      "pixels_per_second": result.pixels_per_second}))
+    counted = harness.encoder_passes(config.output_modalities)
+    passes = counted["passes"] if result.encoder_passes is None else result.encoder_passes
+    harness.print_child_record({"classified": counted["classified"], "passes": passes,
+                                "seconds": wall,
+                                "pixels_per_second": result.pixels_per_second})
 
 
 def run(args, folder: str, kind: str, crop: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--single", "--folder", folder, "--kind", kind,
-         "--crop", str(crop), "--device", args.device, "--precision", args.precision,
-         "--tile-step", str(args.tile_step)],
-        capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return harness.run_child(__file__, [
+        "--single", "--folder", folder, "--kind", kind, "--crop", str(crop),
+        "--device", args.device, "--precision", args.precision,
+        "--tile-step", str(args.tile_step)])
 
 
 def main() -> None:
@@ -112,6 +83,7 @@ def main() -> None:
     parser.add_argument("--tile-step", type=int, default=0, help="0 = the default, P − 2·(P // 7)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
+    harness.add_record_arguments(parser)
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -119,17 +91,18 @@ def main() -> None:
     if args.single:
         single(args)
         return
-    from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene
     from mamol.core.windows import tile_layout
     step = tile_layout(args.patch_size, args.tile_step)[0]
-    print(f"host {platform.node()} ({os.cpu_count()} CPUs), device {args.device}, "
-          f"arch {args.arch}, P={args.patch_size}, tile step {step}, "
-          f"precision {args.precision}, scene {args.size}², crop {args.crop}²")
-    print("| kind | area | classified px | encoder passes | passes/px | px/s | wall s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(harness.host_banner(args.device, arch=args.arch, P=args.patch_size, **{
+        "tile step": step, "precision": args.precision, "scene": f"{args.size}²",
+        "crop": f"{args.crop}²"}))
+    table = harness.Table("tile", COLUMNS, args.json_lines)
+    table.header()
     with tempfile.TemporaryDirectory() as folder:
-        write_sample_scene(SampleSceneConfig(size=args.size, seed=42), folder)
-        make_models(args.arch, args.patch_size, Path(folder))
+        harness.sample_scene(args.size, folder)
+        for kind in ("pixel", "tile"):   # the same seeded weights, two kinds
+            harness.fixture_model(args.arch, args.patch_size, Path(folder) / f"{kind}.mamol",
+                                  kind=kind)
         records = {}
         plan = [("pixel", args.crop), ("tile", args.crop)]
         if args.tile_crop and args.tile_crop != args.crop:
@@ -139,11 +112,9 @@ def main() -> None:
         for kind, crop in plan:
             record = run(args, folder, kind, crop)
             records[(kind, crop)] = record
-            area = f"crop {crop}²" if crop else f"whole {args.size}²"
-            print(f"| {kind} | {area} | {record['classified']} | {record['passes']} | "
-                  f"{record['passes'] / max(record['classified'], 1):.4f} | "
-                  f"{record['pixels_per_second']:.1f} | {record['seconds']:.1f} |",
-                  flush=True)
+            record.update(kind=kind, area=f"crop {crop}²" if crop else f"whole {args.size}²",
+                          passes_per_pixel=record["passes"] / max(record["classified"], 1))
+            table.row(record)
     pixel, tile = records[("pixel", args.crop)], records[("tile", args.crop)]
     print(f"\nOn the same crop: tile/pixel px/s = "
           f"{tile['pixels_per_second'] / pixel['pixels_per_second']:.1f}×, "

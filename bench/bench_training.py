@@ -14,22 +14,26 @@ Usage:
     .venv/bin/python bench/bench_training.py --arch ViT-B-16 --device cuda --samples-per-class 2000
 """
 import argparse
-import os
-import platform
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
+import harness  # noqa: E402 - puts the plugin on sys.path
 
 from mamol.core.backbone import BackboneSpec  # noqa: E402
-from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene  # noqa: E402
 from mamol.training.labels import PolygonSource, SplitConfig  # noqa: E402
 from mamol.training.missing import MissingSimulation, SimulationMode  # noqa: E402
 from mamol.training.trainer import TrainingConfig, train_model  # noqa: E402
+
+COLUMNS = [harness.Column("arch", "arch", number=False), harness.Column("patch_size", "P"),
+           harness.Column("samples_per_second", "samples/s (all epochs)", ".1f"),
+           harness.Column("steady_samples_per_second", "steady (after epoch 1)", ".1f"),
+           harness.Column("validation_seconds", "validation s", ".1f"),
+           harness.Column("seconds", "whole run s", ".1f"),
+           harness.Column("peak_rss_mib", "peak RSS MiB", ".0f"),
+           harness.Column("validation_oa", "validation OA", ".4f")]
 
 
 def main() -> None:
@@ -43,27 +47,29 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16")
     parser.add_argument("--compile", default="off", help="off, default, max-autotune")
+    harness.add_record_arguments(parser)
     args = parser.parse_args()
     result, wall = run(args)
     timing = result.summary["timing"]
-    print(f"host: {platform.node()} ({os.cpu_count()} CPUs), device {timing['device']}, "
-          f"tower {timing['precision']}, compile {args.compile}")
-    print(f"arch {args.arch}, P={args.patch_size}, batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), {timing['train_samples_seen']} training samples seen")
-    steady = timing["steady_samples_per_second"]
-    print(f"training samples/s: {timing['samples_per_second']:.1f} over all epochs, "
-          f"steady (after epoch 1) {'-' if steady is None else f'{steady:.1f}'} "
-          f"(optimiser steps {timing['training_seconds']:.1f} s, validation "
-          f"{timing['validation_seconds']:.1f} s; whole run {wall:.1f} s)")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of the process: {peak:.0f} MiB")
-    print(f"validation OA of the kept epoch: {result.summary['validation']['oa']:.4f}")
+    print(harness.host_banner(timing["device"], tower=timing["precision"],
+                              compile=args.compile, batch=args.batch_size,
+                              epochs=args.epochs,
+                              **{"training samples seen": timing["train_samples_seen"]}))
+    table = harness.Table("training", COLUMNS, args.json_lines)
+    table.header()
+    table.row({"arch": args.arch, "patch_size": args.patch_size,
+               "samples_per_second": timing["samples_per_second"],
+               "steady_samples_per_second": timing["steady_samples_per_second"],
+               "training_seconds": timing["training_seconds"],
+               "validation_seconds": timing["validation_seconds"], "seconds": wall,
+               "peak_rss_mib": harness.own_peak_rss_mib(),
+               "validation_oa": result.summary["validation"]["oa"]})
 
 
 def run(args):
     """Train on a fresh sample scene; (result, wall seconds)."""
     with tempfile.TemporaryDirectory() as folder:
-        scene = write_sample_scene(SampleSceneConfig(size=args.scene_size, seed=42), folder)
+        scene = harness.sample_scene(args.scene_size, folder)
         config = TrainingConfig(
             modalities=(("hs", str(scene.hs)), ("sar", str(scene.sar)),
                         ("lidar", str(scene.lidar))),

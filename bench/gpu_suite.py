@@ -20,13 +20,11 @@ Rows (ViT-B-16, P = 14, frozen tower in bf16 on CUDA unless ``--precision`` says
 Usage on the GPU machine (``bench/gpu_machine.sh`` sets up the environment and runs it):
     python bench/gpu_suite.py --out gpu_suite.json
 On a CPU, a smoke run of every row but the peer:
-    .venv/bin/python bench/gpu_suite.py --device cpu --arch mamol-tiny-vit --sizes 64 \\
+    .venv/bin/python bench/gpu_suite.py --device cpu --arch mamol-tiny-vit --sizes 128 \\
         --train-scene 128 --train-samples-per-class 20 --seconds 1
 """
 import argparse
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -37,28 +35,22 @@ from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
+import harness  # noqa: E402 - puts the plugin on sys.path
 
 import torch  # noqa: E402
 
-from mamol.core import backbone as bb  # noqa: E402
-from mamol.core import mamol_model as mm  # noqa: E402
-from mamol.core.devices import (model_inference_batch, prepare_model,  # noqa: E402
-                                resolve_device, resolve_precision, synchronize)
+from mamol.core.devices import (model_inference_batch, resolve_device,  # noqa: E402
+                                resolve_precision, synchronize)
 
 PEER = ROOT / ".peer" / "naive_peer.py"
+COLUMNS = [harness.Column("row", "row", number=False), harness.Column("value", "value", ",.1f"),
+           harness.Column("unit", "unit", number=False),
+           harness.Column("note", "note", number=False)]
 
 
 def rate(step, items: int, device, seconds: float) -> float:
-    """items/s of ``step`` (called repeatedly for about ``seconds`` after one warm-up)."""
-    step()
-    synchronize(device)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        step()
-        done += items
-    synchronize(device)  # the queued work counts too
-    return done / (time.perf_counter() - started)
+    """items/s of ``step``, called for about ``seconds`` after one warm-up call."""
+    return harness.measure(step, device, seconds=seconds).rate(items)
 
 
 def matmul_tflops(device, dtype, seconds: float) -> float:
@@ -71,25 +63,18 @@ def matmul_tflops(device, dtype, seconds: float) -> float:
 
 def encoder_rows(args, device, seconds: float, compile_mode: str = "off"):
     """(backbone sequences/s, encoder passes/s, compile seconds or None, batch)."""
-    visual = bb.build_visual_tower(bb.BackboneSpec(arch=args.arch, seed=0))
-    modalities = [mm.ModalitySpec("hs", 48), mm.ModalitySpec("sar", 2),
-                  mm.ModalitySpec("lidar", 1)]
-    model = prepare_model(mm.MamolModel(modalities, 7, visual), device,
-                          args.precision).eval()
+    model, _ = harness.fixture_network(args.arch, device=device, precision=args.precision)
     encoder = model.encoder
     batch = args.batch_size or model_inference_batch(model, device, args.patch_size)
-    windows = torch.randn(batch, 48, args.patch_size, args.patch_size, device=device)
+    windows = torch.randn(batch, harness.SAMPLE_BANDS["hs"], args.patch_size, args.patch_size,
+                          device=device)
     pattern = torch.full((batch,), model.full_pattern, device=device)
     compile_seconds = None
     with torch.inference_mode():
         backbone = None
         if compile_mode == "off":
-            plain = mm.MamolEncoder(bb.build_visual_tower(bb.BackboneSpec(arch=args.arch)), 1,
-                                    mm.AdapterConfig(experts=mm.ExpertSet.NONE))
-            plain = plain.to(device).eval()
-            plain.set_compute_dtype(model.compute_dtype)
+            plain, context = harness.plain_tower(args.arch, device, model.compute_dtype)
             tokens = torch.randn(batch, args.patch_size ** 2, encoder.width, device=device)
-            context = mm.RoutingContext(None, None, 0)
             backbone = rate(lambda: plain(tokens, context), batch, device, seconds)
             del plain, tokens
         else:
@@ -104,32 +89,27 @@ def encoder_rows(args, device, seconds: float, compile_mode: str = "off"):
 
 def classify_row(args, device, size: int, names, folder: Path):
     """End-to-end classification of a ``size``² sample scene with the given modalities."""
-    from osgeo import gdal
-
-    from bench_classify import make_model
     from mamol.core.inference import ClassifyConfig, classify
-    from mamol.core.sample_scene import SampleSceneConfig, write_sample_scene
     scene_folder = folder / f"scene{size}"
     if not (scene_folder / "hs.tif").exists():
-        write_sample_scene(SampleSceneConfig(size=size, seed=42), scene_folder)
-        make_model(args.arch, args.patch_size, scene_folder / "model.mamol")
+        harness.sample_scene(size, scene_folder)
+        harness.fixture_model(args.arch, args.patch_size, scene_folder / "model.mamol")
     tag = "-".join(names)
     config = ClassifyConfig(
         model_path=str(scene_folder / "model.mamol"),
-        rasters=tuple((n, str(scene_folder / f"{n}.tif")) for n in names),
+        rasters=harness.scene_rasters(scene_folder, names),
         output_classes=str(folder / f"classes{size}-{tag}.tif"),
         output_modalities=str(folder / f"used{size}-{tag}.tif"),
         batch_size=args.batch_size, device=str(device), precision=args.precision)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peaks = harness.PeakMemory(device)
+    peaks.reset()
     result = classify(config, log=lambda line: None)
-    used = gdal.Open(config.output_modalities).ReadAsArray()
-    passes = int(sum(((used >> bit) & 1).sum() for bit in range(3)))
-    peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
-            else float("nan"))
+    counted = harness.encoder_passes(config.output_modalities)
+    peak = peaks.read()["cuda_mib"]
     return {"px_per_s": result.pixels_per_second,
-            "passes_per_s": passes / result.seconds, "peak_mib": peak,
-            "pixels": int((used > 0).sum()), "seconds": result.seconds}
+            "passes_per_s": counted["passes"] / result.seconds,
+            "peak_mib": float("nan") if peak is None else peak,
+            "pixels": counted["classified"], "seconds": result.seconds}
 
 
 def training_row(args, device):
@@ -178,22 +158,19 @@ def main() -> None:
                         help="also time the encoder compiled: default, max-autotune")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["classify", "training", "peer"], help="rows to leave out")
-    parser.add_argument("--out", help="also write the rows as JSON here")
+    parser.add_argument("--out", help="also write the rows as one JSON list here")
+    harness.add_record_arguments(parser)
     args = parser.parse_args()
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
-    print(f"# {name}, torch {torch.__version__}, {args.arch}, P={args.patch_size}, "
-          f"tower {str(dtype).replace('torch.', '')}, host {platform.node()} "
-          f"({os.cpu_count()} CPUs)", flush=True)
-    rows = []
+    print(harness.host_banner(str(device), arch=args.arch, P=args.patch_size,
+                              tower=str(dtype).replace("torch.", "")), flush=True)
+    table = harness.Table("gpu_suite", COLUMNS, args.json_lines)
 
     def row(what, value, unit, note=""):
-        rows.append({"row": what, "value": value, "unit": unit, "note": note})
-        shown = "not measured" if value is None else f"{value:,.1f}"
-        print(f"| {what} | {shown} | {unit} | {note} |", flush=True)
+        table.row({"row": what, "value": value, "unit": unit, "note": note})
 
-    print("| row | value | unit | note |\n|---|---:|---|---|", flush=True)
+    table.header()
     row("bf16 matmul" if dtype is torch.bfloat16 else "fp32 matmul",
         matmul_tflops(device, dtype, args.seconds), "TFLOP/s")
     backbone, passes, _, batch = encoder_rows(args, device, args.seconds)
@@ -235,7 +212,7 @@ def main() -> None:
                 best = max(r["px_per_s"] for r in two)
                 row("classify 2-modality px/s ÷ naive peer", best / numbers["naive"], "x")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        Path(args.out).write_text(json.dumps(table.records, indent=2))
 
 
 if __name__ == "__main__":

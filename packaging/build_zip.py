@@ -1,7 +1,10 @@
 """Build the plugin zip that QGIS's "Install from ZIP" accepts.
 
 The archive has one top folder, ``mamol/`` (the plugin's install name), holding the plugin
-files only: no tests, benchmarks, build files or caches.
+files only: no tests, benchmarks, build files or caches. ``docs/`` stays out as well: the
+README links to it for readers of the repository, but nothing the installed plugin shows
+(``metadata.txt``, the algorithms' help) does; tests/install/test_packaging.py checks both,
+and a help link into ``docs/`` would have to add it to ``PLUGIN_FOLDERS``.
 
 Usage: python3 packaging/build_zip.py --out dist/mamol-0.1.0.zip
 """

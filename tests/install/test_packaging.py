@@ -26,11 +26,21 @@ def test_zip_has_one_top_folder_and_no_dev_files(tmp_path):
                      "mamol/resources/report/style.css"):
         assert required in names
     forbidden = ("tests/", "bench/", ".ci/", "Makefile", ".build", "__pycache__", ".pyc",
-                 "packaging/")
+                 "packaging/", "docs/")
     assert not [n for n in names if any(part in n for part in forbidden)]
     metadata = configparser.ConfigParser()
     metadata.read_string(zipfile.ZipFile(out).read("mamol/metadata.txt").decode())
     assert metadata["general"]["icon"] in [n[len("mamol/"):] for n in names]
+
+
+def test_nothing_the_plugin_shows_links_to_docs():
+    """docs/ stays out of the ZIP (above) because neither the plugin's metadata nor the help
+    of its algorithms points into it; a link there would be dead in an installed plugin."""
+    shown = [REPO / "metadata.txt", REPO / "mamol_plugin.py",
+             *sorted((REPO / "algorithms").rglob("*.py"))]
+    linking = [path.name for path in shown
+               if "docs/" in path.read_text(encoding="utf-8")]
+    assert not linking, f"{linking} link to docs/: ship it in packaging/build_zip.py"
 
 
 def test_the_installed_zip_runs_the_engine(tmp_path):

@@ -11,7 +11,7 @@ ENGINE_ONLY = {
         "--class-styles": "comes from the polygon layer's categorised style, not a parameter",
         "--weights-cache": "the Processing setting MAMOL_WEIGHTS_CACHE, via the environment",
         "--experts": "ablation switch of the paper's Table 5 (research use)",
-        "--table1": "the paper's Table 1 protocol (bench/paper_protocol.py)",
+        "--table1": "the paper's Table 1 protocol (bench/paper/paper_protocol.py)",
     },
     "classify": {
         "--weights-cache": "the Processing setting MAMOL_WEIGHTS_CACHE, via the environment",

@@ -1,4 +1,4 @@
-"""The paper-protocol harness (bench/paper_protocol.py) and its datasets."""
+"""The paper-protocol harness (bench/paper/paper_protocol.py) and its datasets."""
 import json
 import sys
 
@@ -8,7 +8,7 @@ from osgeo import gdal
 
 from support import REPO, SHARED_DATA
 
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "bench" / "paper"))
 import paper_protocol  # noqa: E402
 import protocol_datasets  # noqa: E402
 

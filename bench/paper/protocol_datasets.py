@@ -1,4 +1,4 @@
-"""Datasets for the paper-protocol harness (``bench/paper_protocol.py``).
+"""Datasets for the paper-protocol harness (``bench/paper/paper_protocol.py``).
 
 Every dataset becomes GeoTIFF rasters in model order plus two disjoint label sources —
 training and test — in a work folder; nothing is copied into the repository.
@@ -32,7 +32,7 @@ from mamol.core.sample_scene import (CLASS_FIELD, CLASS_NAME_FIELD, SampleSceneC
                                      write_sample_scene)
 from mamol.training.labels import LabelRasterSource, PolygonSource
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED_TRENTO = REPO.parent / "shared" / "data" / "trento" / "trento.npz"
 
 TRENTO_CLASSES = ((1, "Apple trees", "#6aa84f"), (2, "Buildings", "#cc0000"),

@@ -30,9 +30,9 @@ optimiser: AdamW lr 2e-3, weight decay 2e-2, 10 % warm-up then linear decay, bat
 every training and test pixel; for a GPU).
 
 Usage:
-    .venv/bin/python bench/paper_protocol.py --dataset sample --settings quick --out /tmp/pp
-    .venv/bin/python bench/paper_protocol.py --dataset trento --settings quick --out /tmp/pt
-    .venv/bin/python bench/paper_protocol.py --dataset augsburg --source ~/data/Augsburg \\
+    .venv/bin/python bench/paper/paper_protocol.py --dataset sample --settings quick --out /tmp/pp
+    .venv/bin/python bench/paper/paper_protocol.py --dataset trento --settings quick --out /tmp/pt
+    .venv/bin/python bench/paper/paper_protocol.py --dataset augsburg --source ~/data/Augsburg \\
         --settings full --device cuda --out runs/augsburg
 """
 import argparse
@@ -47,8 +47,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plugin_path  # noqa: E402,F401 - puts the plugin on sys.path
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]   # protocol_datasets; bench/harness
+import harness  # noqa: E402,F401 - puts the plugin on sys.path
 
 from mamol.core.backbone import TINY_ARCH, BackboneSpec, WeightsSource  # noqa: E402
 from mamol.core.errors import MamolInputError  # noqa: E402
