@@ -10,12 +10,18 @@ gdal.UseExceptions()
 ogr.UseExceptions()
 osr.UseExceptions()
 
-_GDAL_TYPES = {
+#: GDAL's data type for each NumPy data type the plugin writes.
+GDAL_TYPES = {
     np.dtype(np.uint8): gdal.GDT_Byte,
     np.dtype(np.uint16): gdal.GDT_UInt16,
     np.dtype(np.int16): gdal.GDT_Int16,
     np.dtype(np.float32): gdal.GDT_Float32,
 }
+
+
+def gdal_type(dtype: np.dtype) -> int:
+    """GDAL's data type for the NumPy data type ``dtype``."""
+    return GDAL_TYPES[np.dtype(dtype)]
 
 #: GDAL's in-memory vector driver: "MEM" since GDAL 3.11, which deprecates the old
 #: "Memory" name; GDAL 3.6 (Debian 12) knows only "Memory".
@@ -60,7 +66,7 @@ def create_geotiff(path: Path, width: int, height: int, band_count: int, dtype: 
     predictor = "PREDICTOR=3" if dtype.kind == "f" else "PREDICTOR=2"
     driver = gdal.GetDriverByName("GTiff")
     dataset = driver.Create(str(path), int(width), int(height), int(band_count),
-                            _GDAL_TYPES[dtype], list(GEOTIFF_OPTIONS) + [predictor])
+                            GDAL_TYPES[dtype], list(GEOTIFF_OPTIONS) + [predictor])
     dataset.SetGeoTransform(tuple(float(v) for v in geotransform))
     dataset.SetSpatialRef(srs)
     for index in range(band_count):

@@ -350,7 +350,7 @@ def test_part_files_already_removed_by_rank_0_are_not_an_error(tmp_path, monkeyp
     whole staging folder while the others delete their own part files. A part file that
     rank 0 removed first must not fail the rank that owned it."""
     from mamol.core.grid import ReferenceGrid
-    from mamol.core.inference import _Parts
+    from mamol.core.inference.sharded import PartFiles as _Parts
     grid = ReferenceGrid(crs_wkt="", x_origin=0.0, y_origin=6.0, pixel_width=1.0,
                          pixel_height=1.0, width=8, height=6)
     parts = _Parts(tmp_path, 3, {"classes": (np.uint8, 1, 0)}, grid)
