@@ -178,22 +178,7 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
     model_path = Path(config.model_path)
     header = read_header(model_path)
     model_names = header.modality_names
-    given = dict(config.rasters)
-    for path in (config.report_html, config.report_json):
-        if path:
-            ensure_writable_folder(Path(path).parent)
-    unknown_absent = sorted(set(config.absent) - set(model_names))
-    if unknown_absent:
-        raise MamolInputError(
-            f"Cannot force {', '.join(unknown_absent)} absent: the model uses "
-            f"{', '.join(model_names)}.")
-    infos = {name: inspect_raster(path, modality_label(name)) for name, path in given.items()}
-    check_inputs(header, {name: info.bands for name, info in infos.items()})
-    present = [n for n in model_names if n in given]
-    used = [n for n in present if n not in config.absent]
-    if not used:
-        raise MamolInputError(
-            "Every given raster is forced absent; leave at least one modality to evaluate.")
+    infos, present, used = _inspect_rasters(config, header)
     simulation = availability_simulation(model_names, config.availability,
                                          config.simulation_seed, config.independent)
     simulation.validate(model_names)
@@ -204,15 +189,7 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
     say(f"Reference grid: {grid.width} × {grid.height} pixels of "
         f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[present[0]].role} "
         "raster.")
-    if isinstance(config.labels, LabelRasterSource):
-        pixels = labels_from_raster(config.labels, grid)
-    else:
-        pixels = rasterise_polygons(config.labels, grid)
-    model_class = match_classes(pixels, header)
-    # From here on class_index is the model's class index; pixels.classes is not used.
-    pixels = replace(pixels, class_index=model_class)
-    pixels = _cap_per_class_model(pixels, len(header.classes), config.max_samples_per_class,
-                                  config.seed)
+    pixels = _reference_pixels(config, header, grid)
     say(f"{len(pixels)} reference pixel(s) to evaluate"
         + (f" (at most {config.max_samples_per_class} per class)"
            if config.max_samples_per_class else "") + ".")
@@ -248,29 +225,13 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
         device = resolve_device(config.device)
         model, _ = load_model(model_path, log=say)
         model = prepare_model(model, device, config.precision).eval()
-        batch_size = config.batch_size or model_inference_batch(model, device,
-                                                                header.patch_size)
-        statistics = {m.name: Normalisation(np.asarray(m.mean, dtype=np.float64),
-                                            np.asarray(m.std, dtype=np.float64))
-                      for m in header.modalities}
-        batches = Batches(samples, model_names, statistics, device)
-        predicted = np.empty(len(samples), dtype=np.int64)
-        chunk = PREDICTION_CHUNK * batch_size
-        for start in range(0, len(samples), chunk):
-            index = np.arange(start, min(start + chunk, len(samples)))
-            predicted[index] = predict(model, batches, patterns, batch_size,
-                                       reporter, samples=index)
-            reporter.report(25 + 70 * index[-1] / len(samples))
+        predicted = _predict(config, header, model, samples, patterns, device, reporter)
         reference = samples.class_index
     seconds = time.perf_counter() - started
 
-    class_names = [c.name for c in header.classes]
-    result = score(reference, predicted, patterns, class_names, model_names)
-    say(f"Overall: OA {_pct(result['oa'])}, kappa {_num(result['kappa'])} over "
-        f"{result['samples']} samples.")
-    for record in result["per_pattern"]:
-        say(f"  {record['pattern']}: OA {_pct(record['oa'])}, kappa {_num(record['kappa'])} "
-            f"({record['samples']} samples){metrics.one_class_flag(record)}")
+    result = score(reference, predicted, patterns, [c.name for c in header.classes],
+                   model_names)
+    _say_scores(result, say)
     for message in warnings:
         caution(message)
     summary = _summary(config, header, infos, used, simulation, forcing, result, real,
@@ -286,6 +247,68 @@ def evaluate(config: EvaluationConfig, progress: Optional[ProgressCallback] = No
         _write(summary, html, json_path)
     reporter.report(100)
     return EvaluationResult(summary, html, json_path)
+
+
+def _inspect_rasters(config: EvaluationConfig, header):
+    """The given rasters inspected and checked against the model: their infos by modality,
+    the model's modalities given (model order) and those of them evaluated (not absent)."""
+    model_names = header.modality_names
+    given = dict(config.rasters)
+    for path in (config.report_html, config.report_json):
+        if path:
+            ensure_writable_folder(Path(path).parent)
+    unknown_absent = sorted(set(config.absent) - set(model_names))
+    if unknown_absent:
+        raise MamolInputError(
+            f"Cannot force {', '.join(unknown_absent)} absent: the model uses "
+            f"{', '.join(model_names)}.")
+    infos = {name: inspect_raster(path, modality_label(name)) for name, path in given.items()}
+    check_inputs(header, {name: info.bands for name, info in infos.items()})
+    present = [n for n in model_names if n in given]
+    used = [n for n in present if n not in config.absent]
+    if not used:
+        raise MamolInputError(
+            "Every given raster is forced absent; leave at least one modality to evaluate.")
+    return infos, present, used
+
+
+def _reference_pixels(config: EvaluationConfig, header, grid) -> LabelledPixels:
+    """The reference labels on ``grid``, with the model's class index, capped per class."""
+    if isinstance(config.labels, LabelRasterSource):
+        pixels = labels_from_raster(config.labels, grid)
+    else:
+        pixels = rasterise_polygons(config.labels, grid)
+    model_class = match_classes(pixels, header)
+    # From here on class_index is the model's class index; pixels.classes is not used.
+    pixels = replace(pixels, class_index=model_class)
+    return _cap_per_class_model(pixels, len(header.classes), config.max_samples_per_class,
+                                config.seed)
+
+
+def _predict(config: EvaluationConfig, header, model, samples, patterns: np.ndarray, device,
+             reporter: Reporter) -> np.ndarray:
+    """The model's class index for every sample, with the normalisation of its file."""
+    batch_size = config.batch_size or model_inference_batch(model, device, header.patch_size)
+    statistics = {m.name: Normalisation(np.asarray(m.mean, dtype=np.float64),
+                                        np.asarray(m.std, dtype=np.float64))
+                  for m in header.modalities}
+    batches = Batches(samples, header.modality_names, statistics, device)
+    predicted = np.empty(len(samples), dtype=np.int64)
+    chunk = PREDICTION_CHUNK * batch_size
+    for start in range(0, len(samples), chunk):
+        index = np.arange(start, min(start + chunk, len(samples)))
+        predicted[index] = predict(model, batches, patterns, batch_size,
+                                   reporter, samples=index)
+        reporter.report(25 + 70 * index[-1] / len(samples))
+    return predicted
+
+
+def _say_scores(result: Dict[str, object], say) -> None:
+    say(f"Overall: OA {_pct(result['oa'])}, kappa {_num(result['kappa'])} over "
+        f"{result['samples']} samples.")
+    for record in result["per_pattern"]:
+        say(f"  {record['pattern']}: OA {_pct(record['oa'])}, kappa {_num(record['kappa'])} "
+            f"({record['samples']} samples){metrics.one_class_flag(record)}")
 
 
 def _cap_per_class_model(pixels: LabelledPixels, class_count: int, cap: int,

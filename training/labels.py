@@ -121,6 +121,30 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
     texts become classes 1..K in alphabetical order, named from the name field.
     """
     dataset, layer = _open_layer(source)
+    numeric = _numeric_class_field(layer, source)
+    transform = _transform_to_grid(layer, source, grid)
+    geometries, keys, names, warnings = _read_polygons(layer, source, numeric, transform,
+                                                       grid)
+    del dataset  # closes the file; the features were copied
+    if not geometries:
+        raise MamolInputError(
+            f"The polygon layer '{source.path}' has no polygons with a class value.")
+    values, classes = _polygon_classes(keys, names, numeric, source)
+    rows, cols, polygon = _burn_on_grid(geometries, grid)
+    empty = len(geometries) - np.unique(polygon).size
+    if empty:
+        warnings.append(f"{empty} polygon(s) cover no pixel centre (too small, or outside "
+                        "the rasters) and were not used.")
+    class_index_of = {c.value: i for i, c in enumerate(classes)}
+    key_index = np.array([class_index_of[values[k]] for k in keys], dtype=np.int64)
+    for message in warnings:
+        LOG.warning(message)
+    return LabelledPixels(rows=rows, cols=cols, class_index=key_index[polygon],
+                          polygon=polygon, classes=classes, warnings=warnings)
+
+
+def _numeric_class_field(layer, source: PolygonSource) -> bool:
+    """Whether the class field holds numbers; a text one needs a class-name field."""
     class_type = _field_type(layer, source.class_field, "class", source.path)
     numeric = class_type in _NUMERIC_FIELD_TYPES
     if source.name_field:
@@ -131,6 +155,11 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
         raise MamolInputError(
             f"The class field '{source.class_field}' is not numeric. Choose a numeric class "
             f"field (integer class values){remedy}.")
+    return numeric
+
+
+def _transform_to_grid(layer, source: PolygonSource, grid: ReferenceGrid):
+    """The transformation from the layer's CRS to the grid's; None when they are the same."""
     layer_srs = layer.GetSpatialRef()
     # GeoPackage reports a layer without CRS as "Undefined geographic/Cartesian SRS".
     if layer_srs is None or (layer_srs.GetName() or "").startswith("Undefined"):
@@ -138,9 +167,14 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
             f"The polygon layer '{source.path}' has no CRS. Assign one and run again.")
     layer_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     grid_srs = srs_from_wkt(grid.crs_wkt)
-    transform = None if layer_srs.IsSame(grid_srs) else osr.CoordinateTransformation(
+    return None if layer_srs.IsSame(grid_srs) else osr.CoordinateTransformation(
         layer_srs, grid_srs)
 
+
+def _read_polygons(layer, source: PolygonSource, numeric: bool, transform,
+                   grid: ReferenceGrid):
+    """Each polygon with a class (in the grid's CRS), its class key (a number, or the text
+    of a text class field), the class names found, and warnings about skipped features."""
     geometries: List[ogr.Geometry] = []
     keys: List[object] = []
     names: Dict[object, str] = {}
@@ -173,17 +207,18 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
             name = feature.GetField(source.name_field)
             if name not in (None, "") and key not in names:
                 names[key] = str(name)
-    del dataset  # closes the file; the features were copied
     warnings: List[str] = []
     if skipped_geometry:
         warnings.append(f"{skipped_geometry} feature(s) without geometry were ignored.")
     if skipped_class:
         warnings.append(f"{skipped_class} feature(s) with an empty class field were ignored.")
-    if not geometries:
-        raise MamolInputError(
-            f"The polygon layer '{source.path}' has no polygons with a class value.")
+    return geometries, keys, names, warnings
 
-    # Class values: numeric as given; text numbered 1..K alphabetically.
+
+def _polygon_classes(keys: Sequence[object], names: Mapping[object, str], numeric: bool,
+                     source: PolygonSource):
+    """The class value of each key (numeric as given; text numbered 1..K alphabetically)
+    and the classes in value order, named and coloured."""
     if numeric:
         values = {key: int(key) for key in keys}
     else:
@@ -192,19 +227,21 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
         if not 0 <= value <= 65534:
             raise MamolInputError(
                 f"Class value {value} is outside 0..65534; renumber the classes.")
-    ordered = sorted(set(values.values()))
-    class_index_of = {value: i for i, value in enumerate(ordered)}
     by_value = {values[key]: key for key in keys}
     classes = []
-    for i, value in enumerate(ordered):
+    for i, value in enumerate(sorted(set(values.values()))):
         key = by_value[value]
         name = names.get(key) or (key if isinstance(key, str) else f"class {value}")
         colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
         if source.styled_classes and value in source.styled_classes:
             name, colour = source.styled_classes[value]
         classes.append(LabelledClass(value, name, colour))
+    return values, tuple(classes)
 
-    # Burn polygon numbers (1-based) onto the part of the grid the polygons cover.
+
+def _burn_on_grid(geometries: Sequence[ogr.Geometry], grid: ReferenceGrid):
+    """Grid rows, columns and 0-based polygon number of every pixel centre the polygons
+    cover, burnt onto the part of the grid they cover (never onto the whole grid)."""
     envelope = [g.GetEnvelope() for g in geometries]   # (xmin, xmax, ymin, ymax)
     bounds = (min(e[0] for e in envelope), min(e[2] for e in envelope),
               max(e[1] for e in envelope), max(e[3] for e in envelope))
@@ -217,24 +254,14 @@ def rasterise_polygons(source: PolygonSource, grid: ReferenceGrid) -> LabelledPi
             f"{gx0:.1f}…{gx1:.1f}, y {gy0:.1f}…{gy1:.1f}, in {crs_label(grid.crs_wkt)}). "
             "Check that they show the same area and that their CRSs are right.")
     col0, row0, col1, row1 = window
-    sub = grid.subgrid(col0, row0, col1 - col0, row1 - row0)
-    burnt = _burn(geometries, sub)
+    burnt = _burn(geometries, grid.subgrid(col0, row0, col1 - col0, row1 - row0))
     rows, cols = np.nonzero(burnt)
     polygon = burnt[rows, cols].astype(np.int64) - 1
     if rows.size == 0:
         raise MamolInputError(
             "The polygons cover no pixel centre of the reference grid (they are smaller than "
             "a pixel or lie outside the rasters). Draw larger polygons.")
-    empty = len(geometries) - np.unique(polygon).size
-    if empty:
-        warnings.append(f"{empty} polygon(s) cover no pixel centre (too small, or outside "
-                        "the rasters) and were not used.")
-    key_index = np.array([class_index_of[values[k]] for k in keys], dtype=np.int64)
-    for message in warnings:
-        LOG.warning(message)
-    return LabelledPixels(rows=rows.astype(np.int64) + row0, cols=cols.astype(np.int64) + col0,
-                          class_index=key_index[polygon], polygon=polygon,
-                          classes=tuple(classes), warnings=warnings)
+    return rows.astype(np.int64) + row0, cols.astype(np.int64) + col0, polygon
 
 
 def _burn(geometries: Sequence[ogr.Geometry], grid: ReferenceGrid) -> np.ndarray:

@@ -10,11 +10,9 @@ weights saved to a model file, with an HTML and a JSON report.
 Nothing is written until training has finished: a cancel or an error leaves no model file
 and no report behind.
 """
-import contextlib
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -29,13 +27,13 @@ from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
 from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_bytes,
                             compile_field, device_field, model_inference_batch,
                             parse_compile_mode, parse_precision, precision_field,
-                            prepare_model, resolve_device, synchronize, to_device)
+                            prepare_model, resolve_device, synchronize)
 from ..core.distributed import SINGLE, World
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
 from ..core.modalities import NAMES
-from ..core.grid import (AlignedRaster, RasterInfo, inspect_raster, modality_label,
-                         reference_grid)
+from ..core.grid import (AlignedRaster, RasterInfo, ReferenceGrid, inspect_raster,
+                         modality_label, reference_grid)
 from ..core.model_file import (
     EXTENSION,
     ClassInfo,
@@ -51,10 +49,11 @@ from ..core.staging import staged_files
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
 from .batches import Batches, predict
 from .dataset import SampleSet, extract_samples, normalisation_statistics, scratch_folder
-from .labels import (LabelRasterSource, PolygonSource, SplitConfig, labels_from_raster,
-                     rasterise_polygons, split_by_polygon)
+from .labels import (LabelledClass, LabelRasterSource, PolygonSource, Split, SplitConfig,
+                     labels_from_raster, rasterise_polygons, split_by_polygon)
 from .missing import MissingSimulation, SimulationMode, apply_simulation, pattern_counts
 from .report import write_report
+from .schedule import epoch_length, epoch_order, lr_factor, steps_per_epoch, warmup_length
 from .summary import training_record, training_summary
 
 LOG = logging.getLogger(__name__)
@@ -201,41 +200,6 @@ def resolve_micro_batch(requested: int, batch_size: int, width: int, device,
     return batch_size
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Learning-rate multiplier for optimizer step ``step`` (0-based): linear warm-up from
-    1/warmup to 1 over ``warmup_steps``, then linear decay reaching 0 after the last step."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-def epoch_length(class_index: np.ndarray, class_count: int, balance: bool) -> int:
-    """Samples per epoch: all of them, or (balanced) the largest class's count per class
-    that has samples."""
-    if not balance:
-        return int(class_index.size)
-    counts = np.bincount(class_index, minlength=class_count)
-    return int(counts.max() * np.count_nonzero(counts))
-
-
-def epoch_order(class_index: np.ndarray, class_count: int, balance: bool,
-                rng: np.random.Generator) -> np.ndarray:
-    """Sample indices for one epoch. Balanced: every class contributes as many samples as
-    the largest one (smaller classes are repeated, each repeat in a new random order)."""
-    if not balance:
-        return rng.permutation(class_index.size)
-    members = [np.flatnonzero(class_index == k) for k in range(class_count)]
-    largest = max(m.size for m in members)
-    parts = []
-    for indices in members:
-        if indices.size == 0:
-            continue
-        repeats = -(-largest // indices.size)
-        drawn = np.concatenate([rng.permutation(indices) for _ in range(repeats)])[:largest]
-        parts.append(drawn)
-    return rng.permutation(np.concatenate(parts))
-
-
 def pattern_metrics(reference: np.ndarray, predicted: np.ndarray, patterns: np.ndarray,
                     class_count: int, names: Sequence[str],
                     class_names: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
@@ -303,85 +267,17 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     def caution(text: str) -> None:
         warnings.append(text)
         (warn or LOG.warning)(text)
-    with world.agreed():   # every rank reads the inputs; one that cannot stops them all
-        config.validate()
-        if world.distributed and config.mce is not None:
-            raise MamolInputError(
-                "MCE training runs in one process: its batch-level Shapley factors need "
-                "the whole batch in one place. Start it with 'python -m mamol train', not "
-                "torchrun.")
-        names = config.modality_names
-        for name in names:
-            if name not in KNOWN_MODALITIES:
-                raise MamolInputError(
-                    f"Unknown modality '{name}'; use {', '.join(KNOWN_MODALITIES)}.")
-        device = world.device if world.distributed else resolve_device(config.device)
-        output = Path(config.output_model)
-        for path in (output, config.report_html, config.report_json):
-            if path is not None:
-                ensure_writable_folder(Path(path).parent)
 
-        infos = [inspect_raster(path, modality_label(name))
-                 for name, path in config.modalities]
-        grid = reference_grid(infos)
-        say(f"Reference grid: {grid.width} × {grid.height} pixels of "
-            f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[0].role} raster.")
-        if isinstance(config.polygons, LabelRasterSource):
-            pixels = labels_from_raster(config.polygons, grid)
-        else:
-            pixels = rasterise_polygons(config.polygons, grid)
-        split = split_by_polygon(pixels, replace(config.split, seed=config.seed))
-        classes = pixels.classes
-        class_count = len(classes)
-        if class_count < 2:
-            raise MamolInputError(
-                f"The polygons hold only one class ({classes[0].name}); a classifier needs "
-                "at least two.")
-    for labelled, (tr, va, tp, vp) in zip(classes, split.class_counts):
-        # a class without a name field is named "class <value>": say it once
-        named = labelled.name if labelled.name == f"class {labelled.value}" else \
-            f"class {labelled.value} {labelled.name}"
-        say(f"  {named}: {tr} training px from {tp} polygon(s),"
-            f" {va} validation px from {vp} polygon(s)")
-    for text in split.warnings:
-        caution(text)
+    with world.agreed():   # every rank reads the inputs; one that cannot stops them all
+        inputs = _read_inputs(config, world, say)
+    _say_split(inputs.classes, inputs.split, say, caution)
     reporter.report(2)
+    names, classes, device = inputs.names, inputs.classes, inputs.device
 
     with scratch_folder() as scratch:
         with world.agreed():
-            aligned = [(name, AlignedRaster(info, grid)) for (name, _), info in
-                       zip(config.modalities, infos)]
-            try:
-                train, dropped_train = extract_samples(
-                    aligned, split.train, config.patch_size, config.max_missing_fraction,
-                    Path(scratch), "train", reporter, (2, 7))
-                validation, dropped_validation = extract_samples(
-                    aligned, split.validation, config.patch_size,
-                    config.max_missing_fraction, Path(scratch), "validation", reporter,
-                    (7, 10))
-            finally:
-                for _, raster in aligned:
-                    raster.close()
-            for dropped, side in ((dropped_train, "training"),
-                                  (dropped_validation, "validation")):
-                if dropped:
-                    caution(f"{dropped} {side} pixel(s) lie where no raster has valid data "
-                            "and were not used.")
-            counts = np.bincount(train.class_index, minlength=class_count)
-            for labelled, count in zip(classes, counts):
-                if count == 0:
-                    raise MamolInputError(
-                        f"Class {labelled.value} '{labelled.name}' has no training pixel "
-                        "with valid raster data. Draw its polygons where the rasters have "
-                        "data.")
-        if not len(validation) and config.split.validation_fraction == 0:
-            say(f"No validation (validation fraction 0): the last epoch ({config.epochs}) is "
-                "kept.")
-        elif not len(validation):
-            caution(f"No validation pixels (each class's polygons all went to training: the "
-                    f"split is by polygon, so a class needs at least 2 polygons to lend one to "
-                    f"validation). Nothing tells the epochs apart, so the last one "
-                    f"({config.epochs}) is kept, and the reports have no accuracy.")
+            train, validation = _extract(config, inputs, Path(scratch), reporter, caution)
+        _say_validation(config, validation, say, caution)
         statistics = normalisation_statistics(train, names)
         # Every rank simulates the same patterns for the same samples (the simulation's own
         # seed, over the whole training set), so missingness does not depend on the ranks.
@@ -393,11 +289,12 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
             f"{k} {v}" for k, v in pattern_counts(train_patterns, names).items()))
 
         with world.agreed():
-            model, spec_fingerprint = _build_model(config, infos, class_count, device, say)
+            model, spec_fingerprint = _build_model(config, inputs.infos, len(classes), device,
+                                                   say)
         _same_backbone(world, spec_fingerprint)
         history, best_epoch, best_state, timing = _fit(
             config, model, train, train_patterns, validation, validation_patterns,
-            statistics, class_count, device, reporter, say, world)
+            statistics, len(classes), device, reporter, say, world)
         if world.is_main:
             model.load_state_dict(best_state, strict=False)
             evaluation = _final_evaluation(config, model, validation, validation_patterns,
@@ -406,39 +303,147 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     if not world.is_main:
         # Rank 0 alone writes; the others wait for its outcome, so they fail if it fails.
         world.agree(None)
-        return TrainingResult(output, _optional_path(config.report_html),
+        return TrainingResult(inputs.output, _optional_path(config.report_html),
                               _optional_path(config.report_json), {})
     with world.agreed():
         reporter.report(97)
-        header = ModelHeader(
-            modalities=tuple(ModalityInfo(
-                name=name, bands=info.bands,
-                mean=tuple(float(v) for v in statistics[name].mean),
-                std=tuple(float(v) for v in statistics[name].std),
-                band_names=info.band_names,
-                wavelengths_nm=_wavelengths(info)) for name, info in zip(names, infos)),
-            classes=tuple(ClassInfo(c.value, c.name, c.colour) for c in classes),
-            patch_size=config.patch_size, backbone=config.backbone,
-            backbone_fingerprint=spec_fingerprint, adapter=model.config.to_json(),
-            training=training_record(config, train, validation, train_patterns,
-                                     validation_patterns, history, best_epoch, evaluation,
-                                     names),
-            reference_grid=grid.to_json(), software=software_versions())
+        record = training_record(config, train, validation, train_patterns,
+                                 validation_patterns, history, best_epoch, evaluation, names)
+        header = _header(config, inputs, statistics, model, spec_fingerprint, record)
         if world.distributed:
             timing["processes"] = world.size
             timing["backend"] = world.backend
-        summary = training_summary(config, infos, classes, split, train_patterns,
-                                   validation_patterns, history, best_epoch, evaluation,
-                                   timing, device, warnings, names)
-        reports = _write_outputs(model, header, summary, output, config, caution)
+        summary = training_summary(config, inputs.infos, classes, inputs.split,
+                                   train_patterns, validation_patterns, history, best_epoch,
+                                   evaluation, timing, device, warnings, names)
+        reports = _write_outputs(model, header, summary, inputs.output, config, caution)
     reporter.report(100)
-    say(f"Model written to {output}.")
+    say(f"Model written to {inputs.output}.")
     for path in reports:
         say(f"Report written to {path}.")
     written = {str(p) for p in reports}
     return TrainingResult(
-        output, *(_optional_path(p) if p and str(p) in written else None
-                  for p in (config.report_html, config.report_json)), summary)
+        inputs.output, *(_optional_path(p) if p and str(p) in written else None
+                         for p in (config.report_html, config.report_json)), summary)
+
+
+@dataclass
+class _Inputs:
+    """What every rank reads before training: the rasters, their grid and the split."""
+
+    names: List[str]
+    device: object
+    output: Path
+    infos: List[RasterInfo]
+    grid: ReferenceGrid
+    split: Split
+    classes: Tuple[LabelledClass, ...]
+
+
+def _read_inputs(config: TrainingConfig, world: World, say) -> _Inputs:
+    """The settings checked, the rasters inspected, the labels rasterised and split."""
+    config.validate()
+    if world.distributed and config.mce is not None:
+        raise MamolInputError(
+            "MCE training runs in one process: its batch-level Shapley factors need "
+            "the whole batch in one place. Start it with 'python -m mamol train', not "
+            "torchrun.")
+    names = config.modality_names
+    for name in names:
+        if name not in KNOWN_MODALITIES:
+            raise MamolInputError(
+                f"Unknown modality '{name}'; use {', '.join(KNOWN_MODALITIES)}.")
+    device = world.device if world.distributed else resolve_device(config.device)
+    output = Path(config.output_model)
+    for path in (output, config.report_html, config.report_json):
+        if path is not None:
+            ensure_writable_folder(Path(path).parent)
+
+    infos = [inspect_raster(path, modality_label(name)) for name, path in config.modalities]
+    grid = reference_grid(infos)
+    say(f"Reference grid: {grid.width} × {grid.height} pixels of "
+        f"{grid.pixel_width:g} × {grid.pixel_height:g} from the {infos[0].role} raster.")
+    if isinstance(config.polygons, LabelRasterSource):
+        pixels = labels_from_raster(config.polygons, grid)
+    else:
+        pixels = rasterise_polygons(config.polygons, grid)
+    split = split_by_polygon(pixels, replace(config.split, seed=config.seed))
+    classes = pixels.classes
+    if len(classes) < 2:
+        raise MamolInputError(
+            f"The polygons hold only one class ({classes[0].name}); a classifier needs "
+            "at least two.")
+    return _Inputs(names, device, output, infos, grid, split, classes)
+
+
+def _say_split(classes, split: Split, say, caution) -> None:
+    for labelled, (tr, va, tp, vp) in zip(classes, split.class_counts):
+        # a class without a name field is named "class <value>": say it once
+        named = labelled.name if labelled.name == f"class {labelled.value}" else \
+            f"class {labelled.value} {labelled.name}"
+        say(f"  {named}: {tr} training px from {tp} polygon(s),"
+            f" {va} validation px from {vp} polygon(s)")
+    for text in split.warnings:
+        caution(text)
+
+
+def _extract(config: TrainingConfig, inputs: _Inputs, scratch: Path, reporter: Reporter,
+             caution) -> Tuple[SampleSet, SampleSet]:
+    """The training and validation windows, cut into ``scratch``; a class left without a
+    training pixel on valid data is an error."""
+    aligned = [(name, AlignedRaster(info, inputs.grid)) for (name, _), info in
+               zip(config.modalities, inputs.infos)]
+    try:
+        train, dropped_train = extract_samples(
+            aligned, inputs.split.train, config.patch_size, config.max_missing_fraction,
+            scratch, "train", reporter, (2, 7))
+        validation, dropped_validation = extract_samples(
+            aligned, inputs.split.validation, config.patch_size,
+            config.max_missing_fraction, scratch, "validation", reporter, (7, 10))
+    finally:
+        for _, raster in aligned:
+            raster.close()
+    for dropped, side in ((dropped_train, "training"), (dropped_validation, "validation")):
+        if dropped:
+            caution(f"{dropped} {side} pixel(s) lie where no raster has valid data "
+                    "and were not used.")
+    counts = np.bincount(train.class_index, minlength=len(inputs.classes))
+    for labelled, count in zip(inputs.classes, counts):
+        if count == 0:
+            raise MamolInputError(
+                f"Class {labelled.value} '{labelled.name}' has no training pixel "
+                "with valid raster data. Draw its polygons where the rasters have "
+                "data.")
+    return train, validation
+
+
+def _say_validation(config: TrainingConfig, validation: SampleSet, say, caution) -> None:
+    """Say which epoch is kept when there is nothing to validate on."""
+    if not len(validation) and config.split.validation_fraction == 0:
+        say(f"No validation (validation fraction 0): the last epoch ({config.epochs}) is "
+            "kept.")
+    elif not len(validation):
+        caution(f"No validation pixels (each class's polygons all went to training: the "
+                f"split is by polygon, so a class needs at least 2 polygons to lend one to "
+                f"validation). Nothing tells the epochs apart, so the last one "
+                f"({config.epochs}) is kept, and the reports have no accuracy.")
+
+
+def _header(config: TrainingConfig, inputs: _Inputs, statistics, model,
+            spec_fingerprint: str, record: Dict[str, object]) -> ModelHeader:
+    return ModelHeader(
+        modalities=tuple(ModalityInfo(
+            name=name, bands=info.bands,
+            mean=tuple(float(v) for v in statistics[name].mean),
+            std=tuple(float(v) for v in statistics[name].std),
+            band_names=info.band_names,
+            wavelengths_nm=_wavelengths(info)) for name, info in zip(inputs.names,
+                                                                      inputs.infos)),
+        classes=tuple(ClassInfo(c.value, c.name, c.colour) for c in inputs.classes),
+        patch_size=config.patch_size, backbone=config.backbone,
+        backbone_fingerprint=spec_fingerprint, adapter=model.config.to_json(),
+        training=record, reference_grid=inputs.grid.to_json(),
+        software=software_versions())
 
 
 def _same_backbone(world: World, spec_fingerprint: str) -> None:
@@ -477,49 +482,6 @@ def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_coun
         spec_fingerprint
 
 
-def shard_bounds(count: int, rank: int, size: int) -> Tuple[int, int]:
-    """[start, stop) of rank ``rank``'s contiguous share of a batch of ``count`` samples
-    among ``size`` ranks: ``ceil(count / size)`` samples each, the last ranks taking what
-    is left (possibly nothing). The shares are then exactly the micro-batches one process
-    makes with ``micro_batch_size = ceil(count / size)``, so the two runs sum the same
-    gradients in the same order (see ``tests/engine/test_distributed.py``)."""
-    share = -(-count // size)
-    start = min(count, rank * share)
-    return start, min(count, start + share)
-
-
-def _distributed_step(model, world: World, device):
-    """The model wrapped in DistributedDataParallel over its trainable tensors only: the
-    frozen tower (parameters and buffers) is neither broadcast nor reduced, since every
-    rank builds the same one (checked by fingerprint). ``forward(windows, codes, tiles)``
-    runs the pixel or the tile kind's forward. Unused parameters are expected: a batch
-    routes its tokens to some experts only and may lack a modality."""
-    torch = torch_compat.import_torch()
-    from torch.nn.parallel import DistributedDataParallel
-
-    class TrainingStep(torch.nn.Module):
-        def __init__(self, inner) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, windows, codes, tiles: bool):
-            return self.inner.forward_tiles(windows, codes) if tiles else \
-                self.inner(windows, codes)
-
-    step = TrainingStep(model)
-    frozen = [name for name, p in step.named_parameters() if not p.requires_grad]
-    frozen += [name for name, _ in step.named_buffers()]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, frozen)
-    # The shared expert's lora_B is (1, width, rank): its gradient's stride in the size-1
-    # dimension differs from the bucket's, which is the same memory layout (every mismatch
-    # was checked to lie in a size-1 dimension), yet DDP warns once on every rank.
-    warnings.filterwarnings("ignore", category=UserWarning,
-                            message="Grad strides do not match bucket view strides")
-    return DistributedDataParallel(
-        step, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True)
-
-
 def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
          validation_patterns, statistics, class_count, device, reporter: Reporter, say,
          world: World = SINGLE):
@@ -527,163 +489,48 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     device (:class:`Batches`), labels live there, the loss is summed there and read once
     per epoch, so the GPU never waits for the host between steps.
 
-    Under torchrun every rank draws the same epoch order from the seed and takes its
-    contiguous share of each batch (:func:`shard_bounds`); its loss is its share of the
-    batch's mean times the number of ranks, so DDP's average of the gradients is the
-    gradient of the whole batch's mean, as in one process. Only rank 0 validates."""
+    The step's loss (pixel, tile or MCE) is chosen once here (:func:`training.steps.
+    choose_step`). Under torchrun every rank draws the same epoch order from the seed and
+    takes its share of each batch (:func:`training.steps.backward_batch`). Only rank 0
+    validates."""
     torch = torch_compat.import_torch()
+    from .steps import choose_step   # imports torch, which this module imports lazily
     names = config.modality_names
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    # Trainable tensors and the optimiser state are fp32 whatever the tower's precision.
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
-                                  weight_decay=config.weight_decay,
-                                  fused=device.type == "cuda" or None)
     epoch_size = epoch_length(train.class_index, class_count, config.balance_classes)
-    steps_per_epoch = -(-epoch_size // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = max(1, math.ceil(config.warmup_fraction * total_steps)) \
-        if config.warmup_fraction > 0 else 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps))
-    rank_batch = -(-config.batch_size // world.size)   # the largest share of a batch
-    micro_batch = resolve_micro_batch(
-        config.micro_batch_size, rank_batch, model.encoder.width, device,
-        free_gpu_bytes(device), len(model.encoder.visual.transformer.resblocks),
-        model.compute_dtype.itemsize, len(names), config.patch_size ** 2 + 1)
-    if world.distributed:
-        say(f"Each batch of {config.batch_size} is shared by {world.size} processes "
-            f"(at most {rank_batch} samples each).")
-    if micro_batch < rank_batch:
-        say(f"Each batch of {rank_batch} runs as micro-batches of {micro_batch} "
-            "(gradients accumulated; the same optimiser step, less memory).")
-    ddp = _distributed_step(model, world, device) if world.distributed else None
+    total_steps = steps_per_epoch(epoch_size, config.batch_size) * config.epochs
+    optimizer, scheduler = _optimiser(config, model, device, total_steps)
+    micro_batch = _micro_batch(config, model, device, world, say)
     train_batches = Batches(train, names, statistics, device)
+    step = choose_step(config, model, train, train_patterns, train_batches, device, world,
+                       say)
     validation_batches = Batches(validation, names, statistics, device)
     validation_batch = _validation_batch(config, model, device)
-    labels = to_device(torch.from_numpy(train.class_index), device)
-    tiled = model.kind.value == "tile"
-    if tiled:
-        # Tile kind: every training sample of the tile is a label, the rest is ignored;
-        # each pixel's modalities are its valid ones among the tile's simulated pattern.
-        from .tiles import IGNORE_INDEX, label_tiles, tile_loss, tile_pixel_patterns
-        tile_labels_host = label_tiles(train, config.patch_size)
-        tile_labels = to_device(torch.from_numpy(tile_labels_host), device)
-        presence = train_batches.pixel_presence()
-    availability = None
-    if config.mce is not None:
-        from .mce import dataset_factors
-        codes, counts = np.unique(train_patterns, return_counts=True)
-        availability = dataset_factors(dict(zip(codes.tolist(), counts.tolist())),
-                                       len(names))
-        say("MCE: dataset factors a_m = N / N_m: " + ", ".join(
-            f"{name} {value:.2f}" for name, value in zip(names, availability.tolist())))
     history: List[Dict[str, object]] = []
     best_key, best_epoch, best_state = None, None, None
-    seen, busy = 0, 0.0
-    step = 0
+    done = 0
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         order = epoch_order(train.class_index, class_count, config.balance_classes, rng)
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-        loss_count = 0
-        tally = _MceTally(len(names)) if availability is not None else None
-        for start in range(0, order.size, config.batch_size):
-            reporter.check()
-            index = order[start:start + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            if tiled:   # the loss is the mean over the batch's labelled tokens
-                batch_codes = tile_pixel_patterns(presence[index], train_patterns[index])
-                labelled = int(((tile_labels_host[index] != IGNORE_INDEX)
-                                & (batch_codes > 0)).sum())
-            # This rank's share of the batch; its loss is weighted by the number of ranks
-            # because DDP averages their gradients.
-            first, stop = shard_bounds(index.size, world.rank, world.size)
-            weight = float(world.size)
-            if first == stop:
-                # Fewer samples than ranks: this rank still joins the gradient exchange,
-                # with a sample another rank owns at weight 0 (so it touches no parameter
-                # that sample's owner does not).
-                first, stop, weight = 0, 1, 0.0
-            parts = list(range(first, stop, micro_batch))
-            # Gradients of micro-batches add up to the whole batch's mean-loss gradient.
-            for number, part in enumerate(parts):
-                end = min(part + micro_batch, stop)
-                chunk = index[part:end]
-                pattern = train_patterns[chunk]
-                windows = train_batches.windows(chunk, pattern)
-                # DDP exchanges the gradients in the rank's last micro-batch only.
-                exchange = ddp.no_sync() if ddp is not None and number < len(parts) - 1 \
-                    else contextlib.nullcontext()
-                if tiled:
-                    codes = torch.from_numpy(batch_codes[part:end])
-                    with exchange:
-                        logits = ddp(windows, codes, True) if ddp is not None else \
-                            model.forward_tiles(windows, codes)
-                        targets = tile_labels.index_select(
-                            0, to_device(torch.from_numpy(chunk), device))
-                        loss = tile_loss(logits, targets, codes, labelled) * weight
-                        loss.backward()
-                    loss_sum += loss.detach() * (index.size / world.size)
-                    reporter.check()
-                    continue
-                targets = labels.index_select(0, to_device(torch.from_numpy(chunk), device))
-                if ddp is not None:
-                    with exchange:
-                        logits = ddp(windows, torch.from_numpy(pattern), False)
-                        # divided first, so that the weight (a power of two for 2, 4, …
-                        # ranks) scales exactly as DDP's average unscales it
-                        loss = torch.nn.functional.cross_entropy(
-                            logits, targets, reduction="sum") / index.size * weight
-                        loss.backward()
-                    loss_sum += loss.detach() * (index.size / world.size)
-                    reporter.check()
-                    continue
-                if availability is None:
-                    logits = model(windows, torch.from_numpy(pattern))
-                    loss = torch.nn.functional.cross_entropy(logits, targets,
-                                                             reduction="sum") / index.size
-                else:
-                    from .mce import mce_losses
-                    features = model.features(windows, torch.from_numpy(pattern))
-                    loss, stats = mce_losses(model, features, torch.from_numpy(pattern),
-                                             targets, availability, config.mce)
-                    loss = loss / index.size
-                    tally.add(stats)
-                loss.backward()
-                loss_sum += loss.detach() * index.size
-                reporter.check()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_count += index.size
-            if step == 1:
-                world.fault("step")
-            reporter.report(10 + 85 * step / total_steps)
+        loss_sum, done = _train_epoch(step, order, config.batch_size, micro_batch, optimizer,
+                                      scheduler, world, reporter, done, total_steps)
         world.sum_(loss_sum)   # every rank's share of the epoch's loss
-        train_loss = float(loss_sum) / max(1, loss_count)   # the one wait per epoch
+        train_loss = float(loss_sum) / max(1, order.size)   # the one wait per epoch
         synchronize(device)
         train_seconds = time.perf_counter() - started
-        seen += loss_count
-        busy += train_seconds
         record = {"epoch": epoch, "train_loss": train_loss,
                   "learning_rate": optimizer.param_groups[0]["lr"],
                   "validation_oa": None, "validation_kappa": None,
-                  "samples": loss_count, "train_seconds": train_seconds,
-                  "samples_per_second": loss_count / max(train_seconds, 1e-9)}
-        if tally is not None:
-            record["mce"] = tally.record(names, availability)
+                  "samples": order.size, "train_seconds": train_seconds,
+                  "samples_per_second": order.size / max(train_seconds, 1e-9)}
+        record.update(step.epoch_record())
         if len(validation) and world.is_main:   # rank 0 alone validates
             predicted = predict(model, validation_batches, validation_patterns,
                                 validation_batch, reporter)
-            matrix = metrics.confusion_matrix(validation.class_index, predicted, class_count)
-            record["validation_oa"] = _finite(metrics.overall_accuracy(matrix))
-            record["validation_kappa"] = _finite(metrics.cohen_kappa(matrix))
-            record["validation_per_pattern"] = pattern_metrics(
-                validation.class_index, predicted, validation_patterns, class_count, names)
-            key = (record["validation_oa"] or 0.0, record["validation_kappa"] or 0.0)
+            key = _validation_scores(record, validation.class_index, predicted,
+                                     validation_patterns, class_count, names)
         else:
             key = (epoch, 0.0)  # no validation set: the last epoch is kept
         record["seconds"] = time.perf_counter() - started
@@ -692,40 +539,82 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
             best_state = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
         history.append(record)
         say(_epoch_line(record, config.epochs, best_epoch == epoch))
-    timing = {"device": str(device), "precision": dtype_name(model.compute_dtype),
-              "training_seconds": busy, "train_samples_seen": seen,
-              "samples_per_second": seen / max(busy, 1e-9),
-              "steady_samples_per_second": steady_rate(history),
-              "validation_seconds": sum(r["seconds"] - r["train_seconds"] for r in history)}
-    return history, best_epoch, best_state, timing
+    return history, best_epoch, best_state, _timing(history, device, model)
 
 
-class _MceTally:
-    """One epoch's MCE statistics: per modality, the auxiliary head's accuracy and the mean
-    φ over the samples that had it, the mean b and auxiliary weight over the batches."""
+def _optimiser(config: TrainingConfig, model, device, total_steps: int):
+    """AdamW over the trainable tensors and its warm-up/decay schedule (paper §4.1)."""
+    torch = torch_compat.import_torch()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    # Trainable tensors and the optimiser state are fp32 whatever the tower's precision.
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
+                                  weight_decay=config.weight_decay,
+                                  fused=device.type == "cuda" or None)
+    warmup = warmup_length(config.warmup_fraction, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup))
+    return optimizer, scheduler
 
-    def __init__(self, modalities: int) -> None:
-        self.sums = {key: [0.0] * modalities for key in
-                     ("present", "aux_correct", "phi", "b", "weight")}
-        self.batches = 0
 
-    def add(self, stats) -> None:
-        self.batches += 1
-        for key, values in self.sums.items():
-            for m, value in enumerate(stats[key].tolist()):
-                values[m] += value
+def _micro_batch(config: TrainingConfig, model, device, world: World, say) -> int:
+    """Samples per forward/backward pass of this rank (:func:`resolve_micro_batch`)."""
+    rank_batch = -(-config.batch_size // world.size)   # the largest share of a batch
+    micro_batch = resolve_micro_batch(
+        config.micro_batch_size, rank_batch, model.encoder.width, device,
+        free_gpu_bytes(device), len(model.encoder.visual.transformer.resblocks),
+        model.compute_dtype.itemsize, len(config.modality_names), config.patch_size ** 2 + 1)
+    if world.distributed:
+        say(f"Each batch of {config.batch_size} is shared by {world.size} processes "
+            f"(at most {rank_batch} samples each).")
+    if micro_batch < rank_batch:
+        say(f"Each batch of {rank_batch} runs as micro-batches of {micro_batch} "
+            "(gradients accumulated; the same optimiser step, less memory).")
+    return micro_batch
 
-    def record(self, names, availability) -> Dict[str, Dict[str, Optional[float]]]:
-        out = {}
-        for m, name in enumerate(names):
-            present = self.sums["present"][m]
-            out[name] = {
-                "aux_accuracy": self.sums["aux_correct"][m] / present if present else None,
-                "a": float(availability[m]),
-                "b": self.sums["b"][m] / max(1, self.batches),
-                "phi": self.sums["phi"][m] / present if present else None,
-                "weight": self.sums["weight"][m] / max(1, self.batches)}
-        return out
+
+def _train_epoch(step, order: np.ndarray, batch_size: int, micro_batch: int, optimizer,
+                 scheduler, world: World, reporter: Reporter, done: int, total_steps: int):
+    """One epoch's optimiser steps over the samples ``order``. Returns the epoch's summed
+    loss (on the device, this rank's share) and the number of steps done so far."""
+    from .steps import backward_batch
+    torch = torch_compat.import_torch()
+    step.begin_epoch()
+    loss_sum = torch.zeros((), dtype=torch.float32, device=step.device)
+    for start in range(0, order.size, batch_size):
+        reporter.check()
+        index = order[start:start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        backward_batch(step, index, micro_batch, world, loss_sum, reporter.check)
+        optimizer.step()
+        scheduler.step()
+        done += 1
+        if done == 1:
+            world.fault("step")
+        reporter.report(10 + 85 * done / total_steps)
+    return loss_sum, done
+
+
+def _validation_scores(record: Dict[str, object], reference: np.ndarray,
+                       predicted: np.ndarray, patterns: np.ndarray, class_count: int,
+                       names: Sequence[str]) -> Tuple[float, float]:
+    """An epoch's validation OA, kappa and per-pattern scores into ``record``; returns what
+    ranks the epochs (OA, then kappa)."""
+    matrix = metrics.confusion_matrix(reference, predicted, class_count)
+    record["validation_oa"] = _finite(metrics.overall_accuracy(matrix))
+    record["validation_kappa"] = _finite(metrics.cohen_kappa(matrix))
+    record["validation_per_pattern"] = pattern_metrics(reference, predicted, patterns,
+                                                       class_count, names)
+    return (record["validation_oa"] or 0.0, record["validation_kappa"] or 0.0)
+
+
+def _timing(history: Sequence[Dict[str, object]], device, model) -> Dict[str, object]:
+    seen = sum(r["samples"] for r in history)
+    busy = sum(r["train_seconds"] for r in history)
+    return {"device": str(device), "precision": dtype_name(model.compute_dtype),
+            "training_seconds": busy, "train_samples_seen": seen,
+            "samples_per_second": seen / max(busy, 1e-9),
+            "steady_samples_per_second": steady_rate(history),
+            "validation_seconds": sum(r["seconds"] - r["train_seconds"] for r in history)}
 
 
 def steady_rate(history: Sequence[Dict[str, object]]) -> Optional[float]:
@@ -819,5 +708,5 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-__all__ = ["TrainingConfig", "TrainingResult", "train_model", "resolve_device", "lr_factor",
-           "epoch_order", "SimulationMode"]
+__all__ = ["TrainingConfig", "TrainingResult", "train_model", "resolve_device",
+           "SimulationMode"]

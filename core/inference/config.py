@@ -2,10 +2,13 @@
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..devices import parse_compile_mode, parse_precision
+from ..devices import (CPU_BLOCK_SIZE, CPU_INFERENCE_BATCH, GPU_BLOCK_SIZE, compile_field,
+                       device_field, parse_compile_mode, parse_precision, precision_field)
 from ..errors import MamolInputError
 from ..grid import Bounds
+from ..options import choices, option
 from ..raster_io import DEFAULT_GDAL_CACHE_MB
+from ..windows import max_missing_fraction_field
 
 #: How a tile model's overlapping tiles give a pixel its class: from the tile where the pixel
 #: is most central (the default), or the covering tiles averaged, weighted towards centres.
@@ -32,21 +35,56 @@ class ClassifyConfig:
     output_entropy: Optional[str] = None       # entropy / log K, in [0, 1]
     output_modalities: Optional[str] = None    # bitmask of the modalities used per pixel
     reference: Optional[str] = None            # modality whose grid is used; None = first
-    pixel_size: float = 0.0                    # 0 = the reference raster's
+    pixel_size: float = option(
+        0.0, flag="--pixel-size", key="PIXEL_SIZE",
+        label="Output pixel size (0 = the reference raster's)", minimum=0.0, advanced=True,
+        help="In the reference raster's CRS units.")
     extent: Optional[Bounds] = None            # in the reference raster's CRS
     extent_crs_wkt: Optional[str] = None       # CRS of ``extent`` if not the grid's
     mask: Optional[MaskSource] = None
-    max_missing_fraction: Optional[float] = None  # None = the value the model was trained with
-    stride: int = 1
-    block_size: int = 0                        # pixels per block side; 0 = automatic
-    batch_size: int = 0                        # pixels per model call; 0 = automatic
-    gdal_cache_mb: int = DEFAULT_GDAL_CACHE_MB  # GDAL block cache for the run, MiB
-    device: str = "auto"
-    precision: str = "auto"                    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
-    compile_mode: str = "off"                  # torch.compile: off | default | max-autotune
-    tile_blend: str = TILE_BLENDS[0]           # tile models: see TILE_BLENDS (issue 17)
-    tile_step: int = 0                         # tile models: lattice step; 0 = default
-    cog: bool = False                          # outputs as Cloud-Optimized GeoTIFFs
+    max_missing_fraction: Optional[float] = max_missing_fraction_field()
+    stride: int = option(
+        1, flag="--stride", key="STRIDE", label="Prediction stride", minimum=1, maximum=64,
+        advanced=True,
+        help="Classify every s-th pixel in each direction and fill its s×s cell (preview).")
+    block_size: int = option(
+        0, flag="--block-size", key="BLOCK_SIZE", label="Block size (pixels, 0 = automatic)",
+        minimum=0, maximum=8192, advanced=True,
+        help=f"Pixels per side of a processing block (16 or more); memory, not results. "
+             f"Automatic: {GPU_BLOCK_SIZE} on a GPU, {CPU_BLOCK_SIZE} on the CPU.")
+    batch_size: int = option(
+        0, flag="--batch-size", key="BATCH_SIZE", label="Batch size (0 = automatic)",
+        minimum=0, maximum=65536, advanced=True,
+        help=f"Pixels per model call. Automatic: from free GPU memory on a GPU, "
+             f"{CPU_INFERENCE_BATCH} on the CPU.")
+    gdal_cache_mb: int = option(
+        DEFAULT_GDAL_CACHE_MB, flag="--gdal-cache-mb", key="GDAL_CACHE",
+        label="GDAL block cache for the run (MiB)", minimum=16, maximum=65536, advanced=True,
+        help="GDAL keeps the raster blocks it reads and writes in one cache; it is capped at "
+             "this size while the run lasts (QGIS's own setting is restored afterwards), so "
+             "memory does not grow with the scene. More rarely helps: blocks are read in "
+             "order.")
+    device: str = device_field()
+    precision: str = precision_field()     # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    compile_mode: str = compile_field()    # torch.compile: off | default | max-autotune
+    tile_blend: str = option(
+        TILE_BLENDS[0], flag="--tile-blend", key="TILE_BLEND",
+        label="Tile models: where a pixel's class comes from", advanced=True,
+        choices=choices(TILE_BLENDS, ("The tile where the pixel is most central",
+                                      "The covering tiles, weighted towards their centres")),
+        help="For models of the tile kind: take each pixel from the tile where it is most "
+             "central, or average the covering tiles weighted towards their centres.")
+    tile_step: int = option(
+        0, flag="--tile-step", key="TILE_STEP",
+        label="Tile models: tile step (pixels, 0 = automatic)", minimum=0, maximum=1024,
+        advanced=True,
+        help="For models of the tile kind: start a tile every N pixels (automatic: "
+             "P − 2·(P // 7), 10 for P = 14; at most P). Larger is faster; each pixel then "
+             "sits nearer its tile's edge.")
+    cog: bool = option(
+        False, flag="--cog", key="COG", label="Write Cloud-Optimized GeoTIFFs", advanced=True,
+        help="Every output as a COG with internal overviews, for serving over HTTP or object "
+             "storage.")
 
     def validate(self) -> None:
         if not self.rasters:

@@ -19,8 +19,7 @@ from mamol.core.model_file import load_model, read_header
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
 from mamol.training.labels import PolygonSource, SplitConfig
 from mamol.training.missing import MissingSimulation, SimulationMode
-from mamol.training.trainer import (TrainingConfig, epoch_length, epoch_order, lr_factor,
-                                   resolve_micro_batch, train_model)
+from mamol.training.trainer import TrainingConfig, resolve_micro_batch, train_model
 
 pytestmark = pytest.mark.slow
 
@@ -186,22 +185,6 @@ def test_gpu_micro_batch_and_inference_batch_follow_free_memory():
     assert 16 <= auto_inference_batch(4 * gib, 197, 768, 12, 2) < large
     assert auto_inference_batch(4 * gib, 197, 768, 12, 4) <= \
         auto_inference_batch(4 * gib, 197, 768, 12, 2)
-
-
-def test_learning_rate_schedule_warms_up_then_decays_to_zero():
-    factors = [lr_factor(step, 100, 10) for step in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
-    assert factors[-1] == pytest.approx(1 / 90) and lr_factor(100, 100, 10) == 0.0
-
-
-def test_balanced_epochs_draw_every_class_equally():
-    labels = np.array([0] * 50 + [1] * 5 + [2] * 20)
-    order = epoch_order(labels, 3, True, np.random.default_rng(0))
-    assert np.bincount(labels[order]).tolist() == [50, 50, 50]
-    assert epoch_length(labels, 3, True) == order.size
-    assert epoch_length(labels, 3, False) == labels.size
-    assert sorted(epoch_order(labels, 3, False, np.random.default_rng(0))) == list(range(75))
 
 
 # ---- bad input: a clear error and no model file or report left behind -----------------
