@@ -13,31 +13,18 @@ from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
 
 from ..core.class_style import qml_path
 from ..core.errors import MamolInputError
-from ..core.inference import ClassifyConfig
+from ..core.inference import OPTIONAL_OUTPUT_FIELDS, ClassifyConfig
 from ..core.modalities import NAMES
 from ..core.model_file import EXTENSION
+from ..core.options import declared
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay, add_config_parameters,
                      add_parameter, add_raster_inputs, config_arguments,
                      core_errors_as_processing_exceptions, has_raster_input,
                      raster_arguments, raster_inputs)
 from .engine_runner import run_engine
 
-#: Optional outputs: (parameter key, core config field, label, help).
-OPTIONAL_OUTPUTS = (
-    ("OUTPUT_PROBABILITIES", "output_probabilities", "Class probabilities",
-     "One float32 band per class."),
-    ("OUTPUT_CONFIDENCE", "output_confidence", "Confidence",
-     "The highest class probability of each pixel."),
-    ("OUTPUT_ENTROPY", "output_entropy", "Normalised entropy",
-     "Entropy of the class probabilities divided by log(K): 0 = certain, 1 = undecided."),
-    ("OUTPUT_MODALITIES", "output_modalities", "Modalities used",
-     "Bitmask of the modalities each pixel was classified from (bit 0 = the model's first "
-     "modality); 0 = none."),
-)
-#: The engine's option for each optional output.
-OUTPUT_OPTIONS = {"OUTPUT_PROBABILITIES": "--probabilities",
-                  "OUTPUT_CONFIDENCE": "--confidence", "OUTPUT_ENTROPY": "--entropy",
-                  "OUTPUT_MODALITIES": "--modalities-used"}
+#: The optional outputs' declared ClassifyConfig fields (parameter, option, label, help).
+OPTIONAL_OUTPUTS = tuple(declared(ClassifyConfig, OPTIONAL_OUTPUT_FIELDS))
 REFERENCE_CHOICES = (None, *NAMES)
 
 # Post-processors must outlive the algorithm instance that registers them.
@@ -123,13 +110,11 @@ class ClassifyAlgorithm(MamolAlgorithm):
         add_config_parameters(self, ClassifyConfig, (
             "device", "precision", "compile_mode", "batch_size", "stride", "block_size",
             "gdal_cache_mb", "max_missing_fraction", "tile_step", "tile_blend", "cog"))
-        add_config_parameters(self, ClassifyConfig)   # every declared field not given above
         add_parameter(self, QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Land-cover classes")),
             "Class raster (GeoTIFF) with colour table, class names and a .qml style.")
-        for key, _, label, help_text in OPTIONAL_OUTPUTS:
-            add_parameter(self, QgsProcessingParameterRasterDestination(
-                key, self.tr(label), optional=True, createByDefault=False), help_text)
+        add_config_parameters(self, ClassifyConfig, OPTIONAL_OUTPUT_FIELDS)
+        add_config_parameters(self, ClassifyConfig)   # every declared field not given above
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
         if not has_raster_input(parameters):
@@ -151,8 +136,8 @@ class ClassifyAlgorithm(MamolAlgorithm):
             arguments, outputs = self.engine_arguments(parameters, context, feedback)
         result = run_engine("classify", arguments, relay)
         results = {self.OUTPUT: outputs[self.OUTPUT]}
-        for key, _, _, _ in OPTIONAL_OUTPUTS:
-            results[key] = outputs.get(key)
+        for item in OPTIONAL_OUTPUTS:
+            results[item.option.key] = outputs.get(item.option.key)
         relay.info(self.tr("Pixels per class:"))
         for record in result["class_counts"]:
             relay.info(f"  {record['value']} {record['name']}: {record['pixels']}")
@@ -186,12 +171,13 @@ class ClassifyAlgorithm(MamolAlgorithm):
             path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
                 parameters, self.MASK, context, ["gpkg", "shp"], "gpkg", feedback)
             arguments += ["--mask", path] + (["--mask-layer", layer_name] if layer_name else [])
-        arguments += config_arguments(self, parameters, context, ClassifyConfig)
+        arguments += config_arguments(self, parameters, context, ClassifyConfig,
+                                      exclude=OPTIONAL_OUTPUT_FIELDS)
         outputs = {self.OUTPUT: self._output(parameters, self.OUTPUT, context)}
         arguments += ["--output", outputs[self.OUTPUT]]
-        for key, option in OUTPUT_OPTIONS.items():
-            path = self._output(parameters, key, context)
+        for item in OPTIONAL_OUTPUTS:    # each path asked for once (a temporary one is new)
+            path = self._output(parameters, item.option.key, context)
             if path:
-                outputs[key] = path
-                arguments += [option, path]
+                outputs[item.option.key] = path
+                arguments += [item.option.flag, path]
         return arguments, outputs

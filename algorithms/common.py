@@ -10,6 +10,7 @@ from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsProcessi
                        QgsProcessingException, QgsProcessingFeedback,
                        QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
                        QgsProcessingParameterEnum, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
@@ -275,6 +276,9 @@ def config_parameter(algorithm, declared_field: Declared):
     a number (integer or double, with its bounds), a choice, a yes/no or a text."""
     facts, kind = declared_field.option, declared_field.kind
     label = algorithm.tr(facts.label)
+    if facts.output:
+        return QgsProcessingParameterRasterDestination(facts.key, label, optional=True,
+                                                       createByDefault=False)
     if facts.choices:
         return QgsProcessingParameterEnum(
             facts.key, label, options=[algorithm.tr(text) for _, text in facts.choices],
@@ -309,6 +313,8 @@ def add_config_parameters(algorithm, config_class,
 def config_value(algorithm, parameters, context, declared_field: Declared):
     """The config value a field's parameter holds (None where it holds ``unset``)."""
     facts, kind, key = declared_field.option, declared_field.kind, declared_field.option.key
+    if facts.output:
+        return algorithm.parameterAsOutputLayer(parameters, key, context) or None
     if facts.choices:
         return facts.values[algorithm.parameterAsEnum(parameters, key, context)]
     if kind is bool:

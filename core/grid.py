@@ -23,7 +23,6 @@ import numpy as np
 from osgeo import gdal, osr
 
 from .errors import MamolInputError
-from .modalities import LABELS, label
 
 gdal.UseExceptions()
 osr.UseExceptions()
@@ -36,12 +35,6 @@ def srs_from_wkt(wkt: str) -> osr.SpatialReference:
     srs.ImportFromWkt(wkt)
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     return srs
-
-
-#: How messages name the modalities.
-#: The modalities' labels and the function that gives one (core/modalities.py's table).
-MODALITY_LABELS = LABELS
-modality_label = label
 
 
 def crs_label(wkt: str) -> str:

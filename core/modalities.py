@@ -33,6 +33,6 @@ NAMES: Tuple[str, ...] = tuple(m.name for m in MODALITIES)
 LABELS = {m.name: m.label for m in MODALITIES}
 
 
-def label(name: str) -> str:
+def modality_label(name: str) -> str:
     """The label of modality ``name`` (the name itself when it is not one of ours)."""
     return LABELS.get(name, name)

@@ -36,6 +36,7 @@ class Option:
     negate: bool = False            # a yes/no field whose flag turns it off (--no-balance)
     kind: Optional[type] = None     # the value type where the default is None
     unset: Any = None               # the Toolbox value that means "not given" (the default)
+    output: bool = False            # a raster the run writes: a GeoTIFF path, None = not
 
     @property
     def values(self) -> Tuple[str, ...]:

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .grid import modality_label
+from .modalities import modality_label
 
 #: RMS z-score over a modality's bands above which a pixel counts as far.
 FAR_RMS_Z = 5.0

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 
 from ..core.errors import MamolInputError
 from ..core.modalities import NAMES
+from ..core.options import declared
 from .channel import Channel
 from .options import (add_compute, add_config_options, add_rasters, apply_weights_cache,
                       config_values, rasters)
@@ -20,22 +21,17 @@ HELP = (
     "confidence, normalised entropy and the modalities used (the same as mamol:classify).")
 
 
-#: The options that name output rasters, and the endings a GeoTIFF's name may have.
-OUTPUT_OPTIONS = ("output", "probabilities", "confidence", "entropy", "modalities_used")
+#: The endings a GeoTIFF's name may have.
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def add_arguments(parser) -> None:
-    from ..core.inference import ClassifyConfig
+    from ..core.inference import OPTIONAL_OUTPUT_FIELDS, ClassifyConfig
     parser.add_argument("--model", required=True, help="the .mamol model file")
     add_rasters(parser, "(at least one of the model's modalities)")
     written = parser.add_argument_group("outputs (GeoTIFF)")
     written.add_argument("--output", required=True, help="class raster (.tif)")
-    written.add_argument("--probabilities", help="class probabilities, one band per class")
-    written.add_argument("--confidence", help="highest class probability")
-    written.add_argument("--entropy", help="normalised entropy (0 certain, 1 undecided)")
-    written.add_argument("--modalities-used", help="bitmask of the modalities used per pixel")
-    add_config_options(written, ClassifyConfig, ("cog",))
+    add_config_options(written, ClassifyConfig, OPTIONAL_OUTPUT_FIELDS + ("cog",))
     area = parser.add_argument_group("area and grid")
     area.add_argument("--reference", choices=list(NAMES),
                       help="whose grid the outputs get (default: the first raster given)")
@@ -71,8 +67,6 @@ def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
     apply_weights_cache(args)
     config = ClassifyConfig(
         model_path=args.model, rasters=rasters(args), output_classes=args.output,
-        output_probabilities=args.probabilities, output_confidence=args.confidence,
-        output_entropy=args.entropy, output_modalities=args.modalities_used,
         reference=args.reference, extent=tuple(args.extent) if args.extent else None,
         extent_crs_wkt=_crs_wkt(args.extent_crs),
         mask=MaskSource(args.mask, args.mask_layer) if args.mask else None,
@@ -89,18 +83,25 @@ def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
             "seconds": result.seconds, "pixels_per_second": result.pixels_per_second}
 
 
+def output_flags() -> Dict[str, str]:
+    """The flag of each option that names an output raster, by its name in the arguments."""
+    from ..core.inference import OPTIONAL_OUTPUT_FIELDS, ClassifyConfig
+    return {"output": "--output", **{item.name: item.option.flag for item in
+                                     declared(ClassifyConfig, OPTIONAL_OUTPUT_FIELDS)}}
+
+
 def outputs(args) -> List[Path]:
     """The files the run writes (locked for the run)."""
     from ..core.class_style import qml_path
-    given = [Path(getattr(args, option)) for option in OUTPUT_OPTIONS if getattr(args, option)]
+    given = [Path(getattr(args, name)) for name in output_flags() if getattr(args, name)]
     return given + [qml_path(Path(args.output))]
 
 
 def check(args) -> None:
     """Refuse output names the command cannot honour, before any work."""
-    for option in OUTPUT_OPTIONS:
-        value = getattr(args, option)
+    for name, flag in output_flags().items():
+        value = getattr(args, name)
         if value and not value.lower().endswith(GEOTIFF_SUFFIXES):
             raise MamolInputError(
-                f"--{option.replace('_', '-')}: '{value}' must end in .tif or .tiff: every "
-                "classification output is a GeoTIFF.")
+                f"{flag}: '{value}' must end in .tif or .tiff: every classification output "
+                "is a GeoTIFF.")

@@ -52,6 +52,8 @@ def add_config_options(group, config_class, names: Optional[Sequence[str]] = Non
                 bounds = f"{facts.minimum!r} to {facts.maximum!r}; "
             text += f" ({bounds}default: %(default)s)"
         settings = dict(dest=declared_field.name, default=declared_field.default, help=text)
+        if facts.output:
+            settings["metavar"] = "TIF"
         if declared_field.kind is bool:
             settings["action"] = "store_false" if facts.negate else "store_true"
         else:

@@ -35,7 +35,8 @@ from ..core.devices import (CPU_INFERENCE_BATCH, device_field, dtype_name, model
 from ..core.errors import MamolInputError
 from ..core.options import option
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
-from ..core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
+from ..core.grid import AlignedRaster, inspect_raster, reference_grid
+from ..core.modalities import modality_label
 from ..core.model_file import check_inputs, load_model, read_header
 from ..core.disk import ensure_writable_folder
 from ..core.staging import staged_files

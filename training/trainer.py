@@ -31,9 +31,9 @@ from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_byte
 from ..core.distributed import SINGLE, World
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
-from ..core.modalities import NAMES
+from ..core.modalities import NAMES, modality_label
 from ..core.grid import (AlignedRaster, RasterInfo, ReferenceGrid, inspect_raster,
-                         modality_label, reference_grid)
+                         reference_grid)
 from ..core.model_file import (
     EXTENSION,
     ClassInfo,
@@ -57,9 +57,6 @@ from .schedule import epoch_length, epoch_order, lr_factor, steps_per_epoch, war
 from .summary import training_record, training_summary
 
 LOG = logging.getLogger(__name__)
-
-#: Modality names the plugin knows, in model order.
-KNOWN_MODALITIES = NAMES   # core/modalities.py
 
 
 @dataclass(frozen=True)
@@ -350,9 +347,9 @@ def _read_inputs(config: TrainingConfig, world: World, say) -> _Inputs:
             "torchrun.")
     names = config.modality_names
     for name in names:
-        if name not in KNOWN_MODALITIES:
+        if name not in NAMES:
             raise MamolInputError(
-                f"Unknown modality '{name}'; use {', '.join(KNOWN_MODALITIES)}.")
+                f"Unknown modality '{name}'; use {', '.join(NAMES)}.")
     device = world.device if world.distributed else resolve_device(config.device)
     output = Path(config.output_model)
     for path in (output, config.report_html, config.report_json):

@@ -53,7 +53,7 @@ import harness  # noqa: E402,F401 - puts the plugin on sys.path
 
 from mamol.core.backbone import TINY_ARCH, BackboneSpec, WeightsSource  # noqa: E402
 from mamol.core.errors import MamolInputError  # noqa: E402
-from mamol.core.grid import modality_label  # noqa: E402
+from mamol.core.modalities import modality_label  # noqa: E402
 from mamol.core.model_file import read_header, software_versions  # noqa: E402
 from mamol.training.evaluation import (EvaluationConfig, availability_simulation,  # noqa: E402
                                        evaluate)

@@ -48,14 +48,14 @@ writer) and ``run`` (:func:`classify`). This file only re-exports the public nam
 from ..raster_io import gdal_type
 from .blocks import window_presence
 from .config import TILE_BLENDS, ClassifyConfig, MaskSource
-from .outputs import (COG_RESAMPLING, FLOAT_NODATA, OUTPUTS, OutputSpec, class_nodata,
-                      write_cog)
+from .outputs import (COG_RESAMPLING, FLOAT_NODATA, OPTIONAL_OUTPUT_FIELDS, OUTPUTS,
+                      OutputSpec, class_nodata, write_cog)
 from .run import ClassifyResult, classify
 from .sharded import PARTS_PREFIX
 from .tiles import tile_weights
 
 __all__ = [
-    "COG_RESAMPLING", "FLOAT_NODATA", "OUTPUTS", "PARTS_PREFIX", "TILE_BLENDS",
+    "COG_RESAMPLING", "FLOAT_NODATA", "OPTIONAL_OUTPUT_FIELDS", "OUTPUTS", "PARTS_PREFIX", "TILE_BLENDS",
     "ClassifyConfig", "ClassifyResult", "MaskSource", "OutputSpec", "class_nodata",
     "classify", "gdal_type", "tile_weights", "window_presence", "write_cog",
 ]

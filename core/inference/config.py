@@ -30,10 +30,21 @@ class ClassifyConfig:
     model_path: str
     rasters: Tuple[Tuple[str, str], ...]       # (modality name, raster path)
     output_classes: str                        # class raster (GeoTIFF) + .qml next to it
-    output_probabilities: Optional[str] = None  # K float32 bands
-    output_confidence: Optional[str] = None    # max probability
-    output_entropy: Optional[str] = None       # entropy / log K, in [0, 1]
-    output_modalities: Optional[str] = None    # bitmask of the modalities used per pixel
+    # the optional output rasters (each one row of inference.outputs.OUTPUTS)
+    output_probabilities: Optional[str] = option(
+        None, kind=str, output=True, flag="--probabilities", key="OUTPUT_PROBABILITIES",
+        label="Class probabilities", help="One float32 band per class.")
+    output_confidence: Optional[str] = option(
+        None, kind=str, output=True, flag="--confidence", key="OUTPUT_CONFIDENCE",
+        label="Confidence", help="The highest class probability of each pixel.")
+    output_entropy: Optional[str] = option(
+        None, kind=str, output=True, flag="--entropy", key="OUTPUT_ENTROPY",
+        label="Normalised entropy", help="Entropy of the class probabilities divided by "
+                                         "log(K): 0 = certain, 1 = undecided.")
+    output_modalities: Optional[str] = option(
+        None, kind=str, output=True, flag="--modalities-used", key="OUTPUT_MODALITIES",
+        label="Modalities used", help="Bitmask of the modalities each pixel was classified "
+                                      "from (bit 0 = the model's first modality); 0 = none.")
     reference: Optional[str] = None            # modality whose grid is used; None = first
     pixel_size: float = option(
         0.0, flag="--pixel-size", key="PIXEL_SIZE",

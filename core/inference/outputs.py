@@ -144,6 +144,9 @@ OUTPUTS: Tuple[OutputSpec, ...] = (
 #: Overview resampling of each output in a Cloud-Optimized GeoTIFF: classes and bitmasks
 #: keep real values (nearest), the continuous outputs are averaged.
 COG_RESAMPLING = {spec.key: spec.cog_resampling for spec in OUTPUTS}
+#: The ClassifyConfig fields of the optional outputs, in the registry's order: their engine
+#: options and Toolbox parameters come from the fields' declarations (core/options.py).
+OPTIONAL_OUTPUT_FIELDS = tuple(spec.option for spec in OUTPUTS if not spec.required)
 
 
 def output_paths(config: ClassifyConfig) -> Dict[str, Path]:

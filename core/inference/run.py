@@ -17,8 +17,8 @@ from ..disk import ensure_writable_folder
 from ..distributed import SINGLE, World
 from ..errors import MamolInputError
 from ..feedback import CancelCheck, ProgressCallback, Reporter
-from ..grid import (AlignedRaster, RasterInfo, ReferenceGrid, crs_label, inspect_raster,
-                    modality_label)
+from ..grid import AlignedRaster, RasterInfo, ReferenceGrid, crs_label, inspect_raster
+from ..modalities import modality_label
 from ..model_file import ModelHeader, check_inputs, load_model, read_header
 from ..raster_io import gdal_cache_limit
 from ..windows import DEFAULT_MAX_MISSING_FRACTION, tile_halo, tile_layout

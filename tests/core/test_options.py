@@ -23,15 +23,17 @@ def test_every_declared_field_is_consistent(config_class):
         facts = item.option
         assert facts.flag.startswith("--") and facts.key.isupper() and facts.label, item.name
         assert facts.help.endswith((".", ")")), item.name
-        if item.default is None:
+        if facts.output:
+            assert item.default is None and facts.kind is str, item.name
+        elif item.default is None:
             assert facts.kind is not None and facts.unset is not None, item.name
         else:
             assert isinstance(item.default, item.kind), item.name
         if facts.choices:
             assert item.default in facts.values, item.name
         value = facts.unset if item.default is None else item.default
-        assert facts.minimum is None or facts.minimum <= value, item.name
-        assert facts.maximum is None or value <= facts.maximum, item.name
+        assert value is None or facts.minimum is None or facts.minimum <= value, item.name
+        assert value is None or facts.maximum is None or value <= facts.maximum, item.name
     assert len({i.option.flag for i in fields}) == len(fields)
     assert len({i.option.key for i in fields}) == len(fields)
 

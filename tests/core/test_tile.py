@@ -351,7 +351,8 @@ def test_tile_outputs_are_complete_and_consistent(tile_whole, small_scene, tmp_p
 def scene_by_hand(tile_model, small_scene, config):
     """(model, patch, per-pixel patterns, normalised aligned rasters) of the whole scene,
     for tiles cut by hand."""
-    from mamol.core.grid import AlignedRaster, inspect_raster, modality_label, reference_grid
+    from mamol.core.grid import AlignedRaster, inspect_raster, reference_grid
+    from mamol.core.modalities import modality_label
     model, header = mf.load_model(tile_model)
     used = read(config.output_modalities).astype(np.int64)
     stats = {m.name: (np.asarray(m.mean)[:, None, None], np.asarray(m.std)[:, None, None])
