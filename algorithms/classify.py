@@ -17,6 +17,7 @@ from ..core.inference import OPTIONAL_OUTPUT_FIELDS, ClassifyConfig
 from ..core.modalities import NAMES
 from ..core.model_file import EXTENSION
 from ..core.options import declared
+from ..engine.classify import GEOTIFF_SUFFIXES
 from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay, add_config_parameters,
                      add_parameter, add_raster_inputs, config_arguments,
                      core_errors_as_processing_exceptions, has_raster_input,
@@ -125,7 +126,7 @@ class ClassifyAlgorithm(MamolAlgorithm):
         path = self.parameterAsOutputLayer(parameters, key, context)
         if not path:
             return None
-        if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        if Path(path).suffix.lower() not in GEOTIFF_SUFFIXES:
             raise MamolInputError(f"Outputs are GeoTIFF: give '{key}' a .tif file name, not "
                                   f"'{Path(path).name}'.")
         return path

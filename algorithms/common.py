@@ -329,6 +329,11 @@ def config_value(algorithm, parameters, context, declared_field: Declared):
     return None if facts.unset is not None and value == facts.unset else value
 
 
+def field_value(algorithm, parameters, context, config_class, name: str):
+    """The config value the parameter of ``config_class``'s declared field ``name`` holds."""
+    return config_value(algorithm, parameters, context, next(declared(config_class, (name,))))
+
+
 def config_arguments(algorithm, parameters, context, config_class,
                      names: Optional[Sequence[str]] = None,
                      exclude: Sequence[str] = ()) -> List[str]:

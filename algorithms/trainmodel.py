@@ -26,10 +26,9 @@ from ..training.labels import SplitConfig
 from ..training.missing import SimulationMode
 from ..training.trainer import TrainingConfig
 from ..core.model_kinds import ModelKind
-from ..core.options import declared
 from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
                      FeedbackRelay, RasterFileParameter, add_config_parameters,
-                     add_parameter, add_raster_inputs, config_arguments, config_value,
+                     add_parameter, add_raster_inputs, config_arguments, field_value,
                      core_errors_as_processing_exceptions, has_raster_input,
                      polygon_arguments, polygon_source, raster_arguments, raster_file,
                      raster_inputs)
@@ -243,8 +242,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
         output = str(parameters.get(self.OUTPUT_MODEL) or "")
         if output and not output.endswith(EXTENSION) and not output.startswith("TEMPORARY"):
             return False, self.tr(f"The model file must end in {EXTENSION}.")
-        kind = config_value(self, parameters, context,
-                            next(declared(TrainingConfig, ("model_kind",))))
+        kind = field_value(self, parameters, context, TrainingConfig, "model_kind")
         if kind == ModelKind.TILE and \
                 self.parameterAsEnum(parameters, self.TRAINING_MODE, context) == 1:
             return False, self.tr(TILE_MCE_MESSAGE)
