@@ -3,7 +3,7 @@
 #   make demo      set up everything, then run the main job on the built-in sample scene
 #   make test      set up everything, then run the whole test suite (every tier)
 #   make test-core the pure tiers only (tests/core, tests/training: no QGIS), the inner loop
-#   make package   build dist/mamol-<version>.zip for QGIS's "Install from ZIP"
+#   make package   build dist/mamol-<version>.zip for QGIS's "Install from ZIP" (any OS)
 #   make test-pip  pip install the engine (no QGIS) in a bare Debian 13 root and run it
 #   make gpu-wheels  fetch what the bare GPU machine lacks into .whl/ and .peer/ (ignored)
 #
@@ -19,7 +19,6 @@ PLUGINS_DIR := $(BUILD)/plugins
 PROFILE_DIR := $(BUILD)/qgis-profile
 DEMO_DIR := $(BUILD)/demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
 # Headless QGIS, an isolated profile, our plugin folder, the venv's packages for the Python
 # embedded in qgis_process (it is Debian's python3, the venv's base interpreter), and the
@@ -144,9 +143,12 @@ test-debian13:
 test-pip:
 	.ci/pip-root
 
-# ---- A zip for QGIS's "Install from ZIP": top folder mamol/, no tests or dev files.
-package: $(QGIS_STAMP)
-	/usr/bin/python3 packaging/build_zip.py --version $(VERSION) --out dist/mamol-$(VERSION).zip
+# ---- A zip for QGIS's "Install from ZIP" and plugins.qgis.org: top folder mamol/, no tests
+# or dev files, checked against the plugin repository's rules. Needs only Python 3.9+ (any
+# OS; on Windows without make: `python packaging/build_zip.py`).
+PYTHON3 ?= python3
+package:
+	$(PYTHON3) packaging/build_zip.py
 
 # ---- For the lent GPU machine (no QGIS, Python 3.12, no network): the wheels it lacks and
 # the peer script, in ignored folders that the device tool carries; bench/gpu_machine.sh

@@ -48,6 +48,8 @@ class _LoadClassStyle(QgsProcessingLayerPostProcessorInterface):
 class ClassifyAlgorithm(MamolAlgorithm):
     """Adapter: model file + rasters -> class raster (+ optional rasters)."""
 
+    HELP_PAGE = "docs/classify-evaluate.md"
+
     MODEL = "MODEL"
     REFERENCE = "REFERENCE"
     PIXEL_SIZE = "PIXEL_SIZE"

@@ -1,6 +1,8 @@
 """What every MaMOL algorithm shares: core errors become ``QgsProcessingException`` and
 QGIS feedback becomes the core's plain progress/cancel/log callables."""
+import configparser
 import contextlib
+import functools
 import json
 import os
 from pathlib import Path
@@ -26,13 +28,27 @@ ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg
 WEIGHTS_CACHE_SETTING = "MAMOL_WEIGHTS_CACHE"
 
 
+@functools.lru_cache(maxsize=None)
+def plugin_metadata() -> dict:
+    """``metadata.txt``'s [general] section: the one place the plugin's version and links
+    (homepage, repository, tracker) are declared."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    parser.read(Path(__file__).resolve().parent.parent / "metadata.txt", encoding="utf-8")
+    return dict(parser["general"])
+
+
 class MamolAlgorithm(QgsProcessingAlgorithm):
     """What every MaMOL algorithm shares: the icon, translation in the class's own context,
-    a fresh instance of the same class, and the Toolbox group named by ``GROUP``/``GROUP_ID``.
+    a fresh instance of the same class, the Toolbox group named by ``GROUP``/``GROUP_ID`` and
+    the Help button's page ``HELP_PAGE``.
     """
 
     GROUP = "Model"
     GROUP_ID = "model"
+    #: The page the dialog's Help button opens, a path in the repository (docs are read
+    #: there, rendered, rather than shipped in the ZIP).
+    HELP_PAGE = "README.md"
 
     def tr(self, text: str) -> str:
         return QCoreApplication.translate(type(self).__name__, text)
@@ -48,6 +64,9 @@ class MamolAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self) -> QIcon:
         return QIcon(ICON_PATH)
+
+    def helpUrl(self) -> str:  # noqa: N802 - QGIS API
+        return f"{plugin_metadata()['repository']}/blob/main/{self.HELP_PAGE}"
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
         """QGIS's own checks, which load each raster given as a file as a layer: with GDAL's

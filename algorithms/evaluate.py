@@ -31,6 +31,8 @@ NO_LABELS_MESSAGE = ("Give the reference labels: a label raster, or polygons wit
 class EvaluateAlgorithm(MamolAlgorithm):
     """Adapter: model file + rasters + reference labels -> accuracy report."""
 
+    HELP_PAGE = "docs/classify-evaluate.md"
+
     MODEL = "MODEL"
     LABEL_RASTER = "LABEL_RASTER"
     POLYGONS = "POLYGONS"

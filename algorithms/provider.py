@@ -31,6 +31,11 @@ class MamolProvider(QgsProcessingProvider):
     def load(self) -> bool:
         """Adds the provider's settings (Options → Processing → Providers) to Processing."""
         from processing.core.ProcessingConfig import ProcessingConfig, Setting
+        # unload() removes the setting from this same class: when QGIS exits it may unload
+        # the Processing plugin first, which deletes its modules from sys.modules, and an
+        # import in unload() would then load a fresh ProcessingConfig with no settings
+        # (the KeyError 'MAMOL_WEIGHTS_CACHE' seen once at exit).
+        self._config = ProcessingConfig
         ProcessingConfig.settingIcons[self.name()] = self.icon()
         ProcessingConfig.addSetting(Setting(
             self.name(), WEIGHTS_CACHE_SETTING, "Backbone weights cache folder", "",
@@ -40,8 +45,10 @@ class MamolProvider(QgsProcessingProvider):
         return True
 
     def unload(self) -> None:
-        from processing.core.ProcessingConfig import ProcessingConfig
-        ProcessingConfig.removeSetting(WEIGHTS_CACHE_SETTING)
+        """Removes the settings that :meth:`load` added; safe to call more than once."""
+        config = getattr(self, "_config", None)
+        if config is not None and WEIGHTS_CACHE_SETTING in config.settings:
+            config.removeSetting(WEIGHTS_CACHE_SETTING)
 
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm(),

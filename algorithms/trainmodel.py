@@ -46,6 +46,8 @@ MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILA
 class TrainModelAlgorithm(MamolAlgorithm):
     """Adapter: rasters + labelled polygons + settings -> a ``.mamol`` model file."""
 
+    HELP_PAGE = "docs/training.md"
+
     HS = "HS"
     SAR = "SAR"
     LIDAR = "LIDAR"

@@ -6,9 +6,15 @@ README links to it for readers of the repository, but nothing the installed plug
 (``metadata.txt``, the algorithms' help) does; tests/install/test_packaging.py checks both,
 and a help link into ``docs/`` would have to add it to ``PLUGIN_FOLDERS``.
 
-Usage: python3 packaging/build_zip.py --out dist/mamol-0.1.0.zip
+Needs only Python 3.9 or newer (no QGIS, no Debian packages), so it runs on Windows and
+macOS as well. The version comes from ``metadata.txt``; the ZIP is then checked against the
+plugin repository's rules (``packaging/check_zip.py``).
+
+Usage: python3 packaging/build_zip.py [--out dist/mamol-<version>.zip]
 """
 import argparse
+import configparser
+import sys
 import zipfile
 from pathlib import Path
 
@@ -32,6 +38,13 @@ def plugin_files(root: Path = ROOT):
                 yield path, f"{PLUGIN_NAME}/{path.relative_to(root).as_posix()}"
 
 
+def plugin_version(root: Path = ROOT) -> str:
+    """The version declared in ``metadata.txt``."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(root / "metadata.txt", encoding="utf-8")
+    return parser["general"]["version"]
+
+
 def build(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".zip.part")
@@ -42,15 +55,23 @@ def build(out: Path) -> Path:
     return out
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="zip file to write")
-    parser.add_argument("--version", help="plugin version (for the message only)")
+    parser.add_argument("--out", type=Path,
+                        help="zip file to write (default: dist/mamol-<version>.zip)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip the plugin repository's checks (packaging/check_zip.py)")
     args = parser.parse_args()
-    out = build(args.out)
+    version = plugin_version()
+    out = build(args.out or ROOT / "dist" / f"{PLUGIN_NAME}-{version}.zip")
     count = len(zipfile.ZipFile(out).namelist())
-    print(f"wrote {out} ({count} files, version {args.version or '?'})")
+    print(f"wrote {out} ({count} files, version {version})")
+    if args.no_check:
+        return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import check_zip
+    return check_zip.main([str(out)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,10 @@ def test_metadata_has_required_fields():
     assert general["qgisMinimumVersion"] == "3.22"
     assert general["hasProcessingProvider"] == "yes"
     assert (REPO / general["icon"]).is_file()
-    assert "http" not in "".join(general.values()), "no placeholder URLs"
+    # The Plugin Manager's links (the full rules: tests/install/test_packaging.py)
+    assert general["homepage"] == general["repository"]
+    assert general["repository"].startswith("https://")
+    assert general["tracker"] == general["repository"] + "/issues"
 
 
 class MenuRecordingIface:
@@ -86,3 +89,41 @@ def test_provider_loads_without_importing_torch():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_every_algorithm_has_a_help_page_on_the_repository(qgis_processing):
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(REPO / "metadata.txt")
+    prefix = parser["general"]["repository"] + "/blob/main/"
+    from mamol.algorithms.provider import MamolProvider
+    provider = MamolProvider()
+    provider.loadAlgorithms()
+    algorithms = provider.algorithms()
+    assert len(algorithms) >= 5
+    for algorithm in algorithms:
+        url = algorithm.helpUrl()
+        assert url.startswith(prefix), (algorithm.id(), url)
+        assert (REPO / url[len(prefix):].split("#")[0]).is_file(), (algorithm.id(), url)
+
+
+def test_unload_survives_processing_unloaded_first(qgis_processing, monkeypatch):
+    """At QGIS exit the Processing plugin may be unloaded before ours; QGIS then deletes its
+    modules from sys.modules, and importing ProcessingConfig again gives a fresh class
+    without our setting (the KeyError 'MAMOL_WEIGHTS_CACHE' once seen at exit)."""
+    import sys
+
+    from processing.core.ProcessingConfig import ProcessingConfig
+
+    from mamol.algorithms.common import WEIGHTS_CACHE_SETTING
+    from mamol.algorithms.provider import MamolProvider
+    registered = ProcessingConfig.settings.get(WEIGHTS_CACHE_SETTING)   # the session's
+    provider = MamolProvider()
+    assert provider.load()
+    assert WEIGHTS_CACHE_SETTING in ProcessingConfig.settings
+    for name in [name for name in sys.modules if name.split(".")[0] == "processing"]:
+        monkeypatch.delitem(sys.modules, name)      # as qgis.utils.unloadPlugin does
+    provider.unload()
+    assert WEIGHTS_CACHE_SETTING not in ProcessingConfig.settings
+    provider.unload()                               # twice: still no KeyError
+    if registered is not None:
+        ProcessingConfig.addSetting(registered)
