@@ -5,6 +5,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -13,8 +14,9 @@ from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsProcessi
                        QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
                        QgsProcessingParameterEnum, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
-from qgis.PyQt.QtCore import QCoreApplication
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
+                       QgsProcessingUtils, QgsSettings)
+from qgis.PyQt.QtCore import QCoreApplication, QStandardPaths
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import Cancelled, MamolInputError
@@ -26,6 +28,45 @@ ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg
 #: Processing setting (Options → Processing → Providers → MaMOL land cover): the folder
 #: that keeps downloaded backbone weights; empty = MAMOL_WEIGHTS_CACHE or Hugging Face's.
 WEIGHTS_CACHE_SETTING = "MAMOL_WEIGHTS_CACHE"
+#: Processing setting: the folder trained models go to when the user names no file; empty =
+#: "MaMOL models" in the user's documents folder.
+MODELS_FOLDER_SETTING = "MAMOL_MODELS_FOLDER"
+DEFAULT_MODELS_FOLDER_NAME = "MaMOL models"
+
+
+def provider_setting(name: str) -> str:
+    """A value of the provider's Processing settings (Options → Processing → Providers)."""
+    return str(QgsSettings().value(f"Processing/Configuration/{name}", "") or "")
+
+
+def models_folder() -> Path:
+    """Where a trained model goes when the user names no file: a folder that outlives QGIS
+    (QGIS deletes its temporary folder when it closes, and a model takes hours to train)."""
+    chosen = provider_setting(MODELS_FOLDER_SETTING)
+    if chosen:
+        return Path(chosen)
+    documents = QStandardPaths.writableLocation(
+        QStandardPaths.StandardLocation.DocumentsLocation)
+    return Path(documents or Path.home()) / DEFAULT_MODELS_FOLDER_NAME
+
+
+def new_model_path(extension: str) -> Path:
+    """A model file name in :func:`models_folder` that no file has yet, dated to the second:
+    ``model-20261204-231502.mamol`` (``-2``, ``-3`` … when that is taken)."""
+    folder = models_folder()
+    stem = f"model-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, number = folder / f"{stem}{extension}", 1
+    while path.exists():
+        number += 1
+        path = folder / f"{stem}-{number}{extension}"
+    return path
+
+
+def in_qgis_temporary_folder(path: str) -> bool:
+    """Whether ``path`` lies in the temporary folder QGIS deletes when it closes (where
+    "Save to temporary file" puts outputs)."""
+    temporary = Path(QgsProcessingUtils.tempFolder()).resolve()
+    return temporary in Path(path).resolve().parents
 
 
 @functools.lru_cache(maxsize=None)

@@ -30,7 +30,7 @@ from ..core.errors import MamolInputError
 from ..engine import channel
 from . import model_env
 from .child_process import STDERR, ChildProcess, command_line, exit_description
-from .common import WEIGHTS_CACHE_SETTING, FeedbackRelay
+from .common import WEIGHTS_CACHE_SETTING, FeedbackRelay, provider_setting
 
 #: The plugin's package name (``mamol`` when installed) and the folder that holds it, which
 #: ``python -m mamol`` needs on its path. Not resolved: the plugin folder may be a link.
@@ -54,9 +54,9 @@ def _child_environment() -> Dict[str, str]:
     setting unless MAMOL_WEIGHTS_CACHE is set already."""
     environment = model_env.child_environment()
     environment["PYTHONPATH"] = PLUGIN_PARENT
-    cache = QgsSettings().value(f"Processing/Configuration/{WEIGHTS_CACHE_SETTING}", "")
+    cache = provider_setting(WEIGHTS_CACHE_SETTING)
     if cache and not environment.get(WEIGHTS_CACHE_SETTING):
-        environment[WEIGHTS_CACHE_SETTING] = str(cache)
+        environment[WEIGHTS_CACHE_SETTING] = cache
     return environment
 
 

@@ -2,12 +2,20 @@
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .common import ICON_PATH, WEIGHTS_CACHE_SETTING
 from .classify import ClassifyAlgorithm
+from .common import (DEFAULT_MODELS_FOLDER_NAME, ICON_PATH, MODELS_FOLDER_SETTING,
+                     WEIGHTS_CACHE_SETTING)
 from .createsamplescene import CreateSampleSceneAlgorithm
 from .evaluate import EvaluateAlgorithm
 from .installdependencies import InstallDependenciesAlgorithm
 from .trainmodel import TrainModelAlgorithm
+
+#: The provider's folder settings (name, label), added by load() and removed by unload().
+FOLDER_SETTINGS = (
+    (WEIGHTS_CACHE_SETTING, "Backbone weights cache folder"),
+    (MODELS_FOLDER_SETTING,
+     f"Trained models folder (empty: '{DEFAULT_MODELS_FOLDER_NAME}' in your documents)"),
+)
 
 
 class MamolProvider(QgsProcessingProvider):
@@ -37,9 +45,9 @@ class MamolProvider(QgsProcessingProvider):
         # (the KeyError 'MAMOL_WEIGHTS_CACHE' seen once at exit).
         self._config = ProcessingConfig
         ProcessingConfig.settingIcons[self.name()] = self.icon()
-        ProcessingConfig.addSetting(Setting(
-            self.name(), WEIGHTS_CACHE_SETTING, "Backbone weights cache folder", "",
-            valuetype=Setting.FOLDER))
+        for name, label in FOLDER_SETTINGS:
+            ProcessingConfig.addSetting(Setting(self.name(), name, label, "",
+                                                valuetype=Setting.FOLDER))
         ProcessingConfig.readSettings()
         self.refreshAlgorithms()
         return True
@@ -47,8 +55,11 @@ class MamolProvider(QgsProcessingProvider):
     def unload(self) -> None:
         """Removes the settings that :meth:`load` added; safe to call more than once."""
         config = getattr(self, "_config", None)
-        if config is not None and WEIGHTS_CACHE_SETTING in config.settings:
-            config.removeSetting(WEIGHTS_CACHE_SETTING)
+        if config is None:
+            return
+        for name, _ in FOLDER_SETTINGS:
+            if name in config.settings:
+                config.removeSetting(name)
 
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm(),

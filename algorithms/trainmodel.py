@@ -30,8 +30,8 @@ from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
                      FeedbackRelay, RasterFileParameter, add_config_parameters,
                      add_parameter, add_raster_inputs, config_arguments, field_value,
                      core_errors_as_processing_exceptions, has_raster_input,
-                     polygon_arguments, polygon_source, raster_arguments, raster_file,
-                     raster_inputs)
+                     in_qgis_temporary_folder, new_model_path, polygon_arguments,
+                     polygon_source, raster_arguments, raster_file, raster_inputs)
 from .engine_runner import run_engine
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
@@ -223,8 +223,11 @@ class TrainModelAlgorithm(MamolAlgorithm):
                                                      "seed"))
         add_config_parameters(self, TrainingConfig)   # every declared field not given above
         add_parameter(self, QgsProcessingParameterFileDestination(
-            self.OUTPUT_MODEL, self.tr("Model file"), self.tr(f"MaMOL model (*{EXTENSION})")),
-            "The trained model.")
+            self.OUTPUT_MODEL, self.tr("Model file"), self.tr(f"MaMOL model (*{EXTENSION})"),
+            defaultValue=str(new_model_path(EXTENSION))),
+            "The trained model. By default a new dated file in the trained models folder "
+            "(Options → Processing → Providers → MaMOL land cover; empty: 'MaMOL models' in "
+            "your documents). Not a temporary file: QGIS deletes those when it closes.")
         add_parameter(self, QgsProcessingParameterFileDestination(
             self.OUTPUT_REPORT, self.tr("Training report"), self.tr("HTML files (*.html)"),
             optional=True, createByDefault=True),
@@ -254,6 +257,12 @@ class TrainModelAlgorithm(MamolAlgorithm):
         relay = FeedbackRelay(feedback)
         with core_errors_as_processing_exceptions():
             arguments = self.engine_arguments(parameters, context, feedback)
+        model = arguments[arguments.index("--output") + 1]
+        if in_qgis_temporary_folder(model):
+            feedback.pushWarning(self.tr(
+                f"The model goes to QGIS's temporary folder ({model}), which QGIS deletes "
+                "when it closes: save it elsewhere (choose a file for 'Model file') to keep "
+                "it."))
         result = run_engine("train", arguments, relay)
         return {self.OUTPUT_MODEL: result["model"],
                 self.OUTPUT_REPORT: result["report_html"],

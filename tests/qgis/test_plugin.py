@@ -116,7 +116,7 @@ def test_unload_survives_processing_unloaded_first(qgis_processing, monkeypatch)
 
     from mamol.algorithms.common import WEIGHTS_CACHE_SETTING
     from mamol.algorithms.provider import MamolProvider
-    registered = ProcessingConfig.settings.get(WEIGHTS_CACHE_SETTING)   # the session's
+    registered = dict(ProcessingConfig.settings)            # the session's, put back below
     provider = MamolProvider()
     assert provider.load()
     assert WEIGHTS_CACHE_SETTING in ProcessingConfig.settings
@@ -125,5 +125,4 @@ def test_unload_survives_processing_unloaded_first(qgis_processing, monkeypatch)
     provider.unload()
     assert WEIGHTS_CACHE_SETTING not in ProcessingConfig.settings
     provider.unload()                               # twice: still no KeyError
-    if registered is not None:
-        ProcessingConfig.addSetting(registered)
+    ProcessingConfig.settings.update(registered)

@@ -1,8 +1,10 @@
 """``mamol:trainmodel`` through real QGIS Processing (``processing.run``) and through the
 command line without QGIS."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProcessingException,
@@ -227,8 +229,10 @@ def test_no_validation_is_said_as_a_warning_and_the_last_epoch_kept(mamol_provid
                                                                     small_scene, tmp_path):
     polygons = one_polygon_per_class(small_scene, tmp_path / "one_each.gpkg")
     feedback = recording_feedback()
-    run(quick_parameters(small_scene, tmp_path, POLYGONS=str(polygons), EPOCHS=2),
-        feedback=feedback)
+    run(quick_parameters(small_scene, tmp_path, POLYGONS=str(polygons), EPOCHS=2,
+                         OUTPUT_MODEL="TEMPORARY_OUTPUT"), feedback=feedback)
+    assert [w for w in feedback.warnings if "QGIS's temporary folder" in w
+            and "deletes when it closes" in w]
     assert sum("has a single polygon, so it has no validation pixels" in w
                for w in feedback.warnings) == 7
     assert any(w.startswith("No validation pixels") and "the last one (2) is kept" in w
@@ -256,14 +260,72 @@ def test_command_line_prints_warnings(small_scene, tmp_path):
     assert "warning: No validation pixels" in done.stderr
 
 
+@pytest.fixture
+def models_folder_setting(tmp_path):
+    """The provider's trained-models folder set to a fresh folder for one test."""
+    from qgis.core import QgsSettings
+
+    from mamol.algorithms.common import MODELS_FOLDER_SETTING
+    key = f"Processing/Configuration/{MODELS_FOLDER_SETTING}"
+    folder = tmp_path / "my models"
+    QgsSettings().setValue(key, str(folder))
+    yield folder
+    QgsSettings().remove(key)
+
+
+def test_the_model_file_defaults_to_a_folder_that_outlives_qgis(mamol_provider):
+    """Not "[Save to temporary file]": QGIS deletes its temporary folder when it closes."""
+    from qgis.core import QgsApplication, QgsProcessingUtils
+    from qgis.PyQt.QtCore import QStandardPaths
+    documents = QStandardPaths.writableLocation(
+        QStandardPaths.StandardLocation.DocumentsLocation)
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM)
+    default = Path(algorithm.parameterDefinition("OUTPUT_MODEL").defaultValue())
+    assert default.parent == Path(documents) / "MaMOL models"
+    assert re.fullmatch(r"model-\d{8}-\d{6}\.mamol", default.name), default.name
+    assert Path(QgsProcessingUtils.tempFolder()) not in default.parents
+
+
 @pytest.mark.subprocess
-def test_trains_from_a_label_raster(mamol_provider, small_scene, tmp_path):
+def test_the_dialog_fills_the_model_file_with_that_default():
+    """The Train dialog's output widget starts from the parameter's default (it showed
+    "[Save to temporary file]" before there was one). Widgets need a GUI application: a
+    child process, offscreen."""
+    probe = (
+        "import sys\n"
+        "from qgis.core import QgsApplication\n"
+        "app = QgsApplication([], True); app.initQgis()\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from qgis.gui import QgsProcessingLayerOutputDestinationWidget\n"
+        "from mamol.algorithms.trainmodel import TrainModelAlgorithm\n"
+        "algorithm = TrainModelAlgorithm(); algorithm.initAlgorithm()\n"
+        "definition = algorithm.parameterDefinition('OUTPUT_MODEL')\n"
+        "widget = QgsProcessingLayerOutputDestinationWidget(definition, False)\n"
+        "print(widget.value() == definition.defaultValue(), widget.value())\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(PLUGINS_DIR)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    same, value = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert same == "True" and value.endswith(".mamol") and "MaMOL models" in value, value
+
+
+@pytest.mark.subprocess
+def test_trains_from_a_label_raster(mamol_provider, small_scene, tmp_path,
+                                    models_folder_setting):
     """A label raster instead of polygons (a benchmark's TRLabel map, here the scene's
-    reference labels): class names and colours from its category names and colour table."""
+    reference labels): class names and colours from its category names and colour table.
+    No model file named: it goes to the trained-models folder of the provider's settings."""
+    from qgis.core import QgsApplication
+
     from mamol.core.sample_scene import read_manifest
-    results = run(quick_parameters(small_scene, tmp_path, POLYGONS=None, CLASS_FIELD=None,
-                                   CLASS_NAME_FIELD=None,
-                                   LABEL_RASTER=str(small_scene.reference_labels)))
+    parameters = quick_parameters(small_scene, tmp_path, POLYGONS=None, CLASS_FIELD=None,
+                                  CLASS_NAME_FIELD=None,
+                                  LABEL_RASTER=str(small_scene.reference_labels))
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM)
+    parameters["OUTPUT_MODEL"] = algorithm.parameterDefinition("OUTPUT_MODEL").defaultValue()
+    results = run(parameters)                     # as the dialog runs it (next test)
+    assert Path(results["OUTPUT_MODEL"]).parent == models_folder_setting
+    assert Path(results["OUTPUT_MODEL"]).is_file()
     header = read_header(results["OUTPUT_MODEL"])
     expected = {c["value"]: c["name"] for c in read_manifest(small_scene.manifest)["classes"]}
     assert {c.value: c.name for c in header.classes} == expected
