@@ -19,25 +19,20 @@ from support import PLUGINS_DIR, REPO
 
 # What `pip install .` reads; copied so that setuptools' build/ and egg-info stay out of
 # the repository (and a stale build/ there cannot leak into the wheel).
-SOURCES = ("pyproject.toml", "README.md", "metadata.txt", "__init__.py", "__main__.py",
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "metadata.txt", "__init__.py", "__main__.py",
            "mamol_plugin.py", "core", "engine", "training", "algorithms", "resources", "tests")
 QGIS_IMPORT = re.compile(r"^\s*(from|import)\s+(qgis|PyQt5|PyQt6|processing)\b", re.MULTILINE)
 
 
 def _setuptools_builds_wheels() -> bool:
-    """setuptools ≥ 70.1 builds wheels by itself (older ones need the wheel package)."""
+    """pyproject.toml's build needs setuptools ≥ 77 (its SPDX `license`), which builds wheels
+    by itself (no wheel package); without one here, the wheel cannot be built offline."""
     try:
         import setuptools
     except ImportError:
         return False
-    major, minor = (int(part) for part in setuptools.__version__.split(".")[:2])
-    if (major, minor) >= (70, 1):
-        return True
-    try:
-        import wheel  # noqa: F401
-    except ImportError:
-        return False
-    return (major, minor) >= (64, 0)
+    major = int(setuptools.__version__.split(".")[0])
+    return major >= 77
 
 
 @pytest.fixture(scope="module")
