@@ -911,3 +911,65 @@ def check_existing(python, log: Optional[LogCallback] = None,
     versions["python_executable"] = str(executable)
     return versions
 
+
+# ---- removing the environment ---------------------------------------------------------
+
+class Removal(NamedTuple):
+    """What :func:`remove_environment` removed and how many bytes that freed."""
+    removed: Tuple[Path, ...]
+    freed_bytes: int
+
+
+def folder_size(folder) -> int:
+    """The bytes of the files under ``folder``, links not followed (a venv's ``python``
+    is a link to QGIS's)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def made_here(folder) -> bool:
+    """Whether ``folder`` is an environment that 'Install dependencies' made: a real folder
+    (not a link) with a venv's ``pyvenv.cfg`` and the marker it writes last."""
+    folder = Path(folder)
+    return (folder.is_dir() and not folder.is_symlink() and _looks_like_env(folder)
+            and read_marker(folder) is not None)
+
+
+def remove_environment(env_dir) -> Removal:
+    """Remove the environment ``env_dir`` that 'Install dependencies' made, with what an
+    interrupted install left next to it (``<name>.new-*``/``<name>.old-*`` folders and
+    pip's log); nothing else.
+
+    A folder without the marker (an environment of the user's own, or anything else) is
+    refused with :class:`MamolInputError`, never removed. Nothing there: nothing removed."""
+    env_dir = Path(env_dir).expanduser().absolute()
+    if env_dir.is_symlink() or (env_dir.exists() and not made_here(env_dir)):
+        raise MamolInputError(
+            f"{env_dir} was not made by 'Install dependencies' (it has no {MARKER_FILE}), "
+            "so it is left alone; remove it yourself if you mean to.")
+    leftover = re.compile(re.escape(env_dir.name) + r"\.(new|old)-[0-9a-f]{8}")
+    targets = [env_dir] if env_dir.exists() else []
+    if env_dir.parent.is_dir():
+        targets += sorted(path for path in env_dir.parent.iterdir()
+                          if leftover.fullmatch(path.name) and path.is_dir()
+                          and not path.is_symlink())
+    freed = 0
+    for folder in targets:
+        size = folder_size(folder)
+        _remove(folder)
+        if folder.exists():
+            raise MamolInputError(
+                f"Could not remove all of {folder}: close whatever uses it (a running MaMOL "
+                "job, a terminal in it) and run this again.")
+        freed += size
+    log_path = pip_log_path(env_dir)
+    if log_path.is_file():
+        freed += log_path.stat().st_size
+        log_path.unlink()
+    return Removal(tuple(targets), freed)

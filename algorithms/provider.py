@@ -7,6 +7,7 @@ from .classify import ClassifyAlgorithm
 from .createsamplescene import CreateSampleSceneAlgorithm
 from .evaluate import EvaluateAlgorithm
 from .installdependencies import InstallDependenciesAlgorithm
+from .removeenvironment import RemoveEnvironmentAlgorithm
 from .trainmodel import TrainModelAlgorithm
 
 
@@ -46,7 +47,7 @@ class MamolProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm(),
                           ClassifyAlgorithm(), EvaluateAlgorithm(),
-                          InstallDependenciesAlgorithm()):
+                          InstallDependenciesAlgorithm(), RemoveEnvironmentAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API

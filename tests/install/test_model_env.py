@@ -565,3 +565,53 @@ def test_train_and_classify_through_the_installed_environment(installed_env, kep
                for line in engines)
     assert any(line.startswith("epoch 1") for line in feedback.info)
 
+
+# ---- removing the environment ---------------------------------------------------------
+
+def _made_env(folder: Path, payload: int = 3_000_000) -> Path:
+    """A stand-in for an environment 'Install dependencies' made: a venv's pyvenv.cfg, a
+    python link to the base Python (not counted, not followed), the marker, and
+    ``payload`` bytes of packages."""
+    (folder / "bin").mkdir(parents=True)
+    (folder / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (folder / "bin" / "python").symlink_to(sys.executable)
+    (folder / model_env.MARKER_FILE).write_text("{}")
+    site = folder / "lib" / "site-packages" / "torch"
+    site.mkdir(parents=True)
+    (site / "lib.so").write_bytes(b"\0" * payload)
+    return folder
+
+
+def test_remove_environment_removes_what_install_made(tmp_path):
+    env = _made_env(tmp_path / "python-env")
+    size = model_env.folder_size(env)
+    assert 3_000_000 < size < 3_001_000                  # the link to Python not followed
+    interrupted = tmp_path / "python-env.new-0a1b2c3d"   # an install killed half-way
+    (interrupted / "lib").mkdir(parents=True)
+    (interrupted / "lib" / "part").write_bytes(b"\0" * 1000)
+    model_env.pip_log_path(env).write_text("pip's log of a failed run\n")
+    keep = [tmp_path / "python-env.bak", tmp_path / "python-env.new-notours", tmp_path / "notes"]
+    for folder in keep:
+        folder.mkdir()
+    removal = model_env.remove_environment(env)
+    assert removal.removed == (env, interrupted)
+    assert removal.freed_bytes == size + 1000 + len("pip's log of a failed run\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f.name for f in keep)
+    assert Path(sys.executable).is_file()                # the link's target is untouched
+    assert model_env.remove_environment(env) == (((), 0))   # nothing there: nothing removed
+
+
+def test_remove_environment_never_removes_an_environment_it_did_not_make(tmp_path):
+    own = _made_env(tmp_path / "my-conda-env")
+    (own / model_env.MARKER_FILE).unlink()               # the user's own environment
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "thesis.odt").write_text("keep me")
+    link = tmp_path / "link-to-env"
+    link.symlink_to(_made_env(tmp_path / "made"))
+    for folder in (own, documents, link):
+        with pytest.raises(MamolInputError, match="was not made by 'Install dependencies' "
+                           r"\(it has no mamol-env.json\), so it is left alone"):
+            model_env.remove_environment(folder)
+    assert (own / "pyvenv.cfg").is_file() and (documents / "thesis.odt").is_file()
+    assert (tmp_path / "made" / model_env.MARKER_FILE).is_file() and link.is_symlink()
