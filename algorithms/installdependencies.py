@@ -37,10 +37,11 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
             "Installs PyTorch and the other packages MaMOL's models need into a Python "
             "environment of their own, outside QGIS: a virtual environment made from "
             "QGIS's Python (it keeps QGIS's GDAL and NumPy), by default in the QGIS "
-            "profile folder (mamol/python-env). Downloads a few hundred MB for the CPU build "
-            "and several GB for the CUDA build; run it again to repair or update the "
+            "profile folder (mamol/python-env). It takes about 1 GB of disk for the CPU build "
+            "and about 5 GB for the CUDA build; run it again to repair or update the "
             "environment. If it fails or is cancelled, the previous environment is kept "
-            "as it was.\n\n"
+            "as it was, and the error says why pip failed. 'Remove model environment' "
+            "removes it again.\n\n"
             "<b>Build</b>: Automatic installs the CUDA build when an NVIDIA driver is "
             "found (nvidia-smi), else the CPU build.\n"
             "<b>Torch package index</b> (advanced): where torch and torchvision come from. "
@@ -120,7 +121,8 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
         relay.info(self.tr(f"Environment: {env_dir} (from {base})"))
         marker = model_env.create_or_update(
             env_dir, base, build=build, torch_index=index or None, log=relay.info,
-            progress=relay.progress, is_cancelled=relay.is_cancelled, gpus=gpus)
+            progress=relay.progress, is_cancelled=relay.is_cancelled, gpus=gpus,
+            warn=relay.warning)
         # the last environment made here is the one MaMOL uses: a folder of one's own is
         # remembered, the default one is found without a setting
         if folder:

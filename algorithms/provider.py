@@ -8,6 +8,7 @@ from .common import (DEFAULT_MODELS_FOLDER_NAME, ICON_PATH, MODELS_FOLDER_SETTIN
 from .createsamplescene import CreateSampleSceneAlgorithm
 from .evaluate import EvaluateAlgorithm
 from .installdependencies import InstallDependenciesAlgorithm
+from .removeenvironment import RemoveEnvironmentAlgorithm
 from .trainmodel import TrainModelAlgorithm
 
 #: The provider's folder settings (name, label), added by load() and removed by unload().
@@ -64,7 +65,7 @@ class MamolProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm(),
                           ClassifyAlgorithm(), EvaluateAlgorithm(),
-                          InstallDependenciesAlgorithm()):
+                          InstallDependenciesAlgorithm(), RemoveEnvironmentAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API

@@ -33,10 +33,111 @@ def test_pins_match_requirements():
         "NumPy is held at the base Python's version, never pinned"
 
 
+def test_the_environment_takes_the_tested_range_and_ci_pins_lie_in_it():
+    from packaging.requirements import Requirement
+    wanted = {Requirement(line).name: Requirement(line) for line in model_env.requirements({})}
+    assert str(wanted["torch"].specifier) == "<2.14,>=2.11"
+    assert str(wanted["torchvision"].specifier) == "<0.29,>=0.26"
+    for pin in model_env.PINNED_PACKAGES:       # requirements.txt's pins, CI's versions
+        pinned = Requirement(pin)
+        version = next(iter(pinned.specifier)).version
+        assert wanted[pinned.name].specifier.contains(version), pin
+        if pinned.name not in model_env.TORCH_RANGE:
+            assert wanted[pinned.name] == pinned     # the rest stays pinned exactly
+    # the oldest torch of the range is pyproject.toml's lower bound (the GPU machine's)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"torch>=2.11",' in pyproject and model_env.TORCH_RANGE["torch"].startswith(">=2.11,")
+
+
 def test_torch_pin_test_hook():
-    assert model_env.pinned_packages({}) == model_env.PINNED_PACKAGES
-    pins = model_env.pinned_packages({"MAMOL_TORCH_PIN": "torch==0.0.0"})
-    assert pins[0] == "torch==0.0.0" and pins[1:] == model_env.PINNED_PACKAGES[1:]
+    wanted = model_env.requirements({"MAMOL_TORCH_PIN": "torch==0.0.0"})
+    assert wanted[0] == "torch==0.0.0" and wanted[1:] == model_env.requirements({})[1:]
+    assert model_env.requirement_name("torch>=2.11,<2.14") == "torch"
+    assert model_env.requirement_name("open_clip_torch==3.3.0") == "open_clip_torch"
+
+
+# ---- which platforms ------------------------------------------------------------------
+
+def _base(python="3.11.2", platform="linux", machine="x86_64", mac="", bits=64):
+    return {"python": python, "platform": platform, "machine": machine, "mac": mac,
+            "bits": bits}
+
+
+def test_supported_platforms_pass_without_a_word():
+    for info in (_base(), _base("3.13.5", machine="aarch64"),
+                 _base("3.12.7", "win32", "AMD64"), _base("3.10.11", "darwin", "arm64", "14.5")):
+        assert model_env.check_platform(info) == [], info
+
+
+@pytest.mark.parametrize("info, says", [
+    (_base("3.9.18", "darwin", "arm64", "14.1"),
+     r"QGIS's Python is 3\.9\.18; .* need Python 3\.10 or newer: install a newer QGIS"),
+    (_base("3.12.4", "win32", "x86", bits=32), r"32-bit build.*install the 64-bit QGIS"),
+    (_base("3.12.4", "darwin", "x86_64", "13.6"),
+     r"Intel \(x86_64\) macOS build.*since torch 2\.2.*Apple-silicon build \(this one runs "
+     r"under Rosetta\)"),
+])
+def test_known_unsupported_platforms_are_refused_with_what_to_do(info, says):
+    with pytest.raises(MamolInputError, match=says) as error:
+        model_env.check_platform(info)
+    assert "torch>=2.11,<2.14" in str(error.value)
+    assert "Use an existing Python environment instead" in str(error.value)
+
+
+def test_untested_platforms_are_warned_about():
+    older_mac = model_env.check_platform(_base("3.11.9", "darwin", "arm64", "13.6.1"))
+    assert older_mac == ["macOS 13.6.1: torch 2.13 has builds for macOS 14 or later only, so "
+                         "pip will look for an older torch of torch>=2.11,<2.14; if it finds "
+                         "none, update macOS."]
+    assert "ppc64le" in model_env.check_platform(_base(machine="ppc64le"))[0]
+
+
+@pytest.mark.subprocess
+def test_an_unsupported_base_python_is_refused_before_pip_runs(tmp_path):
+    """The check runs on what the base Python reports: a Python 3.9 is refused before any
+    venv or pip (here a stand-in that reports 3.9 and has NumPy)."""
+    fake = tmp_path / "python3.9"
+    report = dict(_base("3.9.18"), numpy="1.24.2", missing=[])
+    fake.write_text(f"#!/bin/sh\necho 'MAMOL-BASE {json.dumps(report)}'\n")
+    fake.chmod(0o755)
+    lines = []
+    with pytest.raises(MamolInputError, match="need Python 3.10 or newer"):
+        model_env.create_or_update(tmp_path / "env", str(fake), "cpu", "", log=lines.append)
+    assert not any(line.startswith(("Creating a virtual", "pip install")) for line in lines)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["python3.9"]
+
+
+# ---- which build was installed, and why -----------------------------------------------
+
+def test_cpu_from_pypi_on_linux_x86_64_is_warned_about_before_installing():
+    warning = model_env.cpu_build_warning("cpu", None, _base())
+    assert "PyPI’s torch for Linux x86_64 is a CUDA build" in warning
+    assert model_env.CPU_INDEX in warning and "'Torch package index' empty" in warning
+    for build, index, info in (("cuda", None, _base()), ("cpu", model_env.CPU_INDEX, _base()),
+                               ("cpu", None, _base(machine="aarch64")),
+                               ("cpu", None, _base("3.12.4", "win32", "AMD64")),
+                               ("cpu", None, _base("3.12.4", "darwin", "arm64", "14.2"))):
+        assert model_env.cpu_build_warning(build, index, info) is None, (build, index, info)
+
+
+def test_the_installed_build_is_named_with_the_reason_for_the_index():
+    reason = model_env.index_reason("cpu", "pypi", "linux")
+    line, warning = model_env.describe_build({"torch": "2.13.0+cu130", "cuda": "13.0"}, "cpu",
+                                             None, reason)
+    assert line == ("PyTorch build installed: CUDA 13.0 (torch 2.13.0+cu130), from pip’s "
+                    "configured index (PyPI or your mirror): the Torch package index was set "
+                    "to 'pypi'.")
+    assert warning.startswith("The CPU build was asked for, but this index gave torch's "
+                              "CUDA 13.0 build.")
+    line, warning = model_env.describe_build(
+        {"torch": "2.13.0+cpu", "cuda": None}, "cpu", model_env.CPU_INDEX,
+        model_env.index_reason("cpu", None, "linux"))
+    assert line == ("PyTorch build installed: CPU (torch 2.13.0+cpu), from "
+                    f"{model_env.CPU_INDEX}: automatic for the CPU build.")
+    assert warning is None
+    assert model_env.index_reason("cuda", "https://mirror/whl", "linux") == \
+        "it was given as the Torch package index"
+    assert model_env.index_reason("cpu", None, "darwin").startswith("automatic on macOS")
 
 
 # ---- QGIS's Python --------------------------------------------------------------------
@@ -370,6 +471,12 @@ def test_install_makes_a_working_environment(installed_env):
                          text=True, env=model_env.child_environment())
     assert pip.returncode == 0 and str(folder) in pip.stdout   # scripts fixed up too
     assert any(line.startswith("Successfully installed") for line in feedback.info)
+    # which build, from where and why; CPU from pip's configured index is warned about
+    assert "PyTorch build installed: CPU (torch 2.13.0+cpu), from pip’s configured index " \
+        "(PyPI or your mirror): the Torch package index was set to 'pypi'." in feedback.info
+    assert [warning for warning in feedback.warnings if "Linux x86_64 is a CUDA build" in warning]
+    assert marker["requirements"][:2] == ["torch>=2.11,<2.14", "torchvision>=0.26,<0.29"]
+    assert not model_env.pip_log_path(folder).exists()        # kept only when pip fails
     assert any("NVIDIA" in line for line in feedback.info)     # the driver check is reported
     # a folder of one's own is remembered, and the launcher finds it
     assert setting == str(folder)
@@ -386,11 +493,15 @@ def test_failed_update_keeps_the_environment(installed_env, monkeypatch, kept_se
     # pip says "No matching distribution found for torch==0.0.0", or, where its
     # configuration constrains torch too (as here), that torch==0.0.0 cannot be installed
     with pytest.raises(QgsProcessingException,
-                       match=r"Installing PyTorch failed: .*torch==0\.0\.0"):
+                       match=r"Installing PyTorch failed: the (requirements conflict|index has "
+                       r"no build of these versions).* pip said: “.*torch==0\.0\.0") as error:
         run({"BUILD": 1, "TORCH_INDEX": "pypi", "ENV_FOLDER": str(folder)})
     assert (folder / model_env.MARKER_FILE).read_text() == marker
     assert _probe(folder / "bin" / "python")["torch"].startswith("2.13.0")
-    assert _siblings(folder) == []
+    # pip's full log is kept next to the folder, and the message says where
+    log_path = model_env.pip_log_path(folder)
+    assert str(error.value).endswith(f"pip's full log: {log_path}.")
+    assert _siblings(folder) == [log_path.name]
 
 
 @pytest.mark.subprocess
@@ -453,3 +564,54 @@ def test_train_and_classify_through_the_installed_environment(installed_env, kep
     assert all(line.startswith(f"Engine: {folder / 'bin' / 'python'} -m mamol ")
                for line in engines)
     assert any(line.startswith("epoch 1") for line in feedback.info)
+
+
+# ---- removing the environment ---------------------------------------------------------
+
+def _made_env(folder: Path, payload: int = 3_000_000) -> Path:
+    """A stand-in for an environment 'Install dependencies' made: a venv's pyvenv.cfg, a
+    python link to the base Python (not counted, not followed), the marker, and
+    ``payload`` bytes of packages."""
+    (folder / "bin").mkdir(parents=True)
+    (folder / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (folder / "bin" / "python").symlink_to(sys.executable)
+    (folder / model_env.MARKER_FILE).write_text("{}")
+    site = folder / "lib" / "site-packages" / "torch"
+    site.mkdir(parents=True)
+    (site / "lib.so").write_bytes(b"\0" * payload)
+    return folder
+
+
+def test_remove_environment_removes_what_install_made(tmp_path):
+    env = _made_env(tmp_path / "python-env")
+    size = model_env.folder_size(env)
+    assert 3_000_000 < size < 3_001_000                  # the link to Python not followed
+    interrupted = tmp_path / "python-env.new-0a1b2c3d"   # an install killed half-way
+    (interrupted / "lib").mkdir(parents=True)
+    (interrupted / "lib" / "part").write_bytes(b"\0" * 1000)
+    model_env.pip_log_path(env).write_text("pip's log of a failed run\n")
+    keep = [tmp_path / "python-env.bak", tmp_path / "python-env.new-notours", tmp_path / "notes"]
+    for folder in keep:
+        folder.mkdir()
+    removal = model_env.remove_environment(env)
+    assert removal.removed == (env, interrupted)
+    assert removal.freed_bytes == size + 1000 + len("pip's log of a failed run\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f.name for f in keep)
+    assert Path(sys.executable).is_file()                # the link's target is untouched
+    assert model_env.remove_environment(env) == (((), 0))   # nothing there: nothing removed
+
+
+def test_remove_environment_never_removes_an_environment_it_did_not_make(tmp_path):
+    own = _made_env(tmp_path / "my-conda-env")
+    (own / model_env.MARKER_FILE).unlink()               # the user's own environment
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "thesis.odt").write_text("keep me")
+    link = tmp_path / "link-to-env"
+    link.symlink_to(_made_env(tmp_path / "made"))
+    for folder in (own, documents, link):
+        with pytest.raises(MamolInputError, match="was not made by 'Install dependencies' "
+                           r"\(it has no mamol-env.json\), so it is left alone"):
+            model_env.remove_environment(folder)
+    assert (own / "pyvenv.cfg").is_file() and (documents / "thesis.odt").is_file()
+    assert (tmp_path / "made" / model_env.MARKER_FILE).is_file() and link.is_symlink()

@@ -16,6 +16,7 @@ FROZEN = {
         'MAX_MISSING_FRACTION', 'BATCH_SIZE', 'DEVICE', 'PRECISION', 'SEED', 'OUTPUT_REPORT'
     ],
     'mamol:installdependencies': ['BUILD', 'TORCH_INDEX', 'ENV_FOLDER', 'EXISTING_PYTHON'],
+    'mamol:removeenvironment': ['ENV_FOLDER'],   # new since the freeze (issue 31)
     'mamol:trainmodel': [
         'HS', 'SAR', 'LIDAR', 'POLYGONS', 'CLASS_FIELD', 'CLASS_NAME_FIELD', 'BACKBONE', 'WEIGHTS',
         'PRETRAINED_TAG', 'CHECKPOINT', 'BACKBONE_SEED', 'PATCH_SIZE', 'MODEL_KIND', 'EPOCHS',

@@ -56,6 +56,7 @@ def test_class_factory_registers_and_unload_removes(qgis_processing):
                                                            "mamol:createsamplescene",
                                                            "mamol:evaluate",
                                                            "mamol:installdependencies",
+                                                           "mamol:removeenvironment",
                                                            "mamol:trainmodel"]
     assert [(menu, action.text()) for menu, action in iface.menu] == [
         ("&MaMOL", "Install dependencies…")]
