@@ -19,6 +19,7 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
 
     GROUP = "Setup"
     GROUP_ID = "setup"
+    HELP_PAGE = "docs/install.md"
 
     BUILD = "BUILD"
     TORCH_INDEX = "TORCH_INDEX"

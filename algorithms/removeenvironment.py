@@ -17,6 +17,7 @@ class RemoveEnvironmentAlgorithm(MamolAlgorithm):
 
     GROUP = "Setup"
     GROUP_ID = "setup"
+    HELP_PAGE = "docs/install.md#removing-the-environment"
 
     ENV_FOLDER = "ENV_FOLDER"
     REMOVED = "REMOVED"
