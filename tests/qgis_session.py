@@ -3,6 +3,7 @@ of the QGIS tiers is imported (tests/qgis/conftest.py and tests/install/conftest
 this first), with its profile in QGIS_CUSTOM_CONFIG_PATH (the Makefile's
 ``.build/qgis-profile``; the same folder when pytest runs bare), so nothing writes a QGIS
 profile into the repository. Also the QGIS helpers those tiers share."""
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # worker's settings (the model environment, the weights cache) never reach another's.
     os.environ["QGIS_CUSTOM_CONFIG_PATH"] = os.path.join(
         os.environ["QGIS_CUSTOM_CONFIG_PATH"], "xdist-" + os.environ["PYTEST_XDIST_WORKER"])
-from qgis.core import QgsApplication  # noqa: E402 - after the environment it reads
+from qgis.core import QgsApplication, QgsSettings  # noqa: E402 - after the environment it reads
 
 QGIS_APP = QgsApplication([], False)
 QGIS_APP.initQgis()
@@ -83,6 +84,20 @@ def cancelling_feedback(after_percent: float):
                 self.cancel()
 
     return CancelMidway()
+
+
+@contextlib.contextmanager
+def kept_setting(key: str):
+    """QgsSettings for a test that changes ``key``: its value is put back afterwards."""
+    settings = QgsSettings()
+    before = settings.value(key, None)
+    try:
+        yield settings
+    finally:
+        if before is None:
+            settings.remove(key)
+        else:
+            settings.setValue(key, before)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
 
+import qgis_session
 from qgis_session import recording_feedback
 from support import PLUGINS_DIR, REPO
 from mamol.algorithms import model_env
@@ -380,13 +381,8 @@ def run(parameters, feedback=None):
 @pytest.fixture
 def kept_setting():
     """The user's 'mamol/python' setting as it was before the test, restored after it."""
-    settings = QgsSettings()
-    before = settings.value(model_env.SETTINGS_KEY, None)
-    yield settings
-    if before is None:
-        settings.remove(model_env.SETTINGS_KEY)
-    else:
-        settings.setValue(model_env.SETTINGS_KEY, before)
+    with qgis_session.kept_setting(model_env.SETTINGS_KEY) as settings:
+        yield settings
 
 
 def test_registered_with_metadata(mamol_provider):

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
+from qgis.core import QgsApplication, QgsProcessingException
 
+import qgis_session
 from qgis_session import recording_feedback
 from mamol.algorithms import model_env
 
@@ -21,13 +22,8 @@ def run(parameters, feedback=None):
 @pytest.fixture
 def kept_setting():
     """The 'mamol/python' setting as it was before the test, restored after it."""
-    settings = QgsSettings()
-    before = settings.value(model_env.SETTINGS_KEY, None)
-    yield settings
-    if before is None:
-        settings.remove(model_env.SETTINGS_KEY)
-    else:
-        settings.setValue(model_env.SETTINGS_KEY, before)
+    with qgis_session.kept_setting(model_env.SETTINGS_KEY) as settings:
+        yield settings
 
 
 def _env(folder: Path, made_here: bool = True, payload: int = 250_000_000) -> Path:

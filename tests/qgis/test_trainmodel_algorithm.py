@@ -10,7 +10,7 @@ import pytest
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProcessingException,
                        QgsRendererCategory, QgsVectorLayer)
 
-from qgis_session import cancelling_feedback, recording_feedback
+from qgis_session import cancelling_feedback, kept_setting, recording_feedback
 from support import PLUGINS_DIR
 from mamol.core.model_file import read_header
 
@@ -263,14 +263,12 @@ def test_command_line_prints_warnings(small_scene, tmp_path):
 @pytest.fixture
 def models_folder_setting(tmp_path):
     """The provider's trained-models folder set to a fresh folder for one test."""
-    from qgis.core import QgsSettings
-
     from mamol.algorithms.common import MODELS_FOLDER_SETTING
     key = f"Processing/Configuration/{MODELS_FOLDER_SETTING}"
     folder = tmp_path / "my models"
-    QgsSettings().setValue(key, str(folder))
-    yield folder
-    QgsSettings().remove(key)
+    with kept_setting(key) as settings:
+        settings.setValue(key, str(folder))
+        yield folder
 
 
 def test_the_model_file_defaults_to_a_folder_that_outlives_qgis(mamol_provider):
