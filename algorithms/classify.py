@@ -97,10 +97,11 @@ class ClassifyAlgorithm(MamolAlgorithm):
         add_raster_inputs(self, "Optional; give at least one of the model's modalities.")
         add_parameter(self, QgsProcessingParameterEnum(
             self.REFERENCE, self.tr("Reference grid from"),
-            options=[self.tr("First given raster (HS, SAR, LiDAR order)"),
+            options=[self.tr("First raster given"),
                      self.tr("Hyperspectral raster"), self.tr("SAR raster"),
                      self.tr("LiDAR / DSM raster")], defaultValue=0),
-            "Whose CRS, pixel size and extent the outputs get.")
+            "Whose CRS, pixel size and extent the outputs get (first given: in the order "
+            "HS, SAR, LiDAR).")
         add_config_parameters(self, ClassifyConfig, ("pixel_size",))
         add_parameter(self, QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"),
                                                          optional=True),

@@ -190,6 +190,53 @@ class RasterFileParameter(QgsProcessingParameterRasterLayer):
             return super().checkValueIsAcceptable(value, context)
 
 
+class ChoiceParameter(QgsProcessingParameterEnum):
+    """A choice that also takes its values ("cpu", "ViT-B-16"; any case) besides their
+    indices: the device and the backbone were free text before they became choices, and
+    saved models (.model3) and ``qgis_process`` command lines give them so; a value also
+    reads better in a script than an index. (String-valued enums came with QGIS 3.24.)
+    The values travel in the parameter's metadata, so that a clone keeps them."""
+
+    VALUES = "mamol_values"
+
+    def __init__(self, name: str, description: str, values: Sequence[str],
+                 labels: Sequence[str], default: str) -> None:
+        super().__init__(name, description, options=list(labels),
+                         defaultValue=list(values).index(default))
+        self.setMetadata(dict(self.metadata(), **{self.VALUES: list(values)}))
+
+    def clone(self):
+        values = self.metadata()[self.VALUES]
+        copy = ChoiceParameter(self.name(), self.description(), values, self.options(),
+                               values[self.defaultValue()])
+        copy.setFlags(self.flags())
+        copy.setHelp(self.help())
+        copy.setMetadata(self.metadata())
+        return copy
+
+    def checkValueIsAcceptable(self, value, context=None):  # noqa: N802 - QGIS API
+        if isinstance(value, str) and \
+                named_choice(value, self.metadata()[self.VALUES]) is not None:
+            return True
+        return super().checkValueIsAcceptable(value, context)
+
+
+def named_choice(text: str, values: Sequence[str]) -> Optional[str]:
+    """The one of ``values`` that ``text`` names (any case, outer spaces ignored), or None."""
+    wanted = text.strip().lower()
+    return next((value for value in values if value.lower() == wanted), None)
+
+
+def choice_value(algorithm, parameters, key: str, context, values: Sequence[str]) -> str:
+    """The value a :class:`ChoiceParameter` holds, given by value or by index."""
+    given = parameters.get(key)
+    if isinstance(given, str):
+        named = named_choice(given, values)
+        if named is not None:
+            return named
+    return values[algorithm.parameterAsEnum(parameters, key, context)]
+
+
 def add_raster_inputs(algorithm, help_text: str) -> None:
     """The optional HS, SAR and LiDAR raster parameters."""
     for key, _, label in RASTER_INPUTS:
@@ -280,9 +327,9 @@ def config_parameter(algorithm, declared_field: Declared):
         return QgsProcessingParameterRasterDestination(facts.key, label, optional=True,
                                                        createByDefault=False)
     if facts.choices:
-        return QgsProcessingParameterEnum(
-            facts.key, label, options=[algorithm.tr(text) for _, text in facts.choices],
-            defaultValue=facts.values.index(declared_field.default))
+        return ChoiceParameter(facts.key, label, facts.values,
+                               [algorithm.tr(text) for _, text in facts.choices],
+                               declared_field.default)
     if kind is bool:
         return QgsProcessingParameterBoolean(facts.key, label,
                                              defaultValue=declared_field.default)
@@ -316,7 +363,7 @@ def config_value(algorithm, parameters, context, declared_field: Declared):
     if facts.output:
         return algorithm.parameterAsOutputLayer(parameters, key, context) or None
     if facts.choices:
-        return facts.values[algorithm.parameterAsEnum(parameters, key, context)]
+        return choice_value(algorithm, parameters, key, context, facts.values)
     if kind is bool:
         return algorithm.parameterAsBoolean(parameters, key, context)
     if kind is int:

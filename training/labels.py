@@ -353,15 +353,15 @@ class SplitConfig:
 
     validation_fraction: float = option(
         0.25, flag="--validation-fraction", key="VALIDATION_FRACTION",
-        label="Validation fraction", minimum=0.0, maximum=0.9, advanced=True,
+        label="Share held out for validation", minimum=0.0, maximum=0.9, advanced=True,
         help="Share of each class's pixels held out, by whole polygons.")
     max_train_per_class: int = option(
         2000, flag="--max-train-per-class", key="MAX_SAMPLES_PER_CLASS",
-        label="Maximum training samples per class", minimum=0, advanced=True,
+        label="Training samples per class (cap)", minimum=0, advanced=True,
         help="Cap per class (0 = no cap); classes are balanced per epoch.")
     max_validation_per_class: int = option(
         1000, flag="--max-validation-per-class", key="MAX_VALIDATION_PER_CLASS",
-        label="Maximum validation samples per class", minimum=0, advanced=True,
+        label="Validation samples per class (cap)", minimum=0, advanced=True,
         help="Cap per class of the held-out samples (0 = no cap).")
     min_pixels_per_class: int = 20        # fewer labelled pixels in a class is an error
     seed: int = 0

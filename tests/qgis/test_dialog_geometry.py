@@ -1,0 +1,136 @@
+"""The Processing dialogs at their default size show every parameter without a horizontal
+scroll bar (issue 31): a long label, choice or check box widens the parameters panel past
+the dialog, and the browse buttons at the right end are cut off.
+
+The dialogs are QGIS's own (``processing.gui.AlgorithmDialog``), built on the test session's
+offscreen platform with its default font (DejaVu Sans 12 pt at 100 dpi, larger than the
+desktop's usual 10 pt): what fits here fits the desktop. ``packaging/dialog_screenshots.py``
+checks the same in a real QGIS window under Xvfb.
+"""
+import pytest
+
+#: The dialogs of this plugin's algorithms.
+DIALOGS = ("mamol:trainmodel", "mamol:classify", "mamol:evaluate",
+           "mamol:createsamplescene", "mamol:installdependencies")
+#: Dialogs known to be too wide, with the reason: expected to fail until mended (strict, so
+#: that the mend shows here as a failure that asks to remove the entry).
+TOO_WIDE_ELSEWHERE = {
+    "mamol:installdependencies":
+        "the build choice 'Automatic (CUDA when an NVIDIA driver is found)' and the advanced "
+        "label 'Use an existing Python environment instead' are wider than the panel "
+        "(algorithms/installdependencies.py, not part of issue 31's dialog work)",
+}
+
+
+def parameters_area(dialog, algorithm):
+    """The scroll area of the parameters panel: the one holding the first parameter's
+    label."""
+    from qgis.PyQt.QtWidgets import QLabel, QScrollArea
+    first = algorithm.parameterDefinitions()[0].description()
+    for area in dialog.findChildren(QScrollArea):
+        content = area.widget()
+        if content is not None and any(first in label.text()
+                                       for label in content.findChildren(QLabel)):
+            return area
+    raise AssertionError(f"no scroll area holds the label '{first}'")
+
+
+def too_wide(area) -> list:
+    """The visible widgets of the panel wider (at their minimum) than its viewport."""
+    from qgis.PyQt.QtWidgets import QWidget
+    limit = area.viewport().width()
+    found = []
+    for widget in area.widget().findChildren(QWidget):
+        if widget.isVisible() and widget.minimumSizeHint().width() > limit:
+            text = getattr(widget, "text", None) or getattr(widget, "currentText", None)
+            found.append((type(widget).__name__, text() if callable(text) else "",
+                          widget.minimumSizeHint().width(), limit))
+    return found
+
+
+def settle() -> None:
+    from qgis.core import QgsApplication
+    for _ in range(3):
+        QgsApplication.processEvents()
+
+
+@pytest.fixture
+def open_dialog(mamol_provider):
+    """Opens an algorithm's dialog as a new user sees it first (shown offscreen): at QGIS's
+    default size, the Advanced group collapsed unless asked. Closes it."""
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtCore import QSettings
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    opened = []
+
+    def open_(algorithm_id, advanced=False):
+        from qgis.PyQt.QtWidgets import QGroupBox
+        # QGIS restores the last dialog's size and the group's state (the session's
+        # profile keeps them): forget both, as a new user has neither
+        QSettings().remove("Windows/QgsProcessingDialogBase")
+        QSettings().remove("QgsCollapsibleGroupBox/QgsProcessingDialogBase")
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
+        assert algorithm is not None, algorithm_id
+        dialog = AlgorithmDialog(algorithm.create())
+        opened.append(dialog)
+        dialog.show()
+        # the "Advanced Parameters" group (a QgsCollapsibleGroupBox)
+        for box in dialog.findChildren(QGroupBox, "grpAdvanced"):
+            box.setProperty("collapsed", not advanced)
+        settle()
+        return dialog, parameters_area(dialog, algorithm)
+
+    yield open_
+    for dialog in opened:
+        dialog.close()
+        dialog.deleteLater()
+
+
+@pytest.mark.parametrize("advanced", [False, True], ids=["basic", "advanced"])
+@pytest.mark.parametrize("algorithm_id", DIALOGS)
+def test_dialog_has_no_horizontal_scroll_bar_at_its_default_size(open_dialog, request,
+                                                                  algorithm_id, advanced):
+    if algorithm_id in TOO_WIDE_ELSEWHERE:
+        request.applymarker(pytest.mark.xfail(reason=TOO_WIDE_ELSEWHERE[algorithm_id],
+                                              strict=True))
+    _, area = open_dialog(algorithm_id, advanced)
+    assert too_wide(area) == []
+    assert area.widget().minimumSizeHint().width() <= area.viewport().width()
+    assert not area.horizontalScrollBar().isVisible()
+
+
+def test_the_check_finds_a_widget_that_is_too_wide(open_dialog):
+    """The check itself: a label wider than the panel shows the scroll bar and is named."""
+    from qgis.PyQt.QtWidgets import QLabel
+    _, area = open_dialog("mamol:trainmodel")
+    label = QLabel("A label far too long for the panel " * 4)
+    area.widget().layout().addWidget(label)
+    label.show()
+    settle()
+    assert ("QLabel", label.text()) in [found[:2] for found in too_wide(area)]
+    assert area.horizontalScrollBar().isVisible()
+
+
+def test_advanced_parameters_are_shown_when_expanded(open_dialog):
+    """The advanced state really shows the advanced parameters (else it checks nothing)."""
+    from qgis.PyQt.QtWidgets import QLabel
+    _, basic = open_dialog("mamol:trainmodel")
+    _, expanded = open_dialog("mamol:trainmodel", advanced=True)
+
+    def shown(area):
+        return {label.text() for label in area.widget().findChildren(QLabel)
+                if label.isVisible()}
+    assert "Learning rate" not in shown(basic)
+    assert "Learning rate" in shown(expanded)
+
+
+def test_first_time_fields_are_few(mamol_provider):
+    """A first-time analyst sees the inputs, the backbone, the model kind, the epochs and
+    the outputs; the expert settings wait in the Advanced group."""
+    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("mamol:trainmodel")
+    basic = [d.name() for d in algorithm.parameterDefinitions()
+             if not d.flags() & QgsProcessingParameterDefinition.FlagAdvanced]
+    assert basic == ["HS", "SAR", "LIDAR", "POLYGONS", "CLASS_FIELD", "CLASS_NAME_FIELD",
+                     "LABEL_RASTER", "BACKBONE", "WEIGHTS", "PRETRAINED_TAG", "CHECKPOINT",
+                     "MODEL_KIND", "EPOCHS", "OUTPUT_MODEL", "OUTPUT_REPORT"]
