@@ -8,6 +8,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingLayerPostProcessorInterface,
                        QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
                        QgsProcessingParameterEnum, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination,
@@ -55,6 +56,34 @@ class MamolAlgorithm(QgsProcessingAlgorithm):
         style are not saved as an ``.aux.xml`` beside the user's input."""
         with no_sidecars_written():
             return super().checkParameterValues(parameters, context)
+
+
+#: Post-processors must outlive the algorithm instance that registers them (QGIS keeps no
+#: reference to a Python one).
+_POST_PROCESSORS = []
+
+
+class LoadStyle(QgsProcessingLayerPostProcessorInterface):
+    """Applies a written ``.qml`` to an output layer once it is loaded: Processing loads
+    outputs without their default style (the ``.qml`` beside the file), so a class raster
+    would show the 256 entries of its GeoTIFF colour table instead of its classes."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
+        if layer is not None and Path(self.style).is_file():
+            layer.loadNamedStyle(self.style)
+            layer.triggerRepaint()
+
+
+def set_post_processor(context, path: str, post_processor) -> None:
+    """Give the output at ``path`` that QGIS loads on completion its post-processor (kept
+    alive here); nothing when the output is not loaded."""
+    if context.willLoadLayerOnCompletion(path):
+        _POST_PROCESSORS.append(post_processor)
+        context.layerToLoadOnCompletionDetails(path).setPostProcessor(post_processor)
 
 
 @contextlib.contextmanager
