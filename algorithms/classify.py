@@ -30,6 +30,7 @@ from .engine_runner import run_engine
 OPTIONAL_OUTPUTS = tuple(declared(ClassifyConfig, OPTIONAL_OUTPUT_FIELDS))
 REFERENCE_CHOICES = (None, *NAMES)
 
+
 class _ClassesOnTop(QgsProcessingLayerPostProcessorInterface):
     """Run on each loaded output of one classification: the class raster gets its style,
     and ends up above the optional outputs, which would otherwise hide it.
