@@ -4,7 +4,9 @@ Adapter only: parameters -> the options of ``python -m mamol classify`` (the sam
 call, ``core.inference.classify``), run in the model environment as a child process;
 PyTorch never loads into QGIS's process.
 """
+import os
 from pathlib import Path
+from typing import Sequence
 
 from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
@@ -18,31 +20,62 @@ from ..core.modalities import NAMES
 from ..core.model_file import EXTENSION
 from ..core.options import declared
 from ..engine.classify import GEOTIFF_SUFFIXES
-from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay, add_config_parameters,
-                     add_parameter, add_raster_inputs, config_arguments,
-                     core_errors_as_processing_exceptions, has_raster_input,
-                     raster_arguments, raster_inputs)
+from .common import (LoadStyle, MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay,
+                     add_config_parameters, add_parameter, add_raster_inputs,
+                     config_arguments, core_errors_as_processing_exceptions, has_raster_input,
+                     raster_arguments, raster_inputs, set_post_processor)
 from .engine_runner import run_engine
 
 #: The optional outputs' declared ClassifyConfig fields (parameter, option, label, help).
 OPTIONAL_OUTPUTS = tuple(declared(ClassifyConfig, OPTIONAL_OUTPUT_FIELDS))
 REFERENCE_CHOICES = (None, *NAMES)
 
-# Post-processors must outlive the algorithm instance that registers them.
-_POST_PROCESSORS = []
 
+class _ClassesOnTop(QgsProcessingLayerPostProcessorInterface):
+    """Run on each loaded output of one classification: the class raster gets its style,
+    and ends up above the optional outputs, which would otherwise hide it.
 
-class _LoadClassStyle(QgsProcessingLayerPostProcessorInterface):
-    """Applies the written .qml so the class raster shows its legend in the project."""
+    QGIS 3.22 adds the outputs in the order of their file paths, each above the last, and
+    runs a layer's post-processor right after adding it; so every output's post-processor
+    moves the class raster above the outputs added so far. QGIS 3.32 and later add them in
+    the order of their ``layerSortKey`` (set too: the class raster last, so on top) and run
+    the post-processors after adding all."""
 
-    def __init__(self, style: str) -> None:
+    def __init__(self, project, classes: str, outputs: Sequence[str]) -> None:
         super().__init__()
-        self.style = style
+        self.project = project
+        self.classes = _same_file(classes)
+        self.outputs = {_same_file(path) for path in outputs}
+        self.style = LoadStyle(str(qml_path(Path(classes))))
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
-        if layer is not None and Path(self.style).is_file():
-            layer.loadNamedStyle(self.style)
-            layer.triggerRepaint()
+        if layer is not None and _same_file(layer.source()) == self.classes:
+            self.style.postProcessLayer(layer, context, feedback)
+        if self.project is not None:
+            raise_above(self.project.layerTreeRoot(), self.classes, self.outputs)
+
+
+def _same_file(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def raise_above(root, first: str, others) -> None:
+    """Move the layer-tree node of the file ``first`` just above the highest node of the
+    files ``others`` in its group, where it is below one (files as :func:`_same_file`)."""
+    nodes = [node for node in root.findLayers() if node.layer() is not None]
+    mine = next((node for node in nodes if _same_file(node.layer().source()) == first), None)
+    if mine is None:
+        return
+    group = mine.parent()
+    children = group.children()
+    above = [children.index(node) for node in nodes
+             if node.parent() is group and node is not mine
+             and _same_file(node.layer().source()) in others]
+    if not above or children.index(mine) < min(above):
+        return
+    # a copy in place first: a layer whose last node leaves the tree leaves the project
+    group.insertChildNode(min(above), mine.clone())
+    group.removeChildNode(mine)
 
 
 class ClassifyAlgorithm(MamolAlgorithm):
@@ -99,10 +132,11 @@ class ClassifyAlgorithm(MamolAlgorithm):
         add_raster_inputs(self, "Optional; give at least one of the model's modalities.")
         add_parameter(self, QgsProcessingParameterEnum(
             self.REFERENCE, self.tr("Reference grid from"),
-            options=[self.tr("First given raster (HS, SAR, LiDAR order)"),
+            options=[self.tr("First raster given"),
                      self.tr("Hyperspectral raster"), self.tr("SAR raster"),
                      self.tr("LiDAR / DSM raster")], defaultValue=0),
-            "Whose CRS, pixel size and extent the outputs get.")
+            "Whose CRS, pixel size and extent the outputs get (first given: in the order "
+            "HS, SAR, LiDAR).")
         add_config_parameters(self, ClassifyConfig, ("pixel_size",))
         add_parameter(self, QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"),
                                                          optional=True),
@@ -144,13 +178,19 @@ class ClassifyAlgorithm(MamolAlgorithm):
         relay.info(self.tr("Pixels per class:"))
         for record in result["class_counts"]:
             relay.info(f"  {record['value']} {record['name']}: {record['pixels']}")
-        classes = outputs[self.OUTPUT]
-        if context.willLoadLayerOnCompletion(classes):
-            details = context.layerToLoadOnCompletionDetails(classes)
-            post = _LoadClassStyle(str(qml_path(Path(classes))))
-            _POST_PROCESSORS.append(post)
-            details.setPostProcessor(post)
+        self._load_classes_on_top(context, outputs)
         return results
+
+    def _load_classes_on_top(self, context, outputs) -> None:
+        """The class raster styled and above the optional outputs once QGIS loads them."""
+        classes = outputs[self.OUTPUT]
+        loaded = [path for path in outputs.values() if context.willLoadLayerOnCompletion(path)]
+        for path in loaded:
+            details = context.layerToLoadOnCompletionDetails(path)
+            if hasattr(details, "layerSortKey"):          # QGIS >= 3.32: loaded in key order
+                details.layerSortKey = 1 if path == classes else 0
+            set_post_processor(context, path, _ClassesOnTop(
+                details.project, classes, [p for p in loaded if p != classes]))
 
     def engine_arguments(self, parameters, context, feedback):
         """The options of ``python -m mamol classify`` and the output paths by key."""

@@ -11,6 +11,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingLayerPostProcessorInterface,
                        QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
                        QgsProcessingParameterEnum, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination,
@@ -115,6 +116,34 @@ class MamolAlgorithm(QgsProcessingAlgorithm):
         style are not saved as an ``.aux.xml`` beside the user's input."""
         with no_sidecars_written():
             return super().checkParameterValues(parameters, context)
+
+
+#: Post-processors must outlive the algorithm instance that registers them (QGIS keeps no
+#: reference to a Python one).
+_POST_PROCESSORS = []
+
+
+class LoadStyle(QgsProcessingLayerPostProcessorInterface):
+    """Applies a written ``.qml`` to an output layer once it is loaded: Processing loads
+    outputs without their default style (the ``.qml`` beside the file), so a class raster
+    would show the 256 entries of its GeoTIFF colour table instead of its classes."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
+        if layer is not None and Path(self.style).is_file():
+            layer.loadNamedStyle(self.style)
+            layer.triggerRepaint()
+
+
+def set_post_processor(context, path: str, post_processor) -> None:
+    """Give the output at ``path`` that QGIS loads on completion its post-processor (kept
+    alive here); nothing when the output is not loaded."""
+    if context.willLoadLayerOnCompletion(path):
+        _POST_PROCESSORS.append(post_processor)
+        context.layerToLoadOnCompletionDetails(path).setPostProcessor(post_processor)
 
 
 @contextlib.contextmanager
@@ -250,6 +279,53 @@ class RasterFileParameter(QgsProcessingParameterRasterLayer):
             return super().checkValueIsAcceptable(value, context)
 
 
+class ChoiceParameter(QgsProcessingParameterEnum):
+    """A choice that also takes its values ("cpu", "ViT-B-16"; any case) besides their
+    indices: the device and the backbone were free text before they became choices, and
+    saved models (.model3) and ``qgis_process`` command lines give them so; a value also
+    reads better in a script than an index. (String-valued enums came with QGIS 3.24.)
+    The values travel in the parameter's metadata, so that a clone keeps them."""
+
+    VALUES = "mamol_values"
+
+    def __init__(self, name: str, description: str, values: Sequence[str],
+                 labels: Sequence[str], default: str) -> None:
+        super().__init__(name, description, options=list(labels),
+                         defaultValue=list(values).index(default))
+        self.setMetadata(dict(self.metadata(), **{self.VALUES: list(values)}))
+
+    def clone(self):
+        values = self.metadata()[self.VALUES]
+        copy = ChoiceParameter(self.name(), self.description(), values, self.options(),
+                               values[self.defaultValue()])
+        copy.setFlags(self.flags())
+        copy.setHelp(self.help())
+        copy.setMetadata(self.metadata())
+        return copy
+
+    def checkValueIsAcceptable(self, value, context=None):  # noqa: N802 - QGIS API
+        if isinstance(value, str) and \
+                named_choice(value, self.metadata()[self.VALUES]) is not None:
+            return True
+        return super().checkValueIsAcceptable(value, context)
+
+
+def named_choice(text: str, values: Sequence[str]) -> Optional[str]:
+    """The one of ``values`` that ``text`` names (any case, outer spaces ignored), or None."""
+    wanted = text.strip().lower()
+    return next((value for value in values if value.lower() == wanted), None)
+
+
+def choice_value(algorithm, parameters, key: str, context, values: Sequence[str]) -> str:
+    """The value a :class:`ChoiceParameter` holds, given by value or by index."""
+    given = parameters.get(key)
+    if isinstance(given, str):
+        named = named_choice(given, values)
+        if named is not None:
+            return named
+    return values[algorithm.parameterAsEnum(parameters, key, context)]
+
+
 def add_raster_inputs(algorithm, help_text: str) -> None:
     """The optional HS, SAR and LiDAR raster parameters."""
     for key, _, label in RASTER_INPUTS:
@@ -340,9 +416,9 @@ def config_parameter(algorithm, declared_field: Declared):
         return QgsProcessingParameterRasterDestination(facts.key, label, optional=True,
                                                        createByDefault=False)
     if facts.choices:
-        return QgsProcessingParameterEnum(
-            facts.key, label, options=[algorithm.tr(text) for _, text in facts.choices],
-            defaultValue=facts.values.index(declared_field.default))
+        return ChoiceParameter(facts.key, label, facts.values,
+                               [algorithm.tr(text) for _, text in facts.choices],
+                               declared_field.default)
     if kind is bool:
         return QgsProcessingParameterBoolean(facts.key, label,
                                              defaultValue=declared_field.default)
@@ -376,7 +452,7 @@ def config_value(algorithm, parameters, context, declared_field: Declared):
     if facts.output:
         return algorithm.parameterAsOutputLayer(parameters, key, context) or None
     if facts.choices:
-        return facts.values[algorithm.parameterAsEnum(parameters, key, context)]
+        return choice_value(algorithm, parameters, key, context, facts.values)
     if kind is bool:
         return algorithm.parameterAsBoolean(parameters, key, context)
     if kind is int:

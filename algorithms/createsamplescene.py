@@ -5,8 +5,8 @@ from qgis.core import (QgsProcessing, QgsProcessingContext,
 
 from ..core import sample_scene
 from ..core.errors import MamolInputError
-from .common import (MamolAlgorithm, add_config_parameters, as_whole_number, core_errors_as_processing_exceptions,
-                     FeedbackRelay)
+from .common import (LoadStyle, MamolAlgorithm, add_config_parameters, as_whole_number,
+                     core_errors_as_processing_exceptions, FeedbackRelay, set_post_processor)
 
 
 class CreateSampleSceneAlgorithm(MamolAlgorithm):
@@ -121,4 +121,7 @@ class CreateSampleSceneAlgorithm(MamolAlgorithm):
                            (self.REFERENCE_LABELS, "Sample reference labels")):
             context.addLayerToLoadOnCompletion(
                 results[key], QgsProcessingContext.LayerDetails(label, context.project(), key))
+        # the legend of the seven classes, not the colour table's 256 entries
+        set_post_processor(context, results[self.REFERENCE_LABELS], LoadStyle(
+            str(scene.folder / sample_scene.REFERENCE_STYLE_FILE)))
         return results

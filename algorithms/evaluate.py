@@ -86,10 +86,11 @@ class EvaluateAlgorithm(MamolAlgorithm):
             self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS,
             optional=True), "Integer class values of the polygons.")
         add_parameter(self, QgsProcessingParameterEnum(
-            self.ABSENT, self.tr("Evaluate as if these modalities were absent"),
+            self.ABSENT, self.tr("Treat as absent"),
             options=[self.tr("Hyperspectral"), self.tr("SAR"), self.tr("LiDAR / DSM")],
             allowMultiple=True, optional=True, defaultValue=[]),
-            "Their rasters are ignored even when given.")
+            "Evaluate as if these modalities were absent: their rasters are ignored even "
+            "when given.")
         for key, label in AVAILABILITY_PARAMETERS.values():
             add_parameter(self, QgsProcessingParameterNumber(
                 key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,

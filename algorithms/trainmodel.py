@@ -19,16 +19,17 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.backbone import DEFAULT_ARCH, BackboneSpec, WeightsSource
+from ..core.backbone import ARCH_CHOICES, DEFAULT_ARCH, BackboneSpec, WeightsSource
 from ..core.errors import MamolInputError
 from ..core.model_file import EXTENSION
 from ..training.labels import SplitConfig
 from ..training.missing import SimulationMode
 from ..training.trainer import TrainingConfig
 from ..core.model_kinds import ModelKind
-from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
-                     FeedbackRelay, RasterFileParameter, add_config_parameters,
-                     add_parameter, add_raster_inputs, config_arguments, field_value,
+from .common import (AVAILABILITY_PARAMETERS, ChoiceParameter, MamolAlgorithm,
+                     NO_RASTER_MESSAGE, FeedbackRelay, RasterFileParameter,
+                     add_config_parameters, add_parameter, add_raster_inputs,
+                     choice_value, config_arguments, field_value,
                      core_errors_as_processing_exceptions, has_raster_input,
                      in_qgis_temporary_folder, new_model_path, polygon_arguments,
                      polygon_source, raster_arguments, raster_file, raster_inputs)
@@ -37,8 +38,9 @@ from .engine_runner import run_engine
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
 NO_LABELS_MESSAGE = ("Give the training labels: labelled polygons with a class field, or a "
                      "label raster.")
-TILE_MCE_MESSAGE = ("MaMOL + MCE is available for the per-pixel model kind only: choose "
-                    "'Per pixel' as the model kind or 'MaMOL' as the training mode.")
+TILE_MCE_MESSAGE = ("The training mode for unevenly missing rasters (MaMOL + MCE) needs the "
+                    "per-pixel model kind: choose 'Per pixel' as the model kind or "
+                    "'Standard' as the training mode.")
 MISSING_MODES = (SimulationMode.NONE, SimulationMode.RATE, SimulationMode.AVAILABILITY,
                  SimulationMode.INDEPENDENT)
 
@@ -97,30 +99,40 @@ class TrainModelAlgorithm(MamolAlgorithm):
             "Fine-tunes a MaMOL model (Missing-aware Mixture-of-LoRAs on a frozen CLIP ViT) on "
             "your labelled polygons, so that it classifies land cover from whichever of the "
             "rasters are present, per pixel.\n\n"
+            "<b>Time</b>: the defaults are sized for a GPU. With ViT-B-16, a GPU trains some "
+            "hundreds of samples per second, a 2-core CPU about one: the default 20 epochs "
+            "of up to 2,000 samples per class take minutes on a GPU and days on such a CPU. "
+            "To try the workflow on a CPU (e.g. on the sample scene), the demo's settings "
+            "take minutes: backbone mamol-tiny-vit with random weights, window size 7, "
+            "8 epochs, 300 training samples per class (Advanced). For real results on a "
+            "CPU, cap the samples per class and choose the 'Tile' model kind (about 100× "
+            "faster to classify).\n\n"
             "<b>Rasters</b>: give at least one of hyperspectral, SAR and LiDAR/DSM. They may "
             "differ in CRS, pixel size and extent: everything is aligned onto the grid of the "
             "first one given (HS, then SAR, then LiDAR). Outside a raster's coverage and at "
             "its nodata pixels that modality counts as missing.\n"
-            "<b>Polygons / class field</b>: polygons in any CRS with an integer class field. "
-            "Class names come from the class-name field or from the layer's categorised "
-            "style. A text class field needs a class-name field; its classes are numbered "
-            "1..K alphabetically.\n"
-            "<b>Backbone</b>: an open_clip ViT architecture (ViT-B-16 by default) and its "
-            "weights: an open_clip pretrained tag (downloaded once), a local checkpoint file, "
-            "or a seeded random initialisation (offline tests and demos only).\n"
-            "<b>Missing-modality simulation</b>: hides modalities from training samples so "
-            "the model learns to cope (paper §4.1). 'Missing rate' makes a share η of the "
-            "samples incomplete, each incomplete pattern equally often; 'per-modality "
-            "availability' drops modality m from a share 1 − a_m of the samples (paper "
-            "Tables 1 and 3).\n"
+            "<b>Labelled polygons / class field</b>: polygons in any CRS with an integer "
+            "class field. Class names come from the class-name field or from the layer's "
+            "categorised style. A text class field needs a class-name field; its classes are "
+            "numbered 1..K alphabetically. Or give a label raster instead of polygons.\n"
+            "<b>Base image model (backbone)</b>: an open_clip ViT (ViT-B-16 by default, as in "
+            "the paper) and its weights: an open_clip pretrained tag (downloaded once), a "
+            "local checkpoint file, or a seeded random initialisation (offline tests and "
+            "demos only).\n"
             "<b>Model kind</b>: 'Per pixel' is the paper's method: one window of P × P pixels "
-            "around each pixel, one encoder pass per pixel and modality. 'Tile' labels every "
+            "around each pixel, one encoder pass per pixel and raster. 'Tile' labels every "
             "pixel of a P × P tile in one pass; overlapping tiles start every P − 2·(P // 7) "
             "pixels, so classifying needs about that number squared times fewer passes "
             "(some 100× at P = 14: usable on a CPU and on large scenes), usually at some cost "
-            "in accuracy. "
-            "Classify and Evaluate take either kind without further settings; MaMOL + MCE "
-            "needs the per-pixel kind.\n"
+            "in accuracy. Classify and Evaluate take either kind without further settings.\n"
+            "<b>Advanced: simulate missing rasters</b>: hides modalities from training "
+            "samples so the model learns to cope (paper §4.1). 'Missing rate' makes a share "
+            "η of the samples incomplete, each incomplete pattern equally often; "
+            "'per-raster availability' drops modality m from a share 1 − a_m of the samples "
+            "(paper Tables 1 and 3).\n"
+            "<b>Advanced: training mode</b>: 'Rasters missing unevenly' is MaMOL + MCE: a "
+            "fusion module and per-modality auxiliary heads weighted by availability and "
+            "under-learning (λ weights), for the per-pixel kind only.\n"
             "The split into training and validation pixels is by polygon. Training uses AdamW "
             "(lr 2e-3, weight decay 2e-2, 10 % linear warm-up then linear decay, batch 128) "
             "and keeps the epoch with the best validation accuracy.\n\n"
@@ -130,95 +142,15 @@ class TrainModelAlgorithm(MamolAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         add_raster_inputs(self, "Optional; give at least one raster.")
-        polygons = QgsProcessingParameterFeatureSource(
-            self.POLYGONS, self.tr("Labelled polygons"), [QgsProcessing.TypeVectorPolygon],
-            optional=True)
-        polygons.setHelp(self.tr("Training polygons, any CRS. Give these or a label raster."))
-        self.addParameter(polygons)
-        class_field = QgsProcessingParameterField(
-            self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS,
-            optional=True)
-        class_field.setHelp(self.tr("Integer class value of each polygon (with polygons)."))
-        self.addParameter(class_field)
-        name_field = QgsProcessingParameterField(
-            self.CLASS_NAME_FIELD, self.tr("Class-name field"),
-            parentLayerParameterName=self.POLYGONS, optional=True)
-        name_field.setHelp(self.tr("Optional text field naming each class."))
-        self.addParameter(name_field)
-        add_parameter(self, RasterFileParameter(
-            self.LABEL_RASTER, self.tr("Label raster (instead of polygons)"), optional=True),
-            "A single-band raster of class values (0 and nodata = unlabelled), e.g. a "
-            "benchmark's training-label map. Class names and colours come from its category "
-            "names and colour table where it has them; pixels are split into training and "
-            "validation by blocks of 16 × 16.")
-        add_parameter(self, QgsProcessingParameterString(
-            self.BACKBONE, self.tr("Backbone architecture"), defaultValue=DEFAULT_ARCH),
-            "open_clip ViT config name, e.g. ViT-B-16, or mamol-tiny-vit for tests.")
-        add_parameter(self, QgsProcessingParameterEnum(
-            self.WEIGHTS, self.tr("Backbone weights"),
-            options=[self.tr("open_clip pretrained tag"), self.tr("Checkpoint file"),
-                     self.tr("Random (seeded; for tests and demos)")], defaultValue=0),
-            "Where the frozen backbone's weights come from.")
-        add_parameter(self, QgsProcessingParameterString(
-            self.PRETRAINED_TAG, self.tr("Pretrained tag"), defaultValue="openai",
-            optional=True),
-            "open_clip pretrained tag, e.g. openai or laion2b_s34b_b88k.")
-        add_parameter(self, QgsProcessingParameterFile(
-            self.CHECKPOINT, self.tr("Backbone checkpoint"), optional=True),
-            "OpenAI .pt, open_clip .bin/.pt or .safetensors file.")
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.BACKBONE_SEED, self.tr("Random backbone seed"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
-            "Seed of the random backbone (weights = random).", advanced=True)
+        self._add_labels()
+        self._add_backbone()
         add_config_parameters(self, TrainingConfig, ("patch_size", "model_kind", "epochs",
                                                      "batch_size", "micro_batch_size",
                                                      "learning_rate", "weight_decay"))
         add_config_parameters(self, SplitConfig)
         add_config_parameters(self, TrainingConfig, ("balance_classes", "warmup_fraction"))
-        add_parameter(self, QgsProcessingParameterEnum(
-            self.MISSING_MODE, self.tr("Missing-modality simulation"),
-            options=[self.tr("None (real missingness only)"),
-                     self.tr("Missing rate η over all incomplete patterns"),
-                     self.tr("Per-modality availability"),
-                     self.tr("Per-modality availability, each modality independently")],
-            defaultValue=1),
-            "How modalities are hidden from training samples.")
-        add_parameter(self, QgsProcessingParameterNumber(
-            self.MISSING_RATE, self.tr("Missing rate η"), QgsProcessingParameterNumber.Double,
-            defaultValue=0.5, minValue=0.0, maxValue=1.0), "Share of incomplete samples.")
-        for key, label in AVAILABILITY_PARAMETERS.values():
-            add_parameter(self, QgsProcessingParameterNumber(
-                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
-                minValue=0.0, maxValue=1.0),
-                "Share of samples keeping this modality (per-modality availability mode).",
-                advanced=True)
-        add_parameter(self, QgsProcessingParameterBoolean(
-            self.SIMULATE_VALIDATION, self.tr("Simulate missing modalities on validation too"),
-            defaultValue=False),
-            "Apply the same simulation to validation samples (the paper's protocol tests "
-            "under the training availability).", advanced=True)
-        add_parameter(self, QgsProcessingParameterEnum(
-            self.TRAINING_MODE, self.tr("Training mode"),
-            options=[self.tr("MaMOL"), self.tr("MaMOL + MCE (imbalanced missing rates)")],
-            defaultValue=0),
-            "MCE adds a fusion module before the head and trains per-modality auxiliary "
-            "heads, weighted by how rarely each modality is present and how little the "
-            "fused model uses it, plus subset prediction and cross-modal completion: for "
-            "modalities missing at very different rates.")
-        add_parameter(self, QgsProcessingParameterEnum(
-            self.MCE_FACTORS, self.tr("MCE: auxiliary-loss factors"),
-            options=[self.tr("Availability × under-learning"),
-                     self.tr("Availability only"), self.tr("Under-learning only")],
-            defaultValue=0), "What weights each modality's auxiliary loss.", advanced=True)
-        for key, label, help_text in (
-                (self.LAMBDA_AUX, "MCE: λ auxiliary heads", "Weight of the auxiliary loss."),
-                (self.LAMBDA_SUB, "MCE: λ subset prediction",
-                 "Weight of the subset prediction loss."),
-                (self.LAMBDA_REC, "MCE: λ cross-modal completion",
-                 "Weight of the completion loss.")):
-            add_parameter(self, QgsProcessingParameterNumber(
-                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
-                minValue=0.0, maxValue=100.0), help_text, advanced=True)
+        self._add_simulation()
+        self._add_training_mode()
         add_config_parameters(self, TrainingConfig, ("device", "precision", "compile_mode",
                                                      "seed"))
         add_config_parameters(self, TrainingConfig)   # every declared field not given above
@@ -234,6 +166,113 @@ class TrainModelAlgorithm(MamolAlgorithm):
             "HTML report; a JSON report with the same name is written next to it.")
         self.addOutput(QgsProcessingOutputFile(self.OUTPUT_REPORT_JSON,
                                                self.tr("Training report (JSON)")))
+
+    def _add_labels(self) -> None:
+        """The training labels: polygons with their class fields, or a label raster."""
+        add_parameter(self, QgsProcessingParameterFeatureSource(
+            self.POLYGONS, self.tr("Labelled polygons"), [QgsProcessing.TypeVectorPolygon],
+            optional=True), "Training polygons, any CRS. Give these or a label raster.")
+        add_parameter(self, QgsProcessingParameterField(
+            self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS,
+            optional=True), "Integer class value of each polygon (with polygons).")
+        add_parameter(self, QgsProcessingParameterField(
+            self.CLASS_NAME_FIELD, self.tr("Class-name field"),
+            parentLayerParameterName=self.POLYGONS, optional=True),
+            "Optional text field naming each class.")
+        add_parameter(self, RasterFileParameter(
+            self.LABEL_RASTER, self.tr("Label raster"), optional=True),
+            "Instead of polygons: a single-band raster of class values (0 and nodata = "
+            "unlabelled), e.g. a benchmark's training-label map. Class names and colours come "
+            "from its category names and colour table where it has them; pixels are split "
+            "into training and validation by blocks of 16 × 16.")
+
+    def _add_backbone(self) -> None:
+        """The frozen base image model and where its weights come from."""
+        add_parameter(self, ChoiceParameter(
+            self.BACKBONE, self.tr("Base image model (backbone)"),
+            [value for value, _ in ARCH_CHOICES],
+            [self.tr(label) for _, label in ARCH_CHOICES], DEFAULT_ARCH),
+            "The frozen open_clip ViT the model adapts. ViT-B-16 is the paper's; larger "
+            "ones are slower; the mamol-* ones are small random-weight towers for demos on a "
+            "CPU and for tests. In scripts the name (e.g. ViT-B-16) may be given instead of "
+            "the index.")
+        add_parameter(self, QgsProcessingParameterEnum(
+            self.WEIGHTS, self.tr("Base model weights"),
+            options=[self.tr("Pretrained (download once)"), self.tr("Checkpoint file"),
+                     self.tr("Random (tests and demos)")], defaultValue=0),
+            "Where the frozen backbone's weights come from: an open_clip pretrained tag "
+            "(downloaded once, then cached), a local checkpoint file, or a seeded random "
+            "initialisation (offline tests and demos only).")
+        add_parameter(self, QgsProcessingParameterString(
+            self.PRETRAINED_TAG, self.tr("Pretrained weights tag"), defaultValue="openai",
+            optional=True),
+            "open_clip pretrained tag, e.g. openai (ViT-B-16, ViT-B-32, ViT-L-14) or "
+            "laion2b_s32b_b79k (ViT-H-14).")
+        add_parameter(self, QgsProcessingParameterFile(
+            self.CHECKPOINT, self.tr("Checkpoint file"), optional=True),
+            "With weights from a checkpoint file: an OpenAI .pt, open_clip .bin/.pt or "
+            ".safetensors file.")
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.BACKBONE_SEED, self.tr("Seed of the random weights"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+            "Seed of the random backbone (weights = random).", advanced=True)
+
+    def _add_simulation(self) -> None:
+        """How rasters are hidden from training samples (Advanced: the defaults suit)."""
+        add_parameter(self, QgsProcessingParameterEnum(
+            self.MISSING_MODE, self.tr("Simulate missing rasters"),
+            options=[self.tr("No (real gaps only)"), self.tr("Missing rate (η)"),
+                     self.tr("Per-raster availability"),
+                     self.tr("Per-raster, independently")],
+            defaultValue=1),
+            "How modalities are hidden from training samples so that the model copes with "
+            "missing ones. Missing rate: a share η of the samples is incomplete, each "
+            "incomplete pattern equally often. Per-raster availability: modality m is "
+            "dropped from a share 1 − a_m of the samples (patterns as one draw, or each "
+            "modality independently).", advanced=True)
+        add_parameter(self, QgsProcessingParameterNumber(
+            self.MISSING_RATE, self.tr("Share of samples with gaps"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.5, minValue=0.0,
+            maxValue=1.0), "The missing rate η: share of incomplete samples.", advanced=True)
+        for key, label in AVAILABILITY_PARAMETERS.values():
+            add_parameter(self, QgsProcessingParameterNumber(
+                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                minValue=0.0, maxValue=1.0),
+                "Share a_m of samples keeping this modality (per-raster availability).",
+                advanced=True)
+        add_parameter(self, QgsProcessingParameterBoolean(
+            self.SIMULATE_VALIDATION, self.tr("Hide rasters in validation too"),
+            defaultValue=False),
+            "Apply the same simulation to validation samples (the paper's protocol tests "
+            "under the training availability).", advanced=True)
+
+    def _add_training_mode(self) -> None:
+        """MaMOL, or MaMOL + MCE for modalities missing at very different rates."""
+        add_parameter(self, QgsProcessingParameterEnum(
+            self.TRAINING_MODE, self.tr("Training mode"),
+            options=[self.tr("Standard"), self.tr("Rasters missing unevenly")],
+            defaultValue=0),
+            "'Rasters missing unevenly' is MaMOL + MCE: it adds a fusion module before the "
+            "head and trains per-modality auxiliary heads, weighted by how rarely each "
+            "modality is present and how little the fused model uses it, plus subset "
+            "prediction and cross-modal completion: for modalities missing at very "
+            "different rates. Per-pixel model kind only.", advanced=True)
+        add_parameter(self, QgsProcessingParameterEnum(
+            self.MCE_FACTORS, self.tr("Uneven mode: aux. loss weights"),
+            options=[self.tr("Rarity × under-use"), self.tr("Rarity only"),
+                     self.tr("Under-use only")], defaultValue=0),
+            "MCE: what weights each modality's auxiliary loss: availability (rarity), "
+            "under-learning (under-use), or both.", advanced=True)
+        for key, label, help_text in (
+                (self.LAMBDA_AUX, "Uneven mode: aux. heads weight",
+                 "MCE's λ of the auxiliary heads' loss."),
+                (self.LAMBDA_SUB, "Uneven mode: subset weight",
+                 "MCE's λ of the subset prediction loss."),
+                (self.LAMBDA_REC, "Uneven mode: completion weight",
+                 "MCE's λ of the cross-modal completion loss.")):
+            add_parameter(self, QgsProcessingParameterNumber(
+                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                minValue=0.0, maxValue=100.0), help_text, advanced=True)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
         if not has_raster_input(parameters):
@@ -312,9 +351,8 @@ class TrainModelAlgorithm(MamolAlgorithm):
         return self.parameterAsDouble(parameters, key, context)
 
     def _backbone(self, parameters, context) -> BackboneSpec:
-        arch = (self.parameterAsString(parameters, self.BACKBONE, context) or "").strip()
-        if not arch:
-            raise MamolInputError("Give a backbone architecture, e.g. ViT-B-16.")
+        arch = choice_value(self, parameters, self.BACKBONE, context,
+                            [value for value, _ in ARCH_CHOICES])
         source = WEIGHT_SOURCES[self.parameterAsEnum(parameters, self.WEIGHTS, context)]
         tag = (self.parameterAsString(parameters, self.PRETRAINED_TAG, context) or "").strip()
         checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context) or None

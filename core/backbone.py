@@ -40,6 +40,17 @@ DEFAULT_ARCH = "ViT-B-16"
 #: Small ViT configs shipped as data for tests and the CPU demo.
 TINY_ARCH = "mamol-tiny-vit"
 SMALL_ARCH = "mamol-small-vit"
+#: The backbones the Toolbox offers, default first: (open_clip config name, label). Each
+#: is a plain ViT whose weights open_clip knows (the tiny ones: random or a checkpoint);
+#: the engine's ``--arch`` takes any open_clip ViT config besides (research use).
+ARCH_CHOICES = (
+    (DEFAULT_ARCH, "ViT-B-16 (the paper's; default)"),
+    ("ViT-B-32", "ViT-B-32 (faster, coarser)"),
+    ("ViT-L-14", "ViT-L-14 (larger, slower)"),
+    ("ViT-H-14", "ViT-H-14 (tag laion2b_s32b_b79k)"),
+    (SMALL_ARCH, "mamol-small-vit (small; tests)"),
+    (TINY_ARCH, "mamol-tiny-vit (tests, demo)"),
+)
 
 
 class WeightsSource(str, enum.Enum):

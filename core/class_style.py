@@ -12,6 +12,21 @@ from osgeo import gdal
 
 from .model_file import ClassInfo
 
+#: The class colours, declared once: the k-th class (in value order) of labels that bring
+#: no colours of their own gets the k-th colour (training/labels.py), and the sample
+#: scene's classes 1..7 are the first seven (core/sample_scene.py), so a model trained on
+#: the sample scene colours its classification as the scene's reference labels. The first
+#: seven read as the scene's land covers (water, shadow, road, building, grass, trees, bare
+#: soil); the rest are distinct on a map.
+PALETTE = ("#2f6fd1", "#4a4a5a", "#a0a0a0", "#d9534f", "#a4d65e", "#1f7a32", "#c9a064",
+           "#ff7f00", "#6a3d9a", "#e7298a", "#17becf", "#b15928", "#fdbf6f", "#cab2d6",
+           "#ffff99", "#8c564b")
+
+
+def palette_colour(rank: int) -> str:
+    """The colour of the ``rank``-th class (0 = the first), the palette repeating."""
+    return PALETTE[rank % len(PALETTE)]
+
 
 def _rgb(colour: str):
     text = colour.lstrip("#")

@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from .class_style import palette_colour, qml_path, write_qml
+from .model_file import ClassInfo
 from .errors import MamolInputError
 from .feedback import CancelCheck, ProgressCallback, Reporter
 from .options import option
@@ -63,8 +65,12 @@ SAR_FILE = "sar.tif"
 LIDAR_FILE = "lidar.tif"
 TRAINING_FILE = "training_polygons.gpkg"
 REFERENCE_FILE = "reference_labels.tif"
+#: The reference labels' QGIS style: a legend of the seven classes (a GeoTIFF's colour
+#: table has 256 entries, which QGIS lists all).
+REFERENCE_STYLE_FILE = qml_path(Path(REFERENCE_FILE)).name
 MANIFEST_FILE = "scene.json"
-OUTPUT_FILES = (HS_FILE, SAR_FILE, LIDAR_FILE, TRAINING_FILE, REFERENCE_FILE, MANIFEST_FILE)
+OUTPUT_FILES = (HS_FILE, SAR_FILE, LIDAR_FILE, TRAINING_FILE, REFERENCE_FILE,
+                REFERENCE_STYLE_FILE, MANIFEST_FILE)
 
 TRAINING_LAYER = "training_polygons"
 CLASS_FIELD = "class_id"
@@ -85,16 +91,22 @@ class LandCover(enum.IntEnum):
     BARE_SOIL = 7
 
 
-#: Display name and colour of each class, as written to the manifest and the polygons.
-CLASS_STYLE: Dict[LandCover, Tuple[str, str]] = {
-    LandCover.WATER: ("Water", "#2f6fd1"),
-    LandCover.SHADOW: ("Shadow", "#4a4a5a"),
-    LandCover.ROAD: ("Road", "#a0a0a0"),
-    LandCover.BUILDING: ("Building", "#d9534f"),
-    LandCover.GRASS: ("Grass", "#a4d65e"),
-    LandCover.TREES: ("Trees", "#1f7a32"),
-    LandCover.BARE_SOIL: ("Bare soil", "#c9a064"),
+#: Display name of each class.
+CLASS_NAMES: Dict[LandCover, str] = {
+    LandCover.WATER: "Water",
+    LandCover.SHADOW: "Shadow",
+    LandCover.ROAD: "Road",
+    LandCover.BUILDING: "Building",
+    LandCover.GRASS: "Grass",
+    LandCover.TREES: "Trees",
+    LandCover.BARE_SOIL: "Bare soil",
 }
+#: Display name and colour of each class, as written to the manifest, the polygons and the
+#: reference labels: the colour is the class's in the one palette (core/class_style.py),
+#: the one a model trained on these polygons gives its classification.
+CLASS_STYLE: Dict[LandCover, Tuple[str, str]] = {
+    land_cover: (name, palette_colour(rank))
+    for rank, (land_cover, name) in enumerate(sorted(CLASS_NAMES.items()))}
 
 #: Mean backscatter in dB (VV, VH). Shadow is an optical effect only: SAR sees the lawn.
 SAR_MEAN_DB: Dict[LandCover, Tuple[float, float]] = {
@@ -651,6 +663,12 @@ def _write_reference(path: Path, labels: np.ndarray) -> None:
     band.SetCategoryNames(names)
     band.WriteArray(labels)
     dataset = None
+    write_qml(qml_path(path), class_infos(), REFERENCE_NODATA)
+
+
+def class_infos() -> List[ClassInfo]:
+    """The classes as the model file and the class legends take them."""
+    return [ClassInfo(int(lc), name, colour) for lc, (name, colour) in CLASS_STYLE.items()]
 
 
 def class_table() -> List[Dict[str, object]]:

@@ -25,9 +25,9 @@ def max_missing_fraction_field():
     Toolbox's -1) keeps the share the model was trained with (declared once)."""
     return option(
         None, kind=float, unset=-1.0, flag="--max-missing-fraction",
-        key="MAX_MISSING_FRACTION", label="Missing share of a window (-1 = model's)",
+        key="MAX_MISSING_FRACTION", label="Gap allowed (-1 = the model's)",
         minimum=-1.0, maximum=1.0, advanced=True,
-        help="A modality counts as missing at a pixel when more of its window than this is "
+        help="The share of a window that may be missing: a modality counts as missing at a pixel when more of its window than this is "
              "missing (default: the share the model was trained with).")
 
 

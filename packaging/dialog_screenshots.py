@@ -7,10 +7,18 @@ plugin is enabled, runs this same file inside QGIS (``qgis --code``), which
 1. writes the sample scene (``mamol:createsamplescene``, 128 × 128) and adds its layers
    to the project,
 2. opens the dialogs of *Install dependencies*, *Create sample multimodal scene*, *Train
-   model from labelled polygons* and *Classify land cover*, filled with the sample
-   scene's files, waits for each to paint, grabs it,
-3. saves each grab as a palette PNG (Pillow's quantizer when QGIS's Python has Pillow,
-   else Qt's), and quits QGIS.
+   model from labelled polygons*, *Classify land cover* and *Evaluate model*, filled
+   with the sample scene's files, each at QGIS's default size (as a new user first sees
+   it: the size the last dialog was left at is forgotten), waits for each to paint,
+3. checks each by widget geometry, with the Advanced group collapsed and expanded: the
+   parameters panel must show no horizontal scroll bar, and no visible widget in it may
+   be wider (at its minimum size) than the panel's viewport (issue 31: a long label or
+   choice widens the panel and cuts the browse buttons off),
+4. grabs each dialog and saves it as a palette PNG (Pillow's quantizer when QGIS's Python
+   has Pillow, else Qt's), and quits QGIS.
+
+The exit status is 1 when a dialog is too wide (the widgets are listed) or a screenshot
+is missing. ``tests/qgis/test_dialog_geometry.py`` runs the same check offscreen.
 
 Rerun (Debian 12 or 13 with QGIS; needs ``xvfb-run``: ``apt-get install -y
 --no-install-recommends xvfb xauth``), from the repository root::
@@ -35,13 +43,19 @@ from pathlib import Path
 
 #: Set in QGIS's environment by the outer part; its presence selects the in-QGIS part.
 STAGE_VARIABLE = "MAMOL_SHOTS_OUT"
-#: (file name, algorithm id, dialog width, dialog height, advanced parameters shown)
+#: (file name or None = checked only, algorithm id, advanced parameters shown in the
+#: screenshot); every dialog is shown at QGIS's default size and checked with the Advanced
+#: group collapsed and expanded
 SHOTS = (
-    ("dialog_install_dependencies.png", "mamol:installdependencies", 900, 480, True),
-    ("dialog_create_sample_scene.png", "mamol:createsamplescene", 900, 480, False),
-    ("dialog_train.png", "mamol:trainmodel", 900, 900, False),
-    ("dialog_classify.png", "mamol:classify", 900, 940, False),
+    ("dialog_install_dependencies.png", "mamol:installdependencies", True),
+    ("dialog_create_sample_scene.png", "mamol:createsamplescene", False),
+    ("dialog_train.png", "mamol:trainmodel", False),
+    ("dialog_classify.png", "mamol:classify", False),
+    (None, "mamol:evaluate", False),
 )
+SHOT_FILES = tuple(name for name, *_ in SHOTS if name)
+#: The line of the in-QGIS report that says a dialog is too wide.
+TOO_WIDE = "TOO WIDE"
 #: Colours kept in each PNG: enough for anti-aliased text, icons and the help panel.
 PALETTE_COLOURS = 128
 SCREEN = "1600x1000x24"
@@ -109,7 +123,7 @@ def _run_qgis(root: Path, work: Path, scene: Path, out: Path, qgis: str) -> int:
         STAGE_VARIABLE: str(out), "MAMOL_SHOTS_WORK": str(work),
         "MAMOL_SHOTS_SCENE": str(scene),
     })
-    for name, *_ in SHOTS:
+    for name in SHOT_FILES:
         (out / name).unlink(missing_ok=True)
     log = work / "qgis.log"
     command = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}",
@@ -121,15 +135,19 @@ def _run_qgis(root: Path, work: Path, scene: Path, out: Path, qgis: str) -> int:
         process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         _wait(process, report)
-    if report.is_file():
-        print(report.read_text(), end="")
-    missing = [name for name, *_ in SHOTS if not (out / name).is_file()]
+    text = report.read_text() if report.is_file() else ""
+    print(text, end="")
+    missing = [name for name in SHOT_FILES if not (out / name).is_file()]
     if missing:
         print(f"missing: {', '.join(missing)}; end of QGIS's log:\n"
               + log.read_text(errors="replace")[-4000:])
         return 1
-    for name, *_ in SHOTS:
+    for name in SHOT_FILES:
         print(f"{out / name}: {(out / name).stat().st_size // 1024} KiB")
+    if TOO_WIDE in text:
+        print("some dialogs are wider than their parameters panel at the default size "
+              f"(the {TOO_WIDE} lines above)")
+        return 1
     return 0
 
 
@@ -156,6 +174,59 @@ def _wait(process: subprocess.Popen, report: Path) -> None:
                 process.wait()
 
 
+# ---------------------------------------------------------------- widget geometry
+# (also used by tests/qgis/test_dialog_geometry.py, offscreen)
+def forget_dialog_state() -> None:
+    """QGIS restores the size the last Processing dialog was left at and the state of its
+    Advanced group: forget both, as a new user has neither."""
+    from qgis.core import QgsSettings
+    for key in ("Windows/QgsProcessingDialogBase",
+                "QgsCollapsibleGroupBox/QgsProcessingDialogBase"):
+        QgsSettings().remove(key)
+
+
+def show_advanced(dialog, shown: bool) -> None:
+    """Expand or collapse the "Advanced Parameters" group (a QgsCollapsibleGroupBox)."""
+    from qgis.PyQt.QtWidgets import QGroupBox
+    for box in dialog.findChildren(QGroupBox, "grpAdvanced"):
+        box.setProperty("collapsed", not shown)
+
+
+def parameters_area(dialog, algorithm):
+    """The scroll area of a dialog's parameters panel: the innermost one that holds the
+    label of the algorithm's first parameter (the panel sits in an outer scroll area whose
+    bars never show)."""
+    from qgis.PyQt.QtWidgets import QLabel, QScrollArea
+    first = algorithm.parameterDefinitions()[0].description()
+    holding = [area for area in dialog.findChildren(QScrollArea)
+               if area.widget() is not None and any(
+                   first in label.text() for label in area.widget().findChildren(QLabel))]
+    inner = [area for area in holding
+             if not any(area is not other and area.isAncestorOf(other) for other in holding)]
+    if len(inner) != 1:
+        raise LookupError(f"{len(inner)} innermost scroll areas hold the label '{first}'")
+    return inner[0]
+
+
+def too_wide(area) -> list:
+    """What makes the parameters panel scroll sideways: (widget type, its text, its minimum
+    width, the viewport's width) of each visible widget wider at its minimum than the
+    panel's viewport, and ("horizontal scroll bar", …) when the bar shows."""
+    from qgis.PyQt.QtWidgets import QWidget
+    limit = area.viewport().width()
+    found = []
+    for widget in area.widget().findChildren(QWidget):
+        width = widget.minimumSizeHint().width()
+        if widget.isVisible() and width > limit:
+            text = getattr(widget, "text", None) or getattr(widget, "currentText", None)
+            found.append((type(widget).__name__, text() if callable(text) else "", width,
+                          limit))
+    if area.horizontalScrollBar().isVisible():
+        found.append(("horizontal scroll bar", "", area.widget().minimumSizeHint().width(),
+                      limit))
+    return found
+
+
 # ---------------------------------------------------------------- inside QGIS
 def _inside_qgis() -> None:
     import traceback
@@ -163,7 +234,7 @@ def _inside_qgis() -> None:
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
     from qgis.PyQt.QtCore import QBuffer, QByteArray, QIODevice, Qt, QTimer
     from qgis.PyQt.QtGui import QImage
-    from qgis.PyQt.QtWidgets import QGroupBox, QLineEdit
+    from qgis.PyQt.QtWidgets import QLineEdit
     from qgis.utils import iface
 
     out = Path(os.environ[STAGE_VARIABLE])
@@ -221,6 +292,7 @@ def _inside_qgis() -> None:
                 project.addMapLayer(QgsRasterLayer(result[key], name))
             project.addMapLayer(QgsVectorLayer(result["TRAINING_POLYGONS"],
                                                "training_polygons", "ogr"))
+            project.addMapLayer(QgsRasterLayer(result["REFERENCE_LABELS"], "reference_labels"))
             note(f"sample scene: {scene}")
             QTimer.singleShot(500, next_dialog)
         except Exception:   # noqa: BLE001 - any failure ends the run with a report
@@ -234,13 +306,17 @@ def _inside_qgis() -> None:
             return {"SIZE": 256, "SEED": 42, "OUTPUT_FOLDER": str(scene)}
         if algorithm_id == "mamol:trainmodel":
             return dict(rasters, POLYGONS=layers["training_polygons"], CLASS_FIELD="class_id",
-                        CLASS_NAME_FIELD="class_name", BACKBONE="ViT-B-16", WEIGHTS=0,
+                        CLASS_NAME_FIELD="class_name", WEIGHTS=0,
                         PRETRAINED_TAG="openai", EPOCHS=20,
                         OUTPUT_MODEL=str(scene / "model.mamol"),
                         OUTPUT_REPORT=str(scene / "training_report.html"))
         if algorithm_id == "mamol:classify":
             return dict(rasters, MODEL=str(scene / "model.mamol"),
                         OUTPUT=str(scene / "land_cover.tif"))
+        if algorithm_id == "mamol:evaluate":
+            return dict(rasters, MODEL=str(scene / "model.mamol"),
+                        LABEL_RASTER=layers["reference_labels"],
+                        OUTPUT_REPORT=str(scene / "evaluation_report.html"))
         return {}
 
     def next_dialog():
@@ -250,38 +326,58 @@ def _inside_qgis() -> None:
                 note("done")
                 quit_qgis()
                 return
-            name, algorithm_id, width, height, advanced = state["queue"][0]
+            _, algorithm_id, _ = state["queue"][0]
             import processing
+            forget_dialog_state()
             dialog = processing.createAlgorithmDialog(algorithm_id, parameters(algorithm_id))
-            dialog.resize(width, height)
             dialog.move(40, 40)
             dialog.show()
-            dialog.resize(width, height)    # after show: showing restores a default size
-            if advanced:    # the "Advanced Parameters" group (a QgsCollapsibleGroupBox)
-                for box in dialog.findChildren(QGroupBox, "grpAdvanced"):
-                    box.setProperty("collapsed", False)
+            show_advanced(dialog, False)
             dialog.raise_()
             dialog.activateWindow()
             state["dialog"] = dialog
-            QTimer.singleShot(2500, grab)      # let it lay out and paint
+            QTimer.singleShot(2500, check)      # let it lay out and paint
+        except Exception:   # noqa: BLE001 - any failure ends the run with a report
+            fail()
+
+    def check():
+        """The geometry check, Advanced collapsed (as shown first) and expanded."""
+        try:
+            _, algorithm_id, advanced = state["queue"][0]
+            dialog = state["dialog"]
+            area = parameters_area(dialog, dialog.algorithm())
+            size = dialog.size()
+            for shown in (False, True):
+                show_advanced(dialog, shown)
+                for _ in range(3):
+                    QgsApplication.processEvents()
+                for widget, text, width, limit in too_wide(area):
+                    note(f"{TOO_WIDE}: {algorithm_id} ({'advanced' if shown else 'basic'}), "
+                         f"{widget} '{text}': {width} px in a panel of {limit} px")
+            note(f"{algorithm_id}: default size {size.width()} x {size.height()} px, "
+                 f"parameters panel {area.viewport().width()} px wide")
+            show_advanced(dialog, advanced)
+            QTimer.singleShot(1000, grab)
         except Exception:   # noqa: BLE001
             fail()
 
     def grab():
         try:
-            name, algorithm_id, width, height, advanced = state["queue"].pop(0)
+            name, algorithm_id, _ = state["queue"].pop(0)
             dialog = state["dialog"]
-            dialog.resize(width, height)
             focused = QgsApplication.focusWidget()
             if focused is not None:         # no selected text or focus frame in the shot
                 focused.clearFocus()
             for line_edit in dialog.findChildren(QLineEdit):
                 line_edit.deselect()
+            # the panel from its first parameter (filling it in may have scrolled it)
+            parameters_area(dialog, dialog.algorithm()).verticalScrollBar().setValue(0)
             QgsApplication.processEvents()
-            image = dialog.grab().toImage()
-            save_png(image, out / name)
-            note(f"{name}: {algorithm_id}, {image.width()} x {image.height()} px, "
-                 f"{(out / name).stat().st_size // 1024} KiB")
+            if name:
+                image = dialog.grab().toImage()
+                save_png(image, out / name)
+                note(f"{name}: {algorithm_id}, {image.width()} x {image.height()} px, "
+                     f"{(out / name).stat().st_size // 1024} KiB")
             dialog.close()
             dialog.deleteLater()
             state["dialog"] = None

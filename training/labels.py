@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from ..core.class_style import palette_colour
 from ..core.errors import MamolInputError
 from ..core.options import option
 from ..core.grid import (AlignedRaster, ReferenceGrid, crs_label, inspect_raster,
@@ -24,9 +25,6 @@ ogr.UseExceptions()
 
 LOG = logging.getLogger(__name__)
 
-#: Colours for classes whose source gives none (ColorBrewer-like, distinct on a map).
-DEFAULT_COLOURS = ("#1f78b4", "#33a02c", "#e31a1c", "#ff7f00", "#6a3d9a", "#b15928",
-                   "#a6cee3", "#b2df8a", "#fb9a99", "#fdbf6f", "#cab2d6", "#ffff99")
 
 _NUMERIC_FIELD_TYPES = (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)
 
@@ -232,7 +230,7 @@ def _polygon_classes(keys: Sequence[object], names: Mapping[object, str], numeri
     for i, value in enumerate(sorted(set(values.values()))):
         key = by_value[value]
         name = names.get(key) or (key if isinstance(key, str) else f"class {value}")
-        colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+        colour = palette_colour(i)
         if source.styled_classes and value in source.styled_classes:
             name, colour = source.styled_classes[value]
         classes.append(LabelledClass(value, name, colour))
@@ -336,7 +334,7 @@ def labels_from_raster(source: LabelRasterSource, grid: ReferenceGrid) -> Labell
     classes = []
     for i, value in enumerate(ordered.tolist()):
         name = names[value] if value < len(names) and names[value] else f"class {value}"
-        colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+        colour = palette_colour(i)
         if value < len(palette):
             colour = "#%02x%02x%02x" % tuple(palette[value])
         classes.append(LabelledClass(int(value), name, colour))
@@ -353,15 +351,15 @@ class SplitConfig:
 
     validation_fraction: float = option(
         0.25, flag="--validation-fraction", key="VALIDATION_FRACTION",
-        label="Validation fraction", minimum=0.0, maximum=0.9, advanced=True,
+        label="Share held out for validation", minimum=0.0, maximum=0.9, advanced=True,
         help="Share of each class's pixels held out, by whole polygons.")
     max_train_per_class: int = option(
         2000, flag="--max-train-per-class", key="MAX_SAMPLES_PER_CLASS",
-        label="Maximum training samples per class", minimum=0, advanced=True,
+        label="Training samples per class (cap)", minimum=0, advanced=True,
         help="Cap per class (0 = no cap); classes are balanced per epoch.")
     max_validation_per_class: int = option(
         1000, flag="--max-validation-per-class", key="MAX_VALIDATION_PER_CLASS",
-        label="Maximum validation samples per class", minimum=0, advanced=True,
+        label="Validation samples per class (cap)", minimum=0, advanced=True,
         help="Cap per class of the held-out samples (0 = no cap).")
     min_pixels_per_class: int = 20        # fewer labelled pixels in a class is an error
     seed: int = 0

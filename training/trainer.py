@@ -70,12 +70,14 @@ class TrainingConfig:
     report_json: Optional[str] = None         # optional JSON report
     backbone: BackboneSpec = BackboneSpec()
     patch_size: int = option(
-        14, flag="--patch-size", key="PATCH_SIZE", label="Patch size P (pixels)",
-        minimum=1, maximum=64,
-        help="Side of the window around each pixel; 14 matches ViT-B/16's position grid.")
+        14, flag="--patch-size", key="PATCH_SIZE", label="Window size (pixels)",
+        minimum=1, maximum=64, advanced=True,
+        help="Side P of the window around each pixel (and of a tile); 14 matches "
+             "ViT-B/16's position grid. Smaller is faster and sees less context.")
     adapter: Dict[str, object] = field(default_factory=dict)  # AdapterConfig fields to override
-    epochs: int = option(20, flag="--epochs", key="EPOCHS", label="Epochs", minimum=1,
-                         maximum=10000, help="Passes over the training samples.")
+    epochs: int = option(20, flag="--epochs", key="EPOCHS", label="Training passes (epochs)",
+                         minimum=1, maximum=10000,
+                         help="Passes over the training samples; the best one is kept.")
     batch_size: int = option(128, flag="--batch-size", key="BATCH_SIZE", label="Batch size",
                              minimum=1, maximum=65536, advanced=True,
                              help="Samples per step.")
@@ -113,8 +115,8 @@ class TrainingConfig:
                        advanced=True, help="Same seed and inputs give the same model file.")
     model_kind: str = option(
         ModelKind.PIXEL.value, flag="--model-kind", key="MODEL_KIND", label="Model kind",
-        choices=choices(ModelKind, ("Per pixel (one window per pixel, the paper's method)",
-                                    "Tile (one pass labels a P×P tile; much faster)")),
+        choices=choices(ModelKind, ("Per pixel (the paper's; slow)",
+                                    "Tile (about 100× faster)")),
         help="Per pixel: one encoder pass per pixel (the paper). Tile: one pass labels every "
              "pixel of a P × P tile (tiles overlap), some 100× fewer passes at P = 14 when "
              "classifying, usually a little less accurate. MCE needs the per-pixel kind.")

@@ -48,7 +48,7 @@ class ClassifyConfig:
     reference: Optional[str] = None            # modality whose grid is used; None = first
     pixel_size: float = option(
         0.0, flag="--pixel-size", key="PIXEL_SIZE",
-        label="Output pixel size (0 = the reference raster's)", minimum=0.0, advanced=True,
+        label="Pixel size (0 = the reference's)", minimum=0.0, advanced=True,
         help="In the reference raster's CRS units.")
     extent: Optional[Bounds] = None            # in the reference raster's CRS
     extent_crs_wkt: Optional[str] = None       # CRS of ``extent`` if not the grid's
@@ -80,14 +80,13 @@ class ClassifyConfig:
     compile_mode: str = compile_field()    # torch.compile: off | default | max-autotune
     tile_blend: str = option(
         TILE_BLENDS[0], flag="--tile-blend", key="TILE_BLEND",
-        label="Tile models: where a pixel's class comes from", advanced=True,
-        choices=choices(TILE_BLENDS, ("The tile where the pixel is most central",
-                                      "The covering tiles, weighted towards their centres")),
+        label="Tile kind: how tiles combine", advanced=True,
+        choices=choices(TILE_BLENDS, ("Most central tile", "Centre-weighted average")),
         help="For models of the tile kind: take each pixel from the tile where it is most "
              "central, or average the covering tiles weighted towards their centres.")
     tile_step: int = option(
         0, flag="--tile-step", key="TILE_STEP",
-        label="Tile models: tile step (pixels, 0 = automatic)", minimum=0, maximum=1024,
+        label="Tile kind: step (px, 0 = automatic)", minimum=0, maximum=1024,
         advanced=True,
         help="For models of the tile kind: start a tile every N pixels (automatic: "
              "P − 2·(P // 7), 10 for P = 14; at most P). Larger is faster; each pixel then "

@@ -177,6 +177,6 @@ def test_compiling_without_a_compiler_says_what_to_install_or_turn_off(monkeypat
     assert missing_compiler(resolve_device("cpu")) == "a C++ compiler (g++)"
     model = random_tiny_model().eval()
     with pytest.raises(MamolInputError, match=r"needs a C\+\+ compiler \(g\+\+\).*apt install "
-                       r"g\+\+ python3-dev.*'Compile the encoder'.*--compile off"):
+                       r"g\+\+ python3-dev.*'Compile the model first'.*--compile off"):
         prepare_model(model, resolve_device("cpu"), "fp32", "default")
     assert model.encoder._compiled is None

@@ -285,3 +285,14 @@ def test_large_scene_memory_stays_bounded(tmp_path):
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert gdal.Open(str(scene.hs)).RasterXSize == 1024
     assert grown_mb < 150, grown_mb
+
+
+def test_one_palette_colours_the_scene_and_unstyled_labels():
+    """The sample scene's class colours are the first of the one palette that colours the
+    classes of labels without colours of their own (so a model trained on the scene's
+    polygons colours its classes as the reference labels)."""
+    from mamol.core.class_style import PALETTE, palette_colour
+    assert [colour for _, colour in ss.CLASS_STYLE.values()] == list(PALETTE[:7])
+    assert [int(value) for value in ss.CLASS_STYLE] == list(range(1, 8))
+    assert palette_colour(len(PALETTE)) == PALETTE[0]
+    assert len(set(PALETTE)) == len(PALETTE)

@@ -128,3 +128,62 @@ def test_cloud_optimized_outputs_from_the_toolbox(mamol_provider, tiny_model, sm
         dataset = gdal.Open(str(tmp_path / name))
         assert dataset.GetMetadataItem("LAYOUT", "IMAGE_STRUCTURE") == "COG", name
         dataset = None
+
+
+@pytest.fixture
+def project():
+    """QGIS's project, emptied before and after (Processing loads results into it)."""
+    from qgis.core import QgsProject
+    QgsProject.instance().clear()
+    yield QgsProject.instance()
+    QgsProject.instance().clear()
+
+
+def layer_order(project):
+    """File names of the project's layers, top first."""
+    from pathlib import Path
+    return [Path(node.layer().source()).name for node in project.layerTreeRoot().findLayers()]
+
+
+@pytest.mark.subprocess
+def test_the_class_map_is_loaded_on_top_of_the_optional_outputs(mamol_provider, tiny_model,
+                                                                 small_scene, tmp_path, project):
+    """Loaded into a project (as the Toolbox does), the class map is the top layer, styled
+    with its classes; QGIS 3.22 would put the output whose path sorts last ("used.tif") on
+    top of it."""
+    import processing
+    from qgis.core import QgsPalettedRasterRenderer
+    processing.runAndLoadResults(ALGORITHM, parameters(
+        tiny_model, small_scene, tmp_path, OUTPUT_CONFIDENCE=str(tmp_path / "confidence.tif"),
+        OUTPUT_MODALITIES=str(tmp_path / "used.tif"), STRIDE=4))
+    assert layer_order(project)[0] == "lc.tif"
+    assert sorted(layer_order(project)) == ["confidence.tif", "lc.tif", "used.tif"]
+    classes = project.layerTreeRoot().findLayers()[0].layer()
+    assert isinstance(classes.renderer(), QgsPalettedRasterRenderer)
+    assert len(classes.renderer().classes()) == len(small_scene_classes())
+
+
+def small_scene_classes():
+    from mamol.core import sample_scene
+    return sample_scene.CLASS_STYLE
+
+
+def test_raise_above_moves_the_class_map_over_the_outputs_only(tmp_path, project):
+    """The class map goes just above the highest of its run's outputs; other layers keep
+    their places, and nothing moves when it is already above them."""
+    from qgis.core import QgsRasterLayer
+    from mamol.algorithms.classify import raise_above, _ClassesOnTop
+    names = ("lc.tif", "used.tif", "other.tif", "confidence.tif")
+    for name in names:
+        path = tmp_path / name
+        gdal.GetDriverByName("GTiff").Create(str(path), 4, 4, 1)
+    for name in ("lc.tif", "confidence.tif", "other.tif", "used.tif"):   # each goes on top
+        project.addMapLayer(QgsRasterLayer(str(tmp_path / name), name))
+    assert layer_order(project) == ["used.tif", "other.tif", "confidence.tif", "lc.tif"]
+    post = _ClassesOnTop(project, str(tmp_path / "lc.tif"),
+                         [str(tmp_path / "confidence.tif"), str(tmp_path / "used.tif")])
+    raise_above(project.layerTreeRoot(), post.classes, post.outputs)
+    assert layer_order(project) == ["lc.tif", "used.tif", "other.tif", "confidence.tif"]
+    assert len(project.mapLayers()) == 4
+    raise_above(project.layerTreeRoot(), post.classes, post.outputs)
+    assert layer_order(project) == ["lc.tif", "used.tif", "other.tif", "confidence.tif"]

@@ -75,3 +75,26 @@ def test_cancel_writes_nothing(mamol_provider, tmp_path):
     with pytest.raises(QgsProcessingException, match="Cancelled"):
         run({"SIZE": 256, "SEED": 1, "OUTPUT_FOLDER": str(tmp_path)}, feedback)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.subprocess
+def test_the_reference_labels_legend_lists_the_classes_only(mamol_provider, tmp_path):
+    """Loaded into a project, the reference labels show the seven classes in their palette
+    colours, not the 256 entries of the GeoTIFF's colour table; a .qml beside the file
+    gives the same legend where QGIS loads the file itself."""
+    import processing
+    from qgis.core import QgsPalettedRasterRenderer, QgsProject, QgsRasterLayer
+    QgsProject.instance().clear()
+    try:
+        processing.runAndLoadResults(ALGORITHM, {"SIZE": 128, "SEED": 5,
+                                                 "OUTPUT_FOLDER": str(tmp_path)})
+        [layer] = QgsProject.instance().mapLayersByName("Sample reference labels")
+        assert gdal.Open(layer.source()).GetRasterBand(1).GetColorTable().GetCount() == 256
+        expected = [(int(value), name, colour) for value, (name, colour) in
+                    ss.CLASS_STYLE.items()]
+        for loaded in (layer, QgsRasterLayer(str(tmp_path / ss.REFERENCE_FILE), "again")):
+            assert isinstance(loaded.renderer(), QgsPalettedRasterRenderer)
+            assert [(c.value, c.label, c.color.name()) for c in
+                    loaded.renderer().classes()] == expected
+    finally:
+        QgsProject.instance().clear()

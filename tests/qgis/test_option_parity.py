@@ -62,6 +62,7 @@ def test_every_train_option_is_in_the_toolbox_or_listed(mamol_provider, small_sc
             "BACKBONE": "mamol-tiny-vit", "WEIGHTS": 1, "CHECKPOINT": str(tiny_model),
             "MISSING_MODE": 1, "SIMULATE_VALIDATION": True, "TRAINING_MODE": 1,
             "MODEL_KIND": 1, "BALANCE_CLASSES": False, "PRECISION": 2, "COMPILE": 1,
+            "DEVICE": "cpu",
             "OUTPUT_MODEL": str(tmp_path / "m.mamol"),
             "OUTPUT_REPORT": str(tmp_path / "r.html")}
     other = dict(base, POLYGONS=None, CLASS_FIELD=None, CLASS_NAME_FIELD=None,
@@ -74,7 +75,7 @@ def test_every_classify_option_is_in_the_toolbox_or_listed(mamol_provider, small
                                                            tiny_model, tmp_path, context):
     parameters = {"MODEL": str(tiny_model), "HS": str(small_scene.hs),
                   "SAR": str(small_scene.sar), "LIDAR": str(small_scene.lidar), "REFERENCE": 1,
-                  "COG": True, "TILE_BLEND": 1, "PRECISION": 2, "COMPILE": 1,
+                  "COG": True, "DEVICE": 1, "TILE_BLEND": 1, "PRECISION": 2, "COMPILE": 1,
                   "EXTENT": "0,1,0,1 [EPSG:32632]",
                   "MASK": str(small_scene.training_polygons), "MAX_MISSING_FRACTION": 0.5,
                   "OUTPUT": str(tmp_path / "c.tif")}
@@ -90,7 +91,7 @@ def test_every_evaluate_option_is_in_the_toolbox_or_listed(mamol_provider, small
     base = {"MODEL": str(tiny_model), "HS": str(small_scene.hs), "SAR": str(small_scene.sar),
             "LIDAR": str(small_scene.lidar), "LABEL_RASTER": str(small_scene.reference_labels), "ABSENT": [1],
             "HS_AVAILABILITY": 0.5, "FORCE_INDEPENDENTLY": True, "MAX_MISSING_FRACTION": 0.5,
-            "PRECISION": 2,
+            "PRECISION": 2, "DEVICE": "CUDA:1",
             "OUTPUT_REPORT": str(tmp_path / "e.html")}
     polygons = dict(base, LABEL_RASTER=None, POLYGONS=str(small_scene.training_polygons),
                     CLASS_FIELD="class_id")

@@ -129,8 +129,8 @@ def test_the_default_kind_is_per_pixel_and_not_written(mamol_provider, small_sce
 
 @pytest.mark.subprocess
 def test_tile_with_mce_is_refused_before_any_work(mamol_provider, small_scene, tmp_path):
-    with pytest.raises(QgsProcessingException, match="MCE is available for the per-pixel "
-                                                     "model kind only"):
+    with pytest.raises(QgsProcessingException, match=r"MaMOL \+ MCE\) needs the per-pixel "
+                                                     "model kind"):
         run(quick_parameters(small_scene, tmp_path, MODEL_KIND=1, TRAINING_MODE=1))
     assert list(tmp_path.iterdir()) == []
 

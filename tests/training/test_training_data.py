@@ -121,7 +121,9 @@ def pixel_centre(grid, row, col):
 def test_scene_polygons_give_classes_1_to_7_with_names(pixels):
     assert [c.value for c in pixels.classes] == list(range(1, 8))
     assert tuple(c.name for c in pixels.classes) == SCENE_NAMES
-    assert all(c.colour.startswith("#") and len(c.colour) == 7 for c in pixels.classes)
+    # unstyled polygons take the palette's colours: the scene's reference labels' colours
+    from mamol.core.sample_scene import CLASS_STYLE
+    assert [c.colour for c in pixels.classes] == [colour for _, colour in CLASS_STYLE.values()]
     assert sorted(np.unique(pixels.class_index)) == list(range(7))
     assert len(pixels) == pixels.cols.size == pixels.class_index.size == pixels.polygon.size
     assert pixels.warnings == []
