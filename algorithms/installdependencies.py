@@ -49,7 +49,7 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
             "Empty: PyTorch's own index for the chosen build (PyPI on macOS); 'pypi': "
             "pip's configured index (PyPI or your mirror); or an index URL.\n"
             "<b>Environment folder</b> (advanced): another folder for the environment.\n"
-            "<b>Use an existing Python environment instead</b> (advanced): installs "
+            f"<b>{model_env.EXISTING_PYTHON_LABEL}</b> (advanced): installs "
             "nothing; checks that this Python (an executable, or a virtual or conda "
             "environment's folder) imports torch, open_clip, safetensors and GDAL's "
             "osgeo, and makes MaMOL use it.\n\n"
@@ -58,10 +58,10 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         add_parameter(self, QgsProcessingParameterEnum(
             self.BUILD, self.tr("Build"),
-            options=[self.tr("Automatic (CUDA when an NVIDIA driver is found)"),
-                     self.tr("CPU"), self.tr("CUDA")], defaultValue=0),
-            "Which PyTorch build to install. The CUDA build needs an NVIDIA GPU and "
-            "driver; the CPU build runs everywhere.")
+            options=[self.tr("Automatic"), self.tr("CPU"), self.tr("CUDA")], defaultValue=0),
+            "Which PyTorch build to install. Automatic: CUDA when an NVIDIA driver is "
+            "found, else the CPU build. The CUDA build needs an NVIDIA GPU and driver; the "
+            "CPU build runs everywhere.")
         add_parameter(self, QgsProcessingParameterString(
             self.TORCH_INDEX, self.tr("Torch package index"), defaultValue="",
             optional=True),
@@ -74,7 +74,7 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
             "Folder of the environment (new, empty, or an environment made here before). "
             "Empty: mamol/python-env in the QGIS profile folder.", advanced=True)
         add_parameter(self, QgsProcessingParameterFile(
-            self.EXISTING_PYTHON, self.tr("Use an existing Python environment instead"),
+            self.EXISTING_PYTHON, self.tr(model_env.EXISTING_PYTHON_LABEL),
             behavior=QgsProcessingParameterFile.File, optional=True,
             fileFilter="All files (*)"),   # the default "*.*" refuses bin/python
             "A Python executable (bin/python, Scripts\\python.exe) or an environment "

@@ -42,6 +42,9 @@ PINNED_PACKAGES = ("torch==2.13.0", "torchvision==0.28.0", "open_clip_torch==3.3
 #: 2.13.0. pip takes the newest one with a build for the platform and Python, so a Mac or
 #: a Python that 2.13.0 has no build for can still get an older tested one. torchvision
 #: follows torch (0.26 pairs with 2.11, 0.28 with 2.13).
+#: Install dependencies' parameter that takes a Python instead of installing one (messages
+#: here name it).
+EXISTING_PYTHON_LABEL = "Existing Python to use instead"
 TORCH_RANGE = {"torch": ">=2.11,<2.14", "torchvision": ">=0.26,<0.29"}
 #: The oldest Python the engine runs on (pyproject.toml's requires-python; torch 2.11 has
 #: no build for an older one either).
@@ -370,7 +373,7 @@ def check_platform(info: Mapping[str, object]) -> List[str]:
     system, machine = str(info["platform"]), str(info["machine"]).lower()
     system = "win32" if system.startswith("win") else system
     own = (f"use a Python environment of your own with PyTorch ({_range_text()}) through "
-           "'Use an existing Python environment instead' or MAMOL_PYTHON")
+           f"Install dependencies' '{EXISTING_PYTHON_LABEL}' or MAMOL_PYTHON")
     if python < MIN_PYTHON:
         raise MamolInputError(
             f"QGIS's Python is {info['python']}; MaMOL's engine and PyTorch ({_range_text()}) "

@@ -82,7 +82,7 @@ def test_known_unsupported_platforms_are_refused_with_what_to_do(info, says):
     with pytest.raises(MamolInputError, match=says) as error:
         model_env.check_platform(info)
     assert "torch>=2.11,<2.14" in str(error.value)
-    assert "Use an existing Python environment instead" in str(error.value)
+    assert f"'{model_env.EXISTING_PYTHON_LABEL}'" in str(error.value)
 
 
 def test_untested_platforms_are_warned_about():
