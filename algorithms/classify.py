@@ -6,7 +6,7 @@ PyTorch never loads into QGIS's process.
 """
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
+from qgis.core import (QgsProcessingLayerPostProcessorInterface,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
                        QgsProcessingParameterRasterDestination)
@@ -23,6 +23,7 @@ from .common import (MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay, add_confi
                      core_errors_as_processing_exceptions, has_raster_input,
                      raster_arguments, raster_inputs)
 from .engine_runner import run_engine
+from .qgis_compat import SOURCE_VECTOR_POLYGON
 
 #: The optional outputs' declared ClassifyConfig fields (parameter, option, label, help).
 OPTIONAL_OUTPUTS = tuple(declared(ClassifyConfig, OPTIONAL_OUTPUT_FIELDS))
@@ -106,7 +107,7 @@ class ClassifyAlgorithm(MamolAlgorithm):
                                                          optional=True),
             "Classify only this area (default: the whole reference raster).")
         add_parameter(self, QgsProcessingParameterFeatureSource(
-            self.MASK, self.tr("Mask polygons"), [QgsProcessing.TypeVectorPolygon],
+            self.MASK, self.tr("Mask polygons"), [SOURCE_VECTOR_POLYGON],
             optional=True), "Pixels outside these polygons are nodata.")
         add_config_parameters(self, ClassifyConfig, (
             "device", "precision", "compile_mode", "batch_size", "stride", "block_size",

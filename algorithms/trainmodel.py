@@ -7,7 +7,6 @@ QGIS's process.
 from typing import List
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingOutputFile,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -33,6 +32,7 @@ from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
                      polygon_arguments, polygon_source, raster_arguments, raster_file,
                      raster_inputs)
 from .engine_runner import run_engine
+from .qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
 NO_LABELS_MESSAGE = ("Give the training labels: labelled polygons with a class field, or a "
@@ -129,7 +129,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         add_raster_inputs(self, "Optional; give at least one raster.")
         polygons = QgsProcessingParameterFeatureSource(
-            self.POLYGONS, self.tr("Labelled polygons"), [QgsProcessing.TypeVectorPolygon],
+            self.POLYGONS, self.tr("Labelled polygons"), [SOURCE_VECTOR_POLYGON],
             optional=True)
         polygons.setHelp(self.tr("Training polygons, any CRS. Give these or a label raster."))
         self.addParameter(polygons)
@@ -166,7 +166,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
             "OpenAI .pt, open_clip .bin/.pt or .safetensors file.")
         add_parameter(self, QgsProcessingParameterNumber(
             self.BACKBONE_SEED, self.tr("Random backbone seed"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+            NUMBER_INTEGER, defaultValue=0, minValue=0),
             "Seed of the random backbone (weights = random).", advanced=True)
         add_config_parameters(self, TrainingConfig, ("patch_size", "model_kind", "epochs",
                                                      "batch_size", "micro_batch_size",
@@ -182,11 +182,11 @@ class TrainModelAlgorithm(MamolAlgorithm):
             defaultValue=1),
             "How modalities are hidden from training samples.")
         add_parameter(self, QgsProcessingParameterNumber(
-            self.MISSING_RATE, self.tr("Missing rate η"), QgsProcessingParameterNumber.Double,
+            self.MISSING_RATE, self.tr("Missing rate η"), NUMBER_DOUBLE,
             defaultValue=0.5, minValue=0.0, maxValue=1.0), "Share of incomplete samples.")
         for key, label in AVAILABILITY_PARAMETERS.values():
             add_parameter(self, QgsProcessingParameterNumber(
-                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                key, self.tr(label), NUMBER_DOUBLE, defaultValue=1.0,
                 minValue=0.0, maxValue=1.0),
                 "Share of samples keeping this modality (per-modality availability mode).",
                 advanced=True)
@@ -215,7 +215,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
                 (self.LAMBDA_REC, "MCE: λ cross-modal completion",
                  "Weight of the completion loss.")):
             add_parameter(self, QgsProcessingParameterNumber(
-                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                key, self.tr(label), NUMBER_DOUBLE, defaultValue=1.0,
                 minValue=0.0, maxValue=100.0), help_text, advanced=True)
         add_config_parameters(self, TrainingConfig, ("device", "precision", "compile_mode",
                                                      "seed"))
