@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from qgis.core import (QgsProcessing, QgsProcessingLayerPostProcessorInterface,
+from qgis.core import (QgsProcessingLayerPostProcessorInterface,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
                        QgsProcessingParameterRasterDestination)
@@ -25,6 +25,7 @@ from .common import (LoadStyle, MamolAlgorithm, NO_RASTER_MESSAGE, FeedbackRelay
                      config_arguments, core_errors_as_processing_exceptions, has_raster_input,
                      raster_arguments, raster_inputs, set_post_processor)
 from .engine_runner import run_engine
+from .qgis_compat import SOURCE_VECTOR_POLYGON
 
 #: The optional outputs' declared ClassifyConfig fields (parameter, option, label, help).
 OPTIONAL_OUTPUTS = tuple(declared(ClassifyConfig, OPTIONAL_OUTPUT_FIELDS))
@@ -142,7 +143,7 @@ class ClassifyAlgorithm(MamolAlgorithm):
                                                          optional=True),
             "Classify only this area (default: the whole reference raster).")
         add_parameter(self, QgsProcessingParameterFeatureSource(
-            self.MASK, self.tr("Mask polygons"), [QgsProcessing.TypeVectorPolygon],
+            self.MASK, self.tr("Mask polygons"), [SOURCE_VECTOR_POLYGON],
             optional=True), "Pixels outside these polygons are nodata.")
         add_config_parameters(self, ClassifyConfig, (
             "device", "precision", "compile_mode", "batch_size", "stride", "block_size",

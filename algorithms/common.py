@@ -12,7 +12,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingFeedback,
                        QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterBoolean,
                        QgsProcessingParameterEnum, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
@@ -24,6 +24,7 @@ from ..core.errors import Cancelled, MamolInputError
 from ..core.modalities import MODALITIES
 from ..core.options import Declared, declared
 from ..training.labels import PolygonSource
+from .qgis_compat import FLAG_ADVANCED, FLAG_OPTIONAL, NUMBER_DOUBLE, NUMBER_INTEGER
 
 ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
 #: Processing setting (Options → Processing → Providers → MaMOL land cover): the folder
@@ -253,7 +254,7 @@ def add_parameter(algorithm, parameter, help_text: str, advanced: bool = False) 
     """Add ``parameter`` to ``algorithm`` with its help text, flagged Advanced if asked."""
     parameter.setHelp(algorithm.tr(help_text))
     if advanced:
-        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
     algorithm.addParameter(parameter)
 
 
@@ -264,7 +265,7 @@ class RasterFileParameter(QgsProcessingParameterRasterLayer):
     an ``.aux.xml`` beside the user's input; the engine checks the file itself."""
 
     def clone(self):
-        optional = bool(self.flags() & QgsProcessingParameterDefinition.FlagOptional)
+        optional = bool(self.flags() & FLAG_OPTIONAL)
         copy = RasterFileParameter(self.name(), self.description(), self.defaultValue(),
                                    optional)
         copy.setFlags(self.flags())
@@ -423,8 +424,7 @@ def config_parameter(algorithm, declared_field: Declared):
         return QgsProcessingParameterBoolean(facts.key, label,
                                              defaultValue=declared_field.default)
     if kind in (int, float):
-        number = QgsProcessingParameterNumber.Integer if kind is int \
-            else QgsProcessingParameterNumber.Double
+        number = NUMBER_INTEGER if kind is int else NUMBER_DOUBLE
         bounds = {name: kind(value) for name, value in (("minValue", facts.minimum),
                                                          ("maxValue", facts.maximum))
                   if value is not None}

@@ -1,5 +1,5 @@
 """``mamol:createsamplescene`` — write the built-in synthetic HS + SAR + LiDAR scene."""
-from qgis.core import (QgsProcessing, QgsProcessingContext,
+from qgis.core import (QgsProcessingContext,
                        QgsProcessingOutputFile, QgsProcessingOutputRasterLayer,
                        QgsProcessingOutputVectorLayer, QgsProcessingParameterFolderDestination)
 
@@ -7,6 +7,7 @@ from ..core import sample_scene
 from ..core.errors import MamolInputError
 from .common import (LoadStyle, MamolAlgorithm, add_config_parameters, as_whole_number,
                      core_errors_as_processing_exceptions, FeedbackRelay, set_post_processor)
+from .qgis_compat import SOURCE_VECTOR_POLYGON
 
 
 class CreateSampleSceneAlgorithm(MamolAlgorithm):
@@ -63,7 +64,7 @@ class CreateSampleSceneAlgorithm(MamolAlgorithm):
         self.addOutput(QgsProcessingOutputRasterLayer(self.LIDAR, self.tr("LiDAR DSM raster")))
         self.addOutput(QgsProcessingOutputVectorLayer(
             self.TRAINING_POLYGONS, self.tr("Training polygons"),
-            QgsProcessing.TypeVectorPolygon))
+            SOURCE_VECTOR_POLYGON))
         self.addOutput(QgsProcessingOutputRasterLayer(
             self.REFERENCE_LABELS, self.tr("Reference labels")))
         self.addOutput(QgsProcessingOutputFile(self.MANIFEST, self.tr("Scene description")))

@@ -6,7 +6,7 @@ PyTorch never loads into QGIS's process.
 """
 from typing import List
 
-from qgis.core import (QgsProcessing, QgsProcessingOutputFile, QgsProcessingOutputNumber,
+from qgis.core import (QgsProcessingOutputFile, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterField, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterNumber)
@@ -21,6 +21,7 @@ from .common import (AVAILABILITY_PARAMETERS, MamolAlgorithm, NO_RASTER_MESSAGE,
                      polygon_source, FeedbackRelay, raster_arguments, RasterFileParameter,
                      raster_file, raster_inputs)
 from .engine_runner import run_engine
+from .qgis_compat import NUMBER_DOUBLE, SOURCE_VECTOR_POLYGON
 
 #: Modalities that can be forced absent, in the enum's order.
 MODALITY_CHOICES = tuple(name for _, name, _ in RASTER_INPUTS)
@@ -80,7 +81,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
             self.LABEL_RASTER, self.tr("Reference label raster"), optional=True),
             "Class values (0 and nodata = unlabelled). Give this or the polygons.")
         add_parameter(self, QgsProcessingParameterFeatureSource(
-            self.POLYGONS, self.tr("Reference polygons"), [QgsProcessing.TypeVectorPolygon],
+            self.POLYGONS, self.tr("Reference polygons"), [SOURCE_VECTOR_POLYGON],
             optional=True), "Labelled polygons (any CRS). Give these or a label raster.")
         add_parameter(self, QgsProcessingParameterField(
             self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS,
@@ -93,7 +94,7 @@ class EvaluateAlgorithm(MamolAlgorithm):
             "when given.")
         for key, label in AVAILABILITY_PARAMETERS.values():
             add_parameter(self, QgsProcessingParameterNumber(
-                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                key, self.tr(label), NUMBER_DOUBLE, defaultValue=1.0,
                 minValue=0.0, maxValue=1.0),
                 "Share of samples that keep this modality (1 = no forcing). The others "
                 "lose it, chosen with the seed; the shares lost must add up to at most 1.")

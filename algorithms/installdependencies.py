@@ -9,6 +9,7 @@ from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingOutput
 from . import model_env
 from .common import FeedbackRelay, MamolAlgorithm, add_parameter, \
     core_errors_as_processing_exceptions
+from .qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER
 
 #: Options of the "Build" parameter, in enum order (core names).
 BUILD_CHOICES = ("auto", "cpu", "cuda")
@@ -70,12 +71,12 @@ class InstallDependenciesAlgorithm(MamolAlgorithm):
             advanced=True)
         add_parameter(self, QgsProcessingParameterFile(
             self.ENV_FOLDER, self.tr("Environment folder"),
-            behavior=QgsProcessingParameterFile.Folder, optional=True),
+            behavior=FILE_BEHAVIOR_FOLDER, optional=True),
             "Folder of the environment (new, empty, or an environment made here before). "
             "Empty: mamol/python-env in the QGIS profile folder.", advanced=True)
         add_parameter(self, QgsProcessingParameterFile(
             self.EXISTING_PYTHON, self.tr(model_env.EXISTING_PYTHON_LABEL),
-            behavior=QgsProcessingParameterFile.File, optional=True,
+            behavior=FILE_BEHAVIOR_FILE, optional=True,
             fileFilter="All files (*)"),   # the default "*.*" refuses bin/python
             "A Python executable (bin/python, Scripts\\python.exe) or an environment "
             "folder that already has PyTorch, open_clip and GDAL's Python bindings. "

@@ -9,6 +9,7 @@ from qgis.core import (QgsApplication, QgsProcessingOutputNumber, QgsProcessingO
 from . import model_env
 from .common import FeedbackRelay, MamolAlgorithm, add_parameter, \
     core_errors_as_processing_exceptions
+from .qgis_compat import FILE_BEHAVIOR_FOLDER
 
 
 class RemoveEnvironmentAlgorithm(MamolAlgorithm):
@@ -41,7 +42,7 @@ class RemoveEnvironmentAlgorithm(MamolAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         add_parameter(self, QgsProcessingParameterFile(
             self.ENV_FOLDER, self.tr("Environment folder"),
-            behavior=QgsProcessingParameterFile.Folder, optional=True),
+            behavior=FILE_BEHAVIOR_FOLDER, optional=True),
             "The environment to remove. Empty: mamol/python-env in the QGIS profile folder, "
             "and the environment MaMOL is set to use when 'Install dependencies' made it.")
         self.addOutput(QgsProcessingOutputString(self.REMOVED, self.tr("Removed folders")))

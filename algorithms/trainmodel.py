@@ -7,7 +7,6 @@ QGIS's process.
 from typing import List
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingOutputFile,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -34,6 +33,7 @@ from .common import (AVAILABILITY_PARAMETERS, ChoiceParameter, MamolAlgorithm,
                      in_qgis_temporary_folder, new_model_path, polygon_arguments,
                      polygon_source, raster_arguments, raster_file, raster_inputs)
 from .engine_runner import run_engine
+from .qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON
 
 WEIGHT_SOURCES = (WeightsSource.PRETRAINED, WeightsSource.CHECKPOINT, WeightsSource.RANDOM)
 NO_LABELS_MESSAGE = ("Give the training labels: labelled polygons with a class field, or a "
@@ -170,7 +170,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
     def _add_labels(self) -> None:
         """The training labels: polygons with their class fields, or a label raster."""
         add_parameter(self, QgsProcessingParameterFeatureSource(
-            self.POLYGONS, self.tr("Labelled polygons"), [QgsProcessing.TypeVectorPolygon],
+            self.POLYGONS, self.tr("Labelled polygons"), [SOURCE_VECTOR_POLYGON],
             optional=True), "Training polygons, any CRS. Give these or a label raster.")
         add_parameter(self, QgsProcessingParameterField(
             self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS,
@@ -214,7 +214,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
             ".safetensors file.")
         add_parameter(self, QgsProcessingParameterNumber(
             self.BACKBONE_SEED, self.tr("Seed of the random weights"),
-            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+            NUMBER_INTEGER, defaultValue=0, minValue=0),
             "Seed of the random backbone (weights = random).", advanced=True)
 
     def _add_simulation(self) -> None:
@@ -232,11 +232,11 @@ class TrainModelAlgorithm(MamolAlgorithm):
             "modality independently).", advanced=True)
         add_parameter(self, QgsProcessingParameterNumber(
             self.MISSING_RATE, self.tr("Share of samples with gaps"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.5, minValue=0.0,
+            NUMBER_DOUBLE, defaultValue=0.5, minValue=0.0,
             maxValue=1.0), "The missing rate η: share of incomplete samples.", advanced=True)
         for key, label in AVAILABILITY_PARAMETERS.values():
             add_parameter(self, QgsProcessingParameterNumber(
-                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                key, self.tr(label), NUMBER_DOUBLE, defaultValue=1.0,
                 minValue=0.0, maxValue=1.0),
                 "Share a_m of samples keeping this modality (per-raster availability).",
                 advanced=True)
@@ -271,7 +271,7 @@ class TrainModelAlgorithm(MamolAlgorithm):
                 (self.LAMBDA_REC, "Uneven mode: completion weight",
                  "MCE's λ of the cross-modal completion loss.")):
             add_parameter(self, QgsProcessingParameterNumber(
-                key, self.tr(label), QgsProcessingParameterNumber.Double, defaultValue=1.0,
+                key, self.tr(label), NUMBER_DOUBLE, defaultValue=1.0,
                 minValue=0.0, maxValue=100.0), help_text, advanced=True)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API

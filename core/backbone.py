@@ -145,10 +145,11 @@ def read_checkpoint(path: Path) -> Dict[str, object]:
             return load_file(str(path))
         if _is_torchscript(path):
             # OpenAI's CLIP releases are TorchScript archives: code is TorchScript, not pickle.
-            # torch.jit.load is their only reader; its deprecation (torch >= 2.10) is not
-            # something a user of those files can act on, so it is not passed on.
+            # torch.jit.load is their only reader; its deprecation (torch >= 2.10; "not
+            # supported in Python 3.14+" there) is not something a user of those files can
+            # act on, so it is not passed on.
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated",
+                warnings.filterwarnings("ignore", message="`torch.jit.load` is ",
                                         category=DeprecationWarning)
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         return _unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))

@@ -263,11 +263,11 @@ def _inside_qgis() -> None:
         try:
             from PIL import Image
         except ImportError:
-            image.convertToFormat(QImage.Format_Indexed8, Qt.ThresholdDither).save(str(path))
+            image.convertToFormat(QImage.Format.Format_Indexed8, Qt.ImageConversionFlag.ThresholdDither).save(str(path))
             return
         data = QByteArray()
         buffer = QBuffer(data)
-        buffer.open(QIODevice.WriteOnly)
+        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
         image.save(buffer, "PNG")
         buffer.close()
         import io

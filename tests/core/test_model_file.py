@@ -222,10 +222,11 @@ def test_open_clip_checkpoints_load(tmp_path, suffix):
     assert bb.fingerprint(bb.build_visual_tower(spec)) == bb.fingerprint(clip.visual)
 
 
-# Making the TorchScript file needs torch.jit.trace/save, deprecated since torch 2.10, and
-# tracing warns about the shape checks inside nn.MultiheadAttention: the test's own set-up.
+# Making the TorchScript file needs torch.jit.trace/save, deprecated since torch 2.10 ("not
+# supported in Python 3.14+" there), and tracing warns about the shape checks inside
+# nn.MultiheadAttention: the test's own set-up.
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning",
-                            "ignore:`torch.jit.save` is deprecated:DeprecationWarning",
+                            "ignore:`torch.jit.save` is :DeprecationWarning",
                             "ignore::torch.jit.TracerWarning")
 def test_torchscript_checkpoint_loads(tmp_path):
     clip = full_clip(seed=6).eval()

@@ -150,8 +150,8 @@ def test_cuda_forward_never_waits_for_the_gpu():
 @pytest.mark.skipif(missing_compiler(resolve_device("cpu")) is not None,
                     reason="torch.compile on the CPU needs g++ and Python's headers")
 # Inside torch 2.13: importing inductor imports torch.utils.mkldnn, whose classes use the
-# deprecated torch.jit.script_method.
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+# deprecated torch.jit.script_method ("not supported in Python 3.14+" there).
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is :DeprecationWarning")
 def test_compiled_encoder_gives_the_same_logits():
     """``torch.compile`` (default mode; inductor compiles C++ on the CPU) changes speed,
     not results."""

@@ -639,7 +639,7 @@ def test_a_larger_tile_step_runs_fewer_tiles_and_keeps_the_rules(tile_whole, til
 @pytest.mark.slow
 @pytest.mark.skipif(missing_compiler(resolve_device("cpu")) is not None,
                     reason="torch.compile on the CPU needs g++ and Python's headers")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is :DeprecationWarning")
 def test_compiled_tile_encoder_gives_the_same_logits(tiny_visual):
     """``--compile`` compiles the per-token encoder the tile kind runs: same logits."""
     model = trained_like(make_model(tiny_visual, mm.ModelKind.TILE))

@@ -21,13 +21,15 @@ def parameters(model, scene, folder, **changes):
 
 
 def test_registered_with_help_and_advanced_options(mamol_provider):
-    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    from qgis.core import QgsApplication
+
+    from mamol.algorithms.qgis_compat import FLAG_ADVANCED
     algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM)
     assert algorithm is not None and algorithm.group() == "Model"
     for definition in algorithm.parameterDefinitions():
         assert definition.help(), definition.name()
     advanced = {d.name() for d in algorithm.parameterDefinitions()
-                if d.flags() & QgsProcessingParameterDefinition.FlagAdvanced}
+                if d.flags() & FLAG_ADVANCED}
     assert {"DEVICE", "BATCH_SIZE", "STRIDE", "BLOCK_SIZE", "GDAL_CACHE"} <= advanced
     optional = [d.name() for d in algorithm.destinationParameterDefinitions()
                 if not d.createByDefault()]

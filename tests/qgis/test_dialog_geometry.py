@@ -89,10 +89,12 @@ def test_advanced_parameters_are_shown_when_expanded(open_dialog):
 def test_first_time_fields_are_few(mamol_provider):
     """A first-time analyst sees the inputs, the backbone, the model kind, the epochs and
     the outputs; the expert settings wait in the Advanced group."""
-    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    from qgis.core import QgsApplication
+
+    from mamol.algorithms.qgis_compat import FLAG_ADVANCED
     algorithm = QgsApplication.processingRegistry().createAlgorithmById("mamol:trainmodel")
     basic = [d.name() for d in algorithm.parameterDefinitions()
-             if not d.flags() & QgsProcessingParameterDefinition.FlagAdvanced]
+             if not d.flags() & FLAG_ADVANCED]
     assert basic == ["HS", "SAR", "LIDAR", "POLYGONS", "CLASS_FIELD", "CLASS_NAME_FIELD",
                      "LABEL_RASTER", "BACKBONE", "WEIGHTS", "PRETRAINED_TAG", "CHECKPOINT",
                      "MODEL_KIND", "EPOCHS", "OUTPUT_MODEL", "OUTPUT_REPORT"]

@@ -37,14 +37,16 @@ def quick_parameters(scene, folder, **changes):
 
 
 def test_registered_with_help_for_every_parameter(mamol_provider):
-    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    from qgis.core import QgsApplication
+
+    from mamol.algorithms.qgis_compat import FLAG_ADVANCED
     algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM)
     assert algorithm is not None
     assert algorithm.group() == "Model"
     for definition in algorithm.parameterDefinitions():
         assert definition.help(), definition.name()
     advanced = {d.name() for d in algorithm.parameterDefinitions()
-                if d.flags() & QgsProcessingParameterDefinition.FlagAdvanced}
+                if d.flags() & FLAG_ADVANCED}
     assert {"BATCH_SIZE", "LEARNING_RATE", "DEVICE", "SEED"} <= advanced
     assert "EPOCHS" not in advanced
 
