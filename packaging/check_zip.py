@@ -17,9 +17,10 @@ The rules are those of the site's validator (the QGIS-Django project's
   optional in the site's list, but the URL check fails on a missing one, so it is needed;
 * the author's name has no ``/``.
 
-Two rules of our own: the ``icon`` the metadata names is in the ZIP, and
-``qgisMaximumVersion`` is 4.x, since QGIS 4 offers a plugin only when that says so (an absent
-one counts as 3.99).
+Rules of our own: the ``icon`` the metadata names is in the ZIP; ``qgisMaximumVersion`` is
+4.x, since QGIS 4 offers a plugin only when that says so (an absent one counts as 3.99); and
+no ``supportsQt6``, which QGIS 4 ignores and the site (now the QGIS-Plugins-Website project)
+marks deprecated with a warning on upload since March 2026.
 
 Usage: python3 packaging/check_zip.py dist/mamol-0.1.0.zip [--online]
 """
@@ -127,6 +128,9 @@ def _metadata_problems(metadata: Dict[str, str], top: str, names: List[str],
     icon = metadata.get("icon", "")
     if icon and f"{top}/{icon.removeprefix('./')}" not in names:
         found.append(f"the icon {icon} named in metadata.txt is not in the ZIP")
+    if "supportsQt6" in metadata:
+        found.append("metadata.txt's 'supportsQt6' is deprecated and ignored: remove it "
+                     "(qgisMaximumVersion decides QGIS 4 compatibility)")
     maximum = metadata.get("qgisMaximumVersion", "3.99")
     if not maximum.startswith("4."):
         found.append(f"qgisMaximumVersion is {maximum}: QGIS 4 offers the plugin only with "

@@ -79,6 +79,7 @@ def test_the_built_zip_passes_the_plugin_repository_rules(built_zip):
     (dict(metadata={"homepage": None}), "'homepage' must be a URL"),
     (dict(metadata={"repository": "http://repo"}), "'repository' must be a URL"),
     (dict(metadata={"qgisMaximumVersion": None}), "qgisMaximumVersion is 3.99"),
+    (dict(metadata={"supportsQt6": "True"}), "'supportsQt6' is deprecated"),
     (dict(metadata={"author": "A/B"}), "must not contain '/'"),
     (dict(metadata={"icon": "resources/none.svg"}), "the icon resources/none.svg"),
     (dict(add=(("mamol/core/__pycache__/x.cpython-311.pyc", b""),)), "compiled Python"),
