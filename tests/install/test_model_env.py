@@ -448,6 +448,15 @@ def _probe(python) -> dict:
     return json.loads(done.stdout)
 
 
+def _probe_cuda(python) -> str:
+    """The CUDA version the environment's torch was built for ('' for a CPU build)."""
+    done = subprocess.run([str(python), "-c", "import torch; print(torch.version.cuda or '')"],
+                          capture_output=True, text=True, env=model_env.child_environment(),
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_install_makes_a_working_environment(installed_env):
@@ -467,10 +476,17 @@ def test_install_makes_a_working_environment(installed_env):
                          text=True, env=model_env.child_environment())
     assert pip.returncode == 0 and str(folder) in pip.stdout   # scripts fixed up too
     assert any(line.startswith("Successfully installed") for line in feedback.info)
-    # which build, from where and why; CPU from pip's configured index is warned about
-    assert "PyTorch build installed: CPU (torch 2.13.0+cpu), from pip’s configured index " \
-        "(PyPI or your mirror): the Torch package index was set to 'pypi'." in feedback.info
+    # which build, from where and why; CPU from pip's configured index is warned about. That
+    # index gives the CPU build on Debian 12 here (a local CPU wheel) and PyPI's CUDA build in
+    # the Debian 13 root, where the CPU build was asked for: said as a warning too.
+    cuda = _probe_cuda(python)
+    kind = f"CUDA {cuda}" if cuda else "CPU"
+    assert f"PyTorch build installed: {kind} (torch {probe['torch']}), from pip’s configured " \
+        "index (PyPI or your mirror): the Torch package index was set to 'pypi'." \
+        in feedback.info
     assert [warning for warning in feedback.warnings if "Linux x86_64 is a CUDA build" in warning]
+    assert bool(cuda) == any(f"this index gave torch's {kind} build" in warning
+                             for warning in feedback.warnings)
     assert marker["requirements"][:2] == ["torch>=2.11,<2.14", "torchvision>=0.26,<0.29"]
     assert not model_env.pip_log_path(folder).exists()        # kept only when pip fails
     assert any("NVIDIA" in line for line in feedback.info)     # the driver check is reported
