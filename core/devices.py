@@ -75,8 +75,8 @@ def precision_field():
         Precision.AUTO.value, flag="--precision", key="PRECISION",
         label="Number precision", advanced=True,
         choices=choices(Precision, ("Automatic (bf16 on a GPU)", "fp32", "bf16")),
-        help="Automatic: bf16 on a GPU, fp32 on the CPU. Number format of the frozen CLIP tower and its activations; trainable "
-             "weights, gates and class scores are always fp32. bf16 is about twice as fast "
+        help="Automatic: bf16 on a GPU, fp32 on the CPU. Number format of the frozen CLIP "
+             "tower and its activations; trainable weights, gates and class scores are always fp32. bf16 is about twice as fast "
              "on a GPU; on a CPU it is slower and only useful for checking results.")
 
 
@@ -90,8 +90,8 @@ def compile_field():
         CompileMode.OFF.value, flag="--compile", key="COMPILE",
         label=COMPILE_LABEL, advanced=True,
         choices=choices(CompileMode, ("Off", "Default", "Max-autotune")),
-        help="torch.compile: compiles the encoder once per run before the first batch (minutes; "
-             "max-autotune longer). Pays off on a GPU for long runs only.")
+        help="torch.compile: compiles the encoder once per run before the first batch "
+             "(minutes; max-autotune longer). Pays off on a GPU for long runs only.")
 
 
 def resolve_device(name: str):

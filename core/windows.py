@@ -27,8 +27,8 @@ def max_missing_fraction_field():
         None, kind=float, unset=-1.0, flag="--max-missing-fraction",
         key="MAX_MISSING_FRACTION", label="Gap allowed (-1 = the model's)",
         minimum=-1.0, maximum=1.0, advanced=True,
-        help="The share of a window that may be missing: a modality counts as missing at a pixel when more of its window than this is "
-             "missing (default: the share the model was trained with).")
+        help="The share of a window that may be missing: a modality counts as missing at a "
+             "pixel when more of its window than this is missing (default: the share the model was trained with).")
 
 
 def window_offset(patch_size: int) -> int:

@@ -441,20 +441,12 @@ def _probe(python) -> dict:
               "from mamol.core import torch_compat; torch_compat.import_open_clip(); "
               "import numpy, safetensors, torch; from osgeo import gdal; "
               "print(json.dumps({'prefix': sys.prefix, 'torch': torch.__version__, "
+              "'cuda': torch.version.cuda or '', "
               "'numpy': numpy.__version__, 'torch_file': torch.__file__}))")
     done = subprocess.run([str(python), "-c", script, str(PLUGINS_DIR)], capture_output=True,
                           text=True, env=model_env.child_environment(), timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def _probe_cuda(python) -> str:
-    """The CUDA version the environment's torch was built for ('' for a CPU build)."""
-    done = subprocess.run([str(python), "-c", "import torch; print(torch.version.cuda or '')"],
-                          capture_output=True, text=True, env=model_env.child_environment(),
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 @pytest.mark.subprocess
@@ -479,7 +471,7 @@ def test_install_makes_a_working_environment(installed_env):
     # which build, from where and why; CPU from pip's configured index is warned about. That
     # index gives the CPU build on Debian 12 here (a local CPU wheel) and PyPI's CUDA build in
     # the Debian 13 root, where the CPU build was asked for: said as a warning too.
-    cuda = _probe_cuda(python)
+    cuda = probe["cuda"]
     kind = f"CUDA {cuda}" if cuda else "CPU"
     assert f"PyTorch build installed: {kind} (torch {probe['torch']}), from pip’s configured " \
         "index (PyPI or your mirror): the Torch package index was set to 'pypi'." \
