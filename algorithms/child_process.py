@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
+from ..core.system import spawn_options
+
 #: The names of the streams that ``on_line`` is told a line came from.
 STDOUT, STDERR = "stdout", "stderr"
 #: Seconds between two cancel checks while the child is quiet.
@@ -53,15 +55,6 @@ class ChildExit:
     def description(self) -> str:
         """'exit status 1', or the signal that ended it (see :func:`exit_description`)."""
         return exit_description(self.status)
-
-
-def spawn_options() -> dict:
-    """``subprocess`` keywords for every child: a process group of its own, so that a stop
-    reaches its children too; on Windows no console window either."""
-    if os.name == "nt":
-        return {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)
-                | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-    return {"start_new_session": True}
 
 
 class ChildProcess:

@@ -31,6 +31,7 @@ from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Tupl
 
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
+from ..core.system import CUDA_INDEX, NvidiaGpu, detect_nvidia  # noqa: F401 - the installer's
 from . import child_process
 
 #: The engine's packages, pinned exactly (the same pins as requirements.txt): what CI and
@@ -65,9 +66,9 @@ PYTHON_VARIABLE = "MAMOL_PYTHON"
 SETTINGS_KEY = "mamol/python"
 #: Written into an environment once it is complete and checked.
 MARKER_FILE = "mamol-env.json"
-#: The package indexes of PyTorch's own builds (torch and torchvision only).
+#: The package indexes of PyTorch's own builds (torch and torchvision only; CUDA_INDEX is
+#: declared with the GPU facts in core.system).
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
 #: Values of ``torch_index`` that mean "pip's own configured index" (PyPI or a mirror).
 CONFIGURED_INDEX = ("", "pypi")
 BUILDS = ("auto", "cpu", "cuda")
@@ -228,37 +229,6 @@ def engine_python(environ: Optional[Mapping[str, str]] = None, setting: str = ""
 
 
 # ---- which build ----------------------------------------------------------------------
-
-class NvidiaGpu(NamedTuple):
-    name: str
-    driver_version: str
-
-
-def detect_nvidia(timeout: float = 15.0) -> Optional[Tuple[NvidiaGpu, ...]]:
-    """The NVIDIA GPUs that ``nvidia-smi`` reports (name and driver version), or None when
-    there is no ``nvidia-smi`` on PATH, it fails, times out, or lists no GPU."""
-    program = shutil.which("nvidia-smi")
-    if program is None:
-        return None
-    try:
-        done = subprocess.run([program, "--query-gpu=name,driver_version",
-                               "--format=csv,noheader"], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL,
-                              **child_process.spawn_options())
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    gpus = []
-    for line in done.stdout.splitlines():
-        if not line.strip():
-            continue
-        name, _, driver = line.rpartition(",")
-        if not name.strip():
-            continue
-        gpus.append(NvidiaGpu(name.strip(), driver.strip()))
-    return tuple(gpus) or None
-
 
 def resolve_build(build: str, gpus: Optional[Sequence[NvidiaGpu]] = None,
                   platform: Optional[str] = None) -> str:

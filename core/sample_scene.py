@@ -54,6 +54,8 @@ SAR_PIXEL_M = 2.0
 LIDAR_PIXEL_M = 1.5
 HS_ORIGIN = (664000.0, 5104000.0)   # upper-left corner (easting, northing) in HS_EPSG
 HS_BAND_COUNT = 48
+#: Bands of each modality raster of the scene, in model order.
+BAND_COUNTS = {"hs": HS_BAND_COUNT, "sar": 2, "lidar": 1}
 HS_NODATA = 65535        # HS is stored as reflectance x 10000 in uint16
 HS_SCALE = 10000.0
 LIDAR_NODATA = -9999.0
@@ -693,14 +695,14 @@ def _manifest(config: SampleSceneConfig, layout: Layout,
         "class_field": CLASS_FIELD,
         "class_name_field": CLASS_NAME_FIELD,
         "modalities": {
-            "hs": {"bands": HS_BAND_COUNT, "epsg": HS_EPSG, "pixel_m": HS_PIXEL_M,
+            "hs": {"bands": BAND_COUNTS["hs"], "epsg": HS_EPSG, "pixel_m": HS_PIXEL_M,
                    "nodata": HS_NODATA, "scale": HS_SCALE,
                    "wavelengths_nm": [round(float(w), 1) for w in hs_wavelengths()],
                    "cloud_pixels": int(layout.hs_cloud.sum())},
-            "sar": {"bands": 2, "band_names": ["VV", "VH"], "epsg": HS_EPSG,
+            "sar": {"bands": BAND_COUNTS["sar"], "band_names": ["VV", "VH"], "epsg": HS_EPSG,
                     "pixel_m": SAR_PIXEL_M,
                     "covered_hs_columns": [layout.sar_first_column, int(classes.shape[1])]},
-            "lidar": {"bands": 1, "band_names": ["DSM"], "epsg": LIDAR_EPSG,
+            "lidar": {"bands": BAND_COUNTS["lidar"], "band_names": ["DSM"], "epsg": LIDAR_EPSG,
                       "pixel_m": LIDAR_PIXEL_M, "nodata": LIDAR_NODATA},
         },
         "classes": [dict(record,

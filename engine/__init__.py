@@ -1,2 +1,2 @@
-"""The engine: the headless ``mamol`` command (scene, train, evaluate, classify); QGIS-free.
+"""The engine: the headless ``mamol`` command (scene, train, evaluate, classify, doctor); QGIS-free.
 See :mod:`engine.main`."""

@@ -109,12 +109,17 @@ class Channel:
             if self.mode == "bar" and self._percent >= 0:
                 self._draw_bar()
 
-    def result(self, command: str, result: Dict[str, object], out: TextIO) -> None:
+    def result(self, command: str, result: Dict[str, object], out: TextIO,
+               lines: Optional[Sequence[str]] = None) -> None:
+        """The result on ``out``: JSON with ``--progress json``, else ``lines`` when the
+        command words its result itself (``doctor``'s report), else a line per key."""
         if self.mode == "json":
             self._json({"event": RESULT, "command": command, "result": result})
         self._clear_bar()
         if self.mode == "json":
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
+        elif lines is not None:
+            out.write("".join(line + "\n" for line in lines))
         else:
             for key, value in result.items():
                 out.write(f"{key}: {json.dumps(value, ensure_ascii=False)}\n")

@@ -1,4 +1,4 @@
-"""The engine: ``python -m mamol {scene,train,evaluate,classify}`` (and the ``mamol`` command
+"""The engine: ``python -m mamol {scene,train,evaluate,classify,doctor}`` (and the ``mamol`` command
 of a pip install, :mod:`engine.console`).
 
 One command line for every front end. Each command (a module of this package: ``NAME``,
@@ -34,7 +34,8 @@ from typing import Optional, Sequence, TextIO
 from ..core.distributed import PeerFailed, finish, launched_world_size, start
 from ..core.errors import Cancelled, MamolInputError
 from ..core.modalities import NAMES
-from . import classify, evaluate, scene, train
+from ..core.system import check_gpu_use
+from . import classify, doctor, evaluate, scene, train
 from .channel import (EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED,
                       KIND_CANCELLED, KIND_INPUT, KIND_INTERNAL, Channel, json_requested,
                       one_line, program_name)
@@ -43,7 +44,7 @@ from .options import add_common
 #: Seconds a run may take to stop after its caller is gone before it exits at once.
 LIFELINE_GRACE_SECONDS = 20.0
 #: The commands, by name, in the order ``--help`` lists them.
-COMMANDS = {command.NAME: command for command in (scene, train, evaluate, classify)}
+COMMANDS = {command.NAME: command for command in (scene, train, evaluate, classify, doctor)}
 
 
 class Stop:
@@ -154,6 +155,8 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
     try:
         if hasattr(command, "check"):
             command.check(args)
+        if args.command in DEVICE_COMMANDS:   # before any work: is a GPU left idle?
+            check_gpu_use(args.device, channel.warning)
         with runs.locked_outputs([p for p in command.outputs(args) if p.parent.is_dir()]
                                  if rank in (None, 0) else []):
             if size > 1:
@@ -193,10 +196,14 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None,
         runs.announce = None
     channel.progress(100.0)
     if world is None or world.is_main:
-        channel.result(args.command, result, stdout)
+        channel.result(args.command, result, stdout,
+                       command.text(result) if hasattr(command, "text") else None)
     return 0
 
 
+#: The commands that run the model on a device of the user's choice: each checks first that
+#: no GPU is left idle (:func:`core.system.check_gpu_use`).
+DEVICE_COMMANDS = ("train", "evaluate", "classify")
 #: The commands that run across the processes torchrun starts (DESIGN §6).
 DISTRIBUTED_COMMANDS = ("train", "classify")
 

@@ -259,12 +259,14 @@ def test_detect_nvidia_without_nvidia_smi(fake_path):
 
 @pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
 def test_detect_nvidia_parses_nvidia_smi(fake_path):
-    _fake_nvidia_smi(fake_path, "echo 'NVIDIA H200, 570.86.15'\n"
-                                "echo 'NVIDIA RTX A6000, 570.86.15'\necho")
-    assert model_env.detect_nvidia() == (("NVIDIA H200", "570.86.15"),
-                                         ("NVIDIA RTX A6000", "570.86.15"))
+    _fake_nvidia_smi(fake_path, "echo 'NVIDIA H200, 570.86.15, 143771'\n"
+                                "echo 'NVIDIA RTX A6000, 570.86.15, [N/A]'\n"
+                                "echo 'Tesla, Inc. T4, 535.1'\necho")
+    assert model_env.detect_nvidia() == (("NVIDIA H200", "570.86.15", 143771),
+                                         ("NVIDIA RTX A6000", "570.86.15", None),
+                                         ("Tesla, Inc. T4", "535.1", None))
     assert (fake_path / "arguments").read_text().split() == [
-        "--query-gpu=name,driver_version", "--format=csv,noheader"]
+        "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")

@@ -1,0 +1,109 @@
+"""``python -m mamol doctor`` and the idle-GPU check before a run (issue 32), with a faked
+``nvidia-smi`` on PATH: this machine's PyTorch is a CPU build, so "a driver lists a GPU but
+torch cannot use it" is real here once a script answers as ``nvidia-smi``. A usable CUDA is
+faked in tests/core/test_system.py, where the advice is a pure function."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_engine import ENV, events
+
+pytestmark = pytest.mark.subprocess   # every test starts a child process
+
+H200 = "NVIDIA H200, 570.86.15, 143771"
+
+
+def engine(*arguments, env=ENV):
+    return subprocess.run([sys.executable, "-m", "mamol", *map(str, arguments)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def fake_nvidia_smi(folder, gpus=(H200,), cuda="12.8"):
+    """A ``nvidia-smi`` that lists ``gpus`` for the query and prints a table header with
+    the driver's CUDA version otherwise; returns the environment with it first on PATH."""
+    folder.mkdir(exist_ok=True)
+    script = folder / "nvidia-smi"
+    listing = "\n".join(f"echo '{gpu}'" for gpu in gpus)
+    script.write_text("#!/bin/sh\n"
+                      'case "$1" in --query-gpu=*)\n'
+                      f"{listing}\n"
+                      "exit 0;; esac\n"
+                      f"echo '| NVIDIA-SMI 570.86.15  Driver Version: 570.86.15  "
+                      f"CUDA Version: {cuda}  |'\n")
+    script.chmod(0o755)
+    return dict(ENV, PATH=f"{folder}{os.pathsep}{ENV.get('PATH', '')}")
+
+
+def doctor_facts(env, *arguments):
+    done = engine("doctor", "--probe-seconds", 0, "--progress", "json", *arguments, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), events(done.stderr)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
+@pytest.mark.platform   # the report on Debian 13 too
+def test_doctor_without_a_driver_and_with_a_driver_but_cpu_torch(tmp_path):
+    empty = dict(ENV, PATH=os.pathsep.join(
+        [str(tmp_path / "none"), os.path.dirname(sys.executable), "/usr/bin", "/bin"]))
+    if any(os.access(os.path.join(p, "nvidia-smi"), os.X_OK) for p in ("/usr/bin", "/bin")):
+        pytest.skip("this machine has a real nvidia-smi")
+    facts, _ = doctor_facts(empty)
+    assert facts["gpu"]["nvidia_smi"] == [] and facts["device"]["chosen"] == "cpu"
+    assert facts["advice"][0].startswith("No GPU was found")
+    assert facts["packages"]["torch"] and facts["packages"]["GDAL"][0].isdigit()
+    assert facts["report"][-len(facts["advice"]):] == [f"  - {a}" for a in facts["advice"]]
+
+    facts, lines = doctor_facts(fake_nvidia_smi(tmp_path / "bin"))
+    assert facts["gpu"]["nvidia_smi"] == [{"name": "NVIDIA H200", "driver_version":
+                                           "570.86.15", "memory_mib": 143771}]
+    assert facts["gpu"]["driver_cuda"] == "12.8"
+    assert facts["gpu"]["torch_build"] == "CPU"
+    assert "is a CPU build" in facts["advice"][0] and "Build = CUDA" in facts["advice"][0]
+    assert any(e["event"] == "warning" and "is a CPU build" in e["text"] for e in lines)
+    assert "NVIDIA H200 (driver 570.86.15, 140 GiB); the driver supports CUDA up to 12.8" \
+        in "\n".join(facts["report"])
+
+
+def test_doctor_report_on_a_terminal_and_its_json_file(tmp_path):
+    """Plain output is the report itself; ``--json`` writes the facts whole."""
+    done = engine("doctor", "--probe-seconds", 0.5, "--json", tmp_path / "facts.json",
+                  "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    report = done.stdout.splitlines()
+    assert report[0].startswith("Engine Python: ")
+    assert "What to do:" in report
+    assert any("a 1,000 × 1,000 three-modality scene takes about" in line for line in report)
+    facts = json.loads((tmp_path / "facts.json").read_text(encoding="utf-8"))
+    assert facts["report"] == report
+    assert [probe["arch"] for probe in facts["probe"]] == ["mamol-tiny-vit", "ViT-B-16"]
+    assert all(probe["windows_per_second"] > 0 for probe in facts["probe"])
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
+def test_an_idle_gpu_is_a_warning_with_auto_and_an_error_with_cuda(tiny_model, small_scene,
+                                                                    tmp_path):
+    env = fake_nvidia_smi(tmp_path / "bin")
+    auto = engine("classify", "--model", tiny_model, "--hs", small_scene.hs, "--stride", 8,
+                  "--output", tmp_path / "auto.tif", "--progress", "json", env=env)
+    assert auto.returncode == 0, auto.stderr
+    warnings = [e["text"] for e in events(auto.stderr) if e["event"] == "warning"]
+    assert any("NVIDIA H200 (driver 570.86.15)" in text and "CPU build" in text
+               and "goes on on the CPU" in text for text in warnings), warnings
+    cuda = engine("classify", "--model", tiny_model, "--hs", small_scene.hs, "--device",
+                  "cuda", "--output", tmp_path / "cuda.tif", "--progress", "json", env=env)
+    assert cuda.returncode == 2
+    error = [e for e in events(cuda.stderr) if e["event"] == "error"]
+    assert error[0]["kind"] == "input" and "is a CPU build" in error[0]["message"]
+    assert not any(e["event"] == "progress" for e in events(cuda.stderr))
+    assert not (tmp_path / "cuda.tif").exists()
+    # without a driver nothing is said
+    quiet = engine("classify", "--model", tiny_model, "--hs", small_scene.hs, "--stride", 8,
+                   "--output", tmp_path / "quiet.tif", "--progress", "json",
+                   env=dict(ENV, PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                                       "/usr/bin", "/bin"])))
+    assert quiet.returncode == 0
+    assert not [e for e in events(quiet.stderr) if e["event"] == "warning"
+                and "NVIDIA" in e["text"]]
