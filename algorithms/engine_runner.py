@@ -20,7 +20,7 @@ makes them; whatever remains of those when it has exited (it was killed) is remo
 import os
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from qgis.core import QgsApplication, QgsProcessingException, QgsSettings
 from qgis.PyQt.QtCore import QCoreApplication, QThread
@@ -43,7 +43,12 @@ CANCEL_GRACE_SECONDS = 15.0
 def engine_python() -> str:
     """The Python that runs the engine: ``MAMOL_PYTHON``, the user's setting, or the
     environment *Install dependencies* made (a clear error if there is none)."""
-    return model_env.engine_python(
+    return engine_python_choice()[0]
+
+
+def engine_python_choice() -> Tuple[str, str]:
+    """(:func:`engine_python`, how it was chosen) — for *Check environment*'s report."""
+    return model_env.engine_python_choice(
         os.environ, QgsSettings().value(model_env.SETTINGS_KEY, "") or "",
         model_env.default_env_dir(QgsApplication.qgisSettingsDirPath()))
 

@@ -197,7 +197,13 @@ def python_of(path, platform: Optional[str] = None) -> Optional[Path]:
 
 def engine_python(environ: Optional[Mapping[str, str]] = None, setting: str = "",
                   managed_env=None, platform: Optional[str] = None) -> str:
-    """The Python executable that runs MaMOL's engine, in this order:
+    """The Python executable that runs MaMOL's engine (:func:`engine_python_choice`)."""
+    return engine_python_choice(environ, setting, managed_env, platform)[0]
+
+
+def engine_python_choice(environ: Optional[Mapping[str, str]] = None, setting: str = "",
+                         managed_env=None, platform: Optional[str] = None) -> Tuple[str, str]:
+    """(the Python executable that runs MaMOL's engine, how it was chosen), in this order:
 
     1. the environment variable ``MAMOL_PYTHON`` in ``environ`` (default ``os.environ``):
        an executable or an environment folder;
@@ -220,11 +226,11 @@ def engine_python(environ: Optional[Mapping[str, str]] = None, setting: str = ""
             raise MamolInputError(
                 f"{origin} names {value}, which is neither a Python executable nor a "
                 f"Python environment folder. Correct it, or {SETUP_HINT}.")
-        return str(python)
+        return str(python), f"{origin[0].lower()}{origin[1:]} ({value})"
     if managed_env is not None and read_marker(managed_env) is not None:
         python = env_python(managed_env, platform)
         if python.is_file():
-            return str(python)
+            return str(python), f"the environment 'Install dependencies' made ({managed_env})"
     raise MamolInputError(f"PyTorch is not set up for MaMOL yet: {SETUP_HINT}.")
 
 

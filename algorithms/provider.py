@@ -2,6 +2,7 @@
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .checkenvironment import CheckEnvironmentAlgorithm
 from .classify import ClassifyAlgorithm
 from .common import (DEFAULT_MODELS_FOLDER_NAME, ICON_PATH, MODELS_FOLDER_SETTING,
                      WEIGHTS_CACHE_SETTING)
@@ -65,7 +66,8 @@ class MamolProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         for algorithm in (CreateSampleSceneAlgorithm(), TrainModelAlgorithm(),
                           ClassifyAlgorithm(), EvaluateAlgorithm(),
-                          InstallDependenciesAlgorithm(), RemoveEnvironmentAlgorithm()):
+                          InstallDependenciesAlgorithm(), CheckEnvironmentAlgorithm(),
+                          RemoveEnvironmentAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API

@@ -10,10 +10,12 @@ environment* adds the QGIS side (plugin, QGIS, which Python runs the engine and 
 front of the same lines, and both write the facts as JSON for bug reports.
 """
 import importlib
+import json
 import os
 import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from .backbone import ARCH_CHOICES
@@ -221,3 +223,10 @@ def _gpu_list(gpu: Mapping[str, object]) -> str:
         else ""
     return ", ".join(listed) + cuda
 
+
+def write_json(path: Path, facts: Mapping[str, object]) -> None:
+    """Write the facts as JSON, whole or not at all (for a bug report)."""
+    from .staging import staged_outputs
+    with staged_outputs(path.parent, [path.name]) as staged:
+        staged[path.name].write_text(json.dumps(facts, indent=2, ensure_ascii=False) + "\n",
+                                     encoding="utf-8")

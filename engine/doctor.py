@@ -1,7 +1,6 @@
 """``python -m mamol doctor``: a report of the engine's environment, the GPUs and whether a
 run would use them, a short speed probe, and what to do (the same as mamol:checkenvironment,
 which adds QGIS's side)."""
-import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -49,18 +48,10 @@ def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
     if facts["gpu"]["idle_gpu"]:
         channel.warning(facts["gpu"]["idle_gpu"])
     if args.json:
-        _write_json(Path(args.json), facts)
+        doctor.write_json(Path(args.json), facts)
     return facts
 
 
 def text(result: Dict[str, object]) -> List[str]:
     """The report, as the result on a terminal (the facts are the result in JSON)."""
     return list(result["report"])
-
-
-def _write_json(path: Path, facts: Dict[str, object]) -> None:
-    """Write the facts whole or not at all."""
-    from ..core.staging import staged_outputs
-    with staged_outputs(path.parent, [path.name]) as staged:
-        staged[path.name].write_text(json.dumps(facts, indent=2, ensure_ascii=False) + "\n",
-                          encoding="utf-8")

@@ -75,3 +75,24 @@ def small_disk(folder: Path, size_bytes: int = 3 << 20, leave_free: Optional[int
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+#: What the faked ``nvidia-smi`` lists by default (name, driver, memory in MiB).
+FAKE_GPU = "NVIDIA H200, 570.86.15, 143771"
+
+
+def fake_nvidia_smi(folder: Path, gpus=(FAKE_GPU,), cuda: str = "12.8") -> str:
+    """Write a ``nvidia-smi`` into ``folder`` that lists ``gpus`` for the GPU query and
+    prints a table header with the driver's CUDA version otherwise (a shell script: not on
+    Windows); returns a PATH with ``folder`` first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    listing = "\n".join(f"echo '{gpu}'" for gpu in gpus)
+    script.write_text("#!/bin/sh\n"
+                      'case "$1" in --query-gpu=*)\n'
+                      f"{listing}\n"
+                      "exit 0;; esac\n"
+                      "echo '| NVIDIA-SMI 570.86.15  Driver Version: 570.86.15  "
+                      f"CUDA Version: {cuda}  |'\n")
+    script.chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -9,32 +9,19 @@ import sys
 
 import pytest
 
+from support import fake_nvidia_smi
 from test_engine import ENV, events
 
 pytestmark = pytest.mark.subprocess   # every test starts a child process
-
-H200 = "NVIDIA H200, 570.86.15, 143771"
-
 
 def engine(*arguments, env=ENV):
     return subprocess.run([sys.executable, "-m", "mamol", *map(str, arguments)],
                           capture_output=True, text=True, env=env, timeout=600)
 
 
-def fake_nvidia_smi(folder, gpus=(H200,), cuda="12.8"):
-    """A ``nvidia-smi`` that lists ``gpus`` for the query and prints a table header with
-    the driver's CUDA version otherwise; returns the environment with it first on PATH."""
-    folder.mkdir(exist_ok=True)
-    script = folder / "nvidia-smi"
-    listing = "\n".join(f"echo '{gpu}'" for gpu in gpus)
-    script.write_text("#!/bin/sh\n"
-                      'case "$1" in --query-gpu=*)\n'
-                      f"{listing}\n"
-                      "exit 0;; esac\n"
-                      f"echo '| NVIDIA-SMI 570.86.15  Driver Version: 570.86.15  "
-                      f"CUDA Version: {cuda}  |'\n")
-    script.chmod(0o755)
-    return dict(ENV, PATH=f"{folder}{os.pathsep}{ENV.get('PATH', '')}")
+def with_fake_gpu(folder):
+    """The engine's environment with a faked ``nvidia-smi`` first on PATH."""
+    return dict(ENV, PATH=fake_nvidia_smi(folder))
 
 
 def doctor_facts(env, *arguments):
@@ -56,7 +43,7 @@ def test_doctor_without_a_driver_and_with_a_driver_but_cpu_torch(tmp_path):
     assert facts["packages"]["torch"] and facts["packages"]["GDAL"][0].isdigit()
     assert facts["report"][-len(facts["advice"]):] == [f"  - {a}" for a in facts["advice"]]
 
-    facts, lines = doctor_facts(fake_nvidia_smi(tmp_path / "bin"))
+    facts, lines = doctor_facts(with_fake_gpu(tmp_path / "bin"))
     assert facts["gpu"]["nvidia_smi"] == [{"name": "NVIDIA H200", "driver_version":
                                            "570.86.15", "memory_mib": 143771}]
     assert facts["gpu"]["driver_cuda"] == "12.8"
@@ -85,7 +72,7 @@ def test_doctor_report_on_a_terminal_and_its_json_file(tmp_path):
 @pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
 def test_an_idle_gpu_is_a_warning_with_auto_and_an_error_with_cuda(tiny_model, small_scene,
                                                                     tmp_path):
-    env = fake_nvidia_smi(tmp_path / "bin")
+    env = with_fake_gpu(tmp_path / "bin")
     auto = engine("classify", "--model", tiny_model, "--hs", small_scene.hs, "--stride", 8,
                   "--output", tmp_path / "auto.tif", "--progress", "json", env=env)
     assert auto.returncode == 0, auto.stderr
