@@ -3,6 +3,7 @@ scripts and qgis_process command lines name parameters, so a redesign of how par
 declared must not rename, drop or reorder one. A new parameter goes into ADDED on purpose."""
 
 FROZEN = {
+    'mamol:checkenvironment': ['DEVICE', 'PROBE_SECONDS', 'OUTPUT_JSON'],
     'mamol:classify': [
         'MODEL', 'HS', 'SAR', 'LIDAR', 'REFERENCE', 'PIXEL_SIZE', 'EXTENT', 'MASK', 'DEVICE',
         'PRECISION', 'COMPILE', 'BATCH_SIZE', 'STRIDE', 'BLOCK_SIZE', 'GDAL_CACHE',

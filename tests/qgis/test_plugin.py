@@ -52,7 +52,8 @@ def test_class_factory_registers_and_unload_removes(qgis_processing):
     plugin.initGui()             # idempotent: still exactly one provider
     provider = registry.providerById("mamol")
     assert provider is not None
-    assert sorted(a.id() for a in provider.algorithms()) == ["mamol:classify",
+    assert sorted(a.id() for a in provider.algorithms()) == ["mamol:checkenvironment",
+                                                           "mamol:classify",
                                                            "mamol:createsamplescene",
                                                            "mamol:evaluate",
                                                            "mamol:installdependencies",
