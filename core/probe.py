@@ -10,10 +10,10 @@ What is measured, per backbone, on the sample scene's three modalities (all pres
   (:func:`core.windows.tile_layout`; 10² at P = 14);
 * **training**: samples per second of a forward and backward pass and an AdamW step.
 
-Each measurement starts at batch 1 and doubles the batch while a call takes less than an
-eighth of its time share, so that a GPU is measured at a useful size and a CPU with
-ViT-B-16 (about a second a window) stays within the budget; the first call at the final
-size is not timed (allocation, kernel choice). The estimates leave out reading and writing
+Each measurement starts at batch 1 and doubles the batch while that still raises the rate
+and a call twice as long fits in its time share (:func:`measure_rate`), so that a GPU is
+measured at a useful size and a CPU with ViT-B-16 (about a second a window) stays within
+the budget; warm-up calls are not timed (allocation, kernel choice). The estimates leave out reading and writing
 rasters, and assume every modality present everywhere, so a real scene with gaps runs
 somewhat faster.
 """
@@ -40,6 +40,8 @@ INFERENCE_SHARE = 0.4
 SCENE_SIDE = 1000
 TRAINING_SAMPLES = 1000
 LARGEST_BATCH = 1024
+#: A larger batch is tried while the last doubling raised the rate by this factor.
+GAIN = 1.15
 
 
 def _network(arch: str, device, precision: str):
@@ -69,18 +71,30 @@ def _timed(call: Callable[[int], None], batch: int, synchronize) -> float:
 
 
 def measure_rate(call: Callable[[int], None], seconds: float, synchronize,
-                 check: Callable[[], None], largest: int = LARGEST_BATCH) -> Dict[str, float]:
-    """Items per second of ``call(batch)``: the batch doubles while a call takes less than
-    an eighth of ``seconds``; then calls at that batch are timed (the first not) until
-    ``seconds`` have passed since the start, at least one."""
-    started, batch = time.perf_counter(), 1
-    took = _timed(call, batch, synchronize)
-    while took < seconds / 8 and batch < largest:
+                 check: Callable[[], None], warm_each: bool = False,
+                 largest: int = LARGEST_BATCH) -> Dict[str, float]:
+    """Items per second of ``call(batch)`` within about ``seconds`` (at least one warm-up
+    and one timed call). The batch doubles from 1 while the rate still grows by
+    :data:`GAIN` and a call twice as long still fits; the calls left in the time then run
+    at that batch. ``warm_each``: a GPU, whose first call at each size chooses kernels,
+    warms up at every size; a CPU only once."""
+    deadline = time.perf_counter() + seconds
+    batch, best = 1, 0.0
+    _timed(call, batch, synchronize)   # allocations, first-call work
+    while True:
         check()
+        took = _timed(call, batch, synchronize)
+        rate = batch / took
+        grow = (rate > best * GAIN and batch < largest
+                and time.perf_counter() + 4 * took < deadline)
+        best = max(best, rate)
+        if not grow:
+            break
         batch *= 2
-        took = _timed(call, batch, synchronize)   # warms up this size
-    total, calls = 0.0, 0
-    while calls == 0 or time.perf_counter() - started + total / calls < seconds:
+        if warm_each:
+            _timed(call, batch, synchronize)
+    total, calls = took, 1
+    while time.perf_counter() + total / calls < deadline:
         check()
         total += _timed(call, batch, synchronize)
         calls += 1
@@ -124,10 +138,11 @@ def probe_backbone(arch: str, patch: int, device, seconds: float, precision: str
     built = time.perf_counter() - started
     left = max(seconds - built, 0.0)
     wait = lambda: synchronize(device)   # noqa: E731 - a one-line callable
+    warm_each = device.type != "cpu"
     inference = measure_rate(_inference_call(model, patch, device), left * INFERENCE_SHARE,
-                             wait, reporter.check)
+                             wait, reporter.check, warm_each)
     training = measure_rate(_training_call(model, patch, device),
-                            left * (1 - INFERENCE_SHARE), wait, reporter.check)
+                            left * (1 - INFERENCE_SHARE), wait, reporter.check, warm_each)
     return {"arch": arch, "patch_size": patch, "precision": dtype_name(model.compute_dtype),
             "build_seconds": built, "windows_per_second": inference["per_second"],
             "inference_batch": inference["batch"],
