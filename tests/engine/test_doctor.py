@@ -94,3 +94,15 @@ def test_an_idle_gpu_is_a_warning_with_auto_and_an_error_with_cuda(tiny_model, s
     assert quiet.returncode == 0
     assert not [e for e in events(quiet.stderr) if e["event"] == "warning"
                 and "NVIDIA" in e["text"]]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
+@pytest.mark.parametrize("command", [
+    ["train", "--polygons", "p.gpkg", "--class-field", "c", "--output", "m.mamol"],
+    ["evaluate", "--model", "m.mamol", "--labels", "r.tif", "--report", "e.html"]])
+def test_train_and_evaluate_stop_before_any_work_on_an_idle_gpu(command, tmp_path):
+    done = engine(*command, "--hs", tmp_path / "hs.tif", "--device", "cuda:0", "--progress",
+                  "json", env=with_fake_gpu(tmp_path / "bin"))
+    assert done.returncode == 2
+    error = [e for e in events(done.stderr) if e["event"] == "error"]
+    assert "is a CPU build" in error[0]["message"], done.stderr
