@@ -43,8 +43,8 @@ from ..core.model_file import (
     software_versions,
 )
 from ..core.disk import ensure_writable_folder
-from ..core.model_kinds import ModelKind
-from ..core.options import choices, option
+from ..core.model_kinds import ModelKind, model_kind_field
+from ..core.options import option
 from ..core.staging import staged_files
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
 from .batches import Batches, predict
@@ -113,13 +113,7 @@ class TrainingConfig:
     mce: Optional["MceConfig"] = None         # MCE training mode (seed 001); None = plain MaMOL
     seed: int = option(0, flag="--seed", key="SEED", label="Random seed", minimum=0,
                        advanced=True, help="Same seed and inputs give the same model file.")
-    model_kind: str = option(
-        ModelKind.PIXEL.value, flag="--model-kind", key="MODEL_KIND", label="Model kind",
-        choices=choices(ModelKind, ("Per pixel (the paper's; slow)",
-                                    "Tile (about 100× faster)")),
-        help="Per pixel: one encoder pass per pixel (the paper). Tile: one pass labels every "
-             "pixel of a P × P tile (tiles overlap), some 100× fewer passes at P = 14 when "
-             "classifying, usually a little less accurate. MCE needs the per-pixel kind.")
+    model_kind: str = model_kind_field()
 
     @property
     def modality_names(self) -> List[str]:
