@@ -75,3 +75,16 @@ def small_disk(folder: Path, size_bytes: int = 3 << 20, leave_free: Optional[int
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+class TickingClock:
+    """A fake clock for :mod:`core.pace` (``monkeypatch.setattr(pace, "clock", …)``):
+    ``tick`` seconds pass at every reading, so that a run looks slow however fast this
+    machine is."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now

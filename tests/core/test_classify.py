@@ -14,6 +14,7 @@ from mamol.core.inference import ClassifyConfig, MaskSource, classify, window_pr
 from mamol.core.model_file import load_model, read_header, save_model
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
 from mamol.core.windows import modality_present
+from support import TickingClock
 
 pytestmark = pytest.mark.platform   # raster writing: GeoTIFF, COG, colour tables, GDAL's cache
 
@@ -273,18 +274,6 @@ def test_cancel_leaves_nothing(tiny_model, small_scene, tmp_path):
     with pytest.raises(Cancelled):
         classify(config, progress=seen.append, is_cancelled=lambda: len(seen) >= 3)
     assert_no_output(tmp_path)
-
-
-class TickingClock:
-    """A fake clock for :mod:`core.pace`: ``tick`` seconds pass at every reading, so that a
-    run looks slow however fast this machine is."""
-
-    def __init__(self, tick: float) -> None:
-        self.now, self.tick = 0.0, tick
-
-    def __call__(self) -> float:
-        self.now += self.tick
-        return self.now
 
 
 def classify_on_a_slow_clock(model, scene, folder: Path, monkeypatch):
