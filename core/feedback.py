@@ -22,6 +22,12 @@ class Reporter:
         self._is_cancelled = is_cancelled
         self._span = None   # (low, high): the percent range of the part under way
         self._reached = 0.0
+        self._follower: Optional[Callable[[int, int], None]] = None
+
+    def follow(self, listener: Callable[[int, int], None]) -> None:
+        """Also tell ``listener`` the ``(done, total)`` of every :meth:`step`: the run's
+        :class:`~core.pace.Pace` measures its pace within a block from them."""
+        self._follower = listener
 
     def begin_part(self, low: float, high: float) -> None:
         """The next :meth:`step` calls move the bar from ``low`` to ``high`` (e.g. one block of
@@ -32,6 +38,8 @@ class Reporter:
     def step(self, done: int, total: int) -> None:
         """``done`` of ``total`` units of the current part are finished: report the
         progress (never backwards) and raise :class:`Cancelled` if the user stopped."""
+        if self._follower is not None:
+            self._follower(done, total)
         if self._span is None or total <= 0:
             self.check()
             return

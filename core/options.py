@@ -89,3 +89,11 @@ def default(config_class, name: str) -> Any:
                 return item.default
             return item.default_factory()
     raise KeyError(f"{config_class.__name__} has no field {name!r}")
+
+
+def choosing(field: dataclasses.Field, value: str) -> str:
+    """How a user sets the option ``field`` (a field made by :func:`option`) to ``value``,
+    in the Toolbox and on the command line: for messages that say what to do."""
+    facts = field.metadata[METADATA_KEY]
+    shown = dict(facts.choices).get(value, value)
+    return f"{facts.label} '{shown}' in the Toolbox, {facts.flag} {value} on the command line"

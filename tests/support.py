@@ -96,3 +96,16 @@ def fake_nvidia_smi(folder: Path, gpus=(FAKE_GPU,), cuda: str = "12.8") -> str:
                       f"CUDA Version: {cuda}  |'\n")
     script.chmod(0o755)
     return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+class TickingClock:
+    """A fake clock for :mod:`core.pace` (``monkeypatch.setattr(pace, "clock", …)``):
+    ``tick`` seconds pass at every reading, so that a run looks slow however fast this
+    machine is."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now

@@ -43,8 +43,9 @@ from ..core.model_file import (
     software_versions,
 )
 from ..core.disk import ensure_writable_folder
-from ..core.model_kinds import ModelKind
-from ..core.options import choices, option
+from ..core.model_kinds import ModelKind, model_kind_field
+from ..core.options import option
+from ..core.pace import Pace, pixel_training_advice
 from ..core.staging import staged_files
 from ..core.windows import DEFAULT_MAX_MISSING_FRACTION, pattern_name
 from .batches import Batches, predict
@@ -113,13 +114,7 @@ class TrainingConfig:
     mce: Optional["MceConfig"] = None         # MCE training mode (seed 001); None = plain MaMOL
     seed: int = option(0, flag="--seed", key="SEED", label="Random seed", minimum=0,
                        advanced=True, help="Same seed and inputs give the same model file.")
-    model_kind: str = option(
-        ModelKind.PIXEL.value, flag="--model-kind", key="MODEL_KIND", label="Model kind",
-        choices=choices(ModelKind, ("Per pixel (the paper's; slow)",
-                                    "Tile (about 100× faster)")),
-        help="Per pixel: one encoder pass per pixel (the paper). Tile: one pass labels every "
-             "pixel of a P × P tile (tiles overlap), some 100× fewer passes at P = 14 when "
-             "classifying, usually a little less accurate. MCE needs the per-pixel kind.")
+    model_kind: str = model_kind_field()
 
     @property
     def modality_names(self) -> List[str]:
@@ -260,12 +255,12 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
     world = world or SINGLE
     torch_compat.import_torch()  # fail before any work if PyTorch is missing
     reporter = Reporter(progress, is_cancelled)
-    say = log or LOG.info
+    say, alert = log or LOG.info, warn or LOG.warning
     warnings: List[str] = []
 
     def caution(text: str) -> None:
         warnings.append(text)
-        (warn or LOG.warning)(text)
+        alert(text)
 
     with world.agreed():   # every rank reads the inputs; one that cannot stops them all
         inputs = _read_inputs(config, world, say)
@@ -293,7 +288,7 @@ def train_model(config: TrainingConfig, progress: Optional[ProgressCallback] = N
         _same_backbone(world, spec_fingerprint)
         history, best_epoch, best_state, timing = _fit(
             config, model, train, train_patterns, validation, validation_patterns,
-            statistics, len(classes), device, reporter, say, world)
+            statistics, len(classes), device, reporter, say, alert, world)
         if world.is_main:
             model.load_state_dict(best_state, strict=False)
             evaluation = _final_evaluation(config, model, validation, validation_patterns,
@@ -483,7 +478,7 @@ def _build_model(config: TrainingConfig, infos: Sequence[RasterInfo], class_coun
 
 def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
          validation_patterns, statistics, class_count, device, reporter: Reporter, say,
-         world: World = SINGLE):
+         alert, world: World = SINGLE):
     """The training loop. Per step the host only enqueues work: batches are gathered on the
     device (:class:`Batches`), labels live there, the loss is summed there and read once
     per epoch, so the GPU never waits for the host between steps.
@@ -491,13 +486,16 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     The step's loss (pixel, tile or MCE) is chosen once here (:func:`training.steps.
     choose_step`). Under torchrun every rank draws the same epoch order from the seed and
     takes its share of each batch (:func:`training.steps.backward_batch`). Only rank 0
-    validates."""
+    validates. ``say`` and ``alert`` receive the info lines and warnings; the estimate of
+    the time left (:class:`~core.pace.Pace`) goes to them, so its warning stays out of the
+    report."""
     torch = torch_compat.import_torch()
     from .steps import choose_step   # imports torch, which this module imports lazily
     names = config.modality_names
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     epoch_size = epoch_length(train.class_index, class_count, config.balance_classes)
+    pace = _training_pace(config, epoch_size, device, world, say, alert)
     total_steps = steps_per_epoch(epoch_size, config.batch_size) * config.epochs
     optimizer, scheduler = _optimiser(config, model, device, total_steps)
     micro_batch = _micro_batch(config, model, device, world, say)
@@ -514,7 +512,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
         order = epoch_order(train.class_index, class_count, config.balance_classes, rng)
         model.train()
         loss_sum, done = _train_epoch(step, order, config.batch_size, micro_batch, optimizer,
-                                      scheduler, world, reporter, done, total_steps)
+                                      scheduler, world, reporter, done, total_steps, pace)
         world.sum_(loss_sum)   # every rank's share of the epoch's loss
         train_loss = float(loss_sum) / max(1, order.size)   # the one wait per epoch
         synchronize(device)
@@ -571,10 +569,25 @@ def _micro_batch(config: TrainingConfig, model, device, world: World, say) -> in
     return micro_batch
 
 
+def _training_pace(config: TrainingConfig, epoch_size: int, device, world: World, say,
+                   alert) -> Pace:
+    """The estimate of the time left, in samples of the training steps (rank 0 speaks; the
+    ranks step together). Validation is not counted as work, but once an epoch has been
+    validated its time is in the measured pace."""
+    def quiet(_text: str) -> None:
+        pass
+    pixel = config.model_kind == ModelKind.PIXEL.value
+    return Pace(epoch_size * config.epochs, "samples", device,
+                say if world.is_main else quiet, alert if world.is_main else quiet,
+                pixel_training_advice(config.mce is None) if pixel else None)
+
+
 def _train_epoch(step, order: np.ndarray, batch_size: int, micro_batch: int, optimizer,
-                 scheduler, world: World, reporter: Reporter, done: int, total_steps: int):
-    """One epoch's optimiser steps over the samples ``order``. Returns the epoch's summed
-    loss (on the device, this rank's share) and the number of steps done so far."""
+                 scheduler, world: World, reporter: Reporter, done: int, total_steps: int,
+                 pace: Pace):
+    """One epoch's optimiser steps over the samples ``order``, each counted into ``pace``.
+    Returns the epoch's summed loss (on the device, this rank's share) and the number of
+    steps done so far."""
     from .steps import backward_batch
     torch = torch_compat.import_torch()
     step.begin_epoch()
@@ -589,6 +602,7 @@ def _train_epoch(step, order: np.ndarray, batch_size: int, micro_batch: int, opt
         done += 1
         if done == 1:
             world.fault("step")
+        pace.advance(index.size)
         reporter.report(10 + 85 * done / total_steps)
     return loss_sum, done
 

@@ -20,6 +20,7 @@ from ..feedback import CancelCheck, ProgressCallback, Reporter
 from ..grid import AlignedRaster, RasterInfo, ReferenceGrid, crs_label, inspect_raster
 from ..modalities import modality_label
 from ..model_file import ModelHeader, check_inputs, load_model, read_header
+from ..pace import Pace, pixel_classify_advice
 from ..raster_io import gdal_cache_limit
 from ..windows import DEFAULT_MAX_MISSING_FRACTION, tile_halo, tile_layout
 from .blocks import (Block, BlockReader, BlockStream, BlockWindow, block_windows, open_mask,
@@ -166,6 +167,26 @@ def _block_outputs(classify_block: Callable[[Block], Tuple], outputs: OutputSet,
     return compute
 
 
+def _paced(compute: Callable[[Block], Dict[str, np.ndarray]], plan: _Plan, world: World,
+           blocks: Sequence[BlockWindow], reporter: Reporter, say, caution):
+    """``compute`` that also feeds the run's :class:`~core.pace.Pace` (the estimate of the
+    time left, issue 32), within each block through ``reporter``'s steps. Rank 0 alone
+    measures, its own blocks (the ranks move in step)."""
+    if not world.is_main:
+        return compute
+    pace = Pace(sum(width * height for _, _, width, height in world.shard(blocks)), "pixels",
+                plan.device, say, caution, None if plan.tiled else pixel_classify_advice(),
+                world.size)
+    reporter.follow(pace.step)
+
+    def paced(current: Block) -> Dict[str, np.ndarray]:
+        pace.begin_part(current.width * current.height)
+        arrays = compute(current)
+        pace.advance(current.width * current.height)
+        return arrays
+    return paced
+
+
 def _classify_here(outputs: OutputSet, blocks: Sequence[BlockWindow],
                    compute: Callable[[Block], Dict[str, np.ndarray]], tally: RunTally,
                    reader: BlockReader, prefetch: Executor, reporter: Reporter) -> None:
@@ -259,8 +280,9 @@ def classify(config: ClassifyConfig, progress: Optional[ProgressCallback] = None
     header = plan.header
     outputs = OutputSet(config, header, plan.grid, plan.paths, ClassTable.of(header))
     tally = RunTally(len(header.classes), 2 ** len(header.modalities), plan.order)
-    compute = _block_outputs(_block_classifier(config, plan, model, batch_size, reporter),
-                             outputs, tally)
+    compute = _paced(_block_outputs(_block_classifier(config, plan, model, batch_size,
+                                                      reporter), outputs, tally),
+                     plan, world, blocks, reporter, say, caution)
     mask = open_mask(config.mask, plan.grid) if config.mask else (None, None)
     started = time.perf_counter()
     _run_blocks(config, plan, world, outputs, blocks, compute, tally, mask[1], reporter)

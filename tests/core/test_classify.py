@@ -1,17 +1,20 @@
 """Classification core (``core.inference``) on the small sample scene with a tiny model."""
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
 
+from mamol.core import pace
 from mamol.core import sample_scene as ss
 from mamol.core.errors import Cancelled, MamolInputError
 from mamol.core.inference import ClassifyConfig, MaskSource, classify, window_presence
 from mamol.core.model_file import load_model, read_header, save_model
 from mamol.core.raster_io import create_geotiff, srs_from_epsg
 from mamol.core.windows import modality_present
+from support import TickingClock
 
 pytestmark = pytest.mark.platform   # raster writing: GeoTIFF, COG, colour tables, GDAL's cache
 
@@ -273,6 +276,37 @@ def test_cancel_leaves_nothing(tiny_model, small_scene, tmp_path):
     assert_no_output(tmp_path)
 
 
+def classify_on_a_slow_clock(model, scene, folder: Path, monkeypatch):
+    """(log lines, warnings) of a classification in blocks of 48 px whose pace is read from
+    a clock that moves 10 minutes at every reading."""
+    monkeypatch.setattr(pace, "clock", TickingClock(600.0))
+    lines, warnings = [], []
+    config = dataclasses.replace(only_output(folder, model=model, rasters=scene_rasters(scene)),
+                                 block_size=48)
+    classify(config, log=lines.append, warn=warnings.append)
+    return lines, warnings
+
+
+ESTIMATE = re.compile(r"About (\d+ (s|min|h|d))( \d+ (min|h))? left at [\d.]+ pixels/s on the "
+                      r"CPU\.")
+
+
+def test_a_slow_per_pixel_run_says_the_time_left_and_what_is_faster(tiny_model, small_scene,
+                                                                    tmp_path, monkeypatch):
+    lines, warnings = classify_on_a_slow_clock(tiny_model, small_scene, tmp_path, monkeypatch)
+    said = [n for n, line in enumerate(lines) if ESTIMATE.fullmatch(line)]
+    assert said, lines
+    # after the grid line, before the final one, and only a few times over 9 blocks
+    first, last = (next(n for n, line in enumerate(lines) if line.startswith(start))
+                   for start in ("Grid:", "Classified"))
+    assert first < said[0] and said[-1] < last
+    assert len(said) <= 3
+    advice = [text for text in warnings if text.startswith("At this pace the run needs")]
+    assert len(advice) == 1, warnings
+    assert "per-pixel kind" in advice[0] and "--model-kind tile" in advice[0]
+    assert "--device cuda" in advice[0]
+
+
 def test_gdal_cache_is_capped_during_the_run_and_restored_after(tiny_model, small_scene,
                                                                tmp_path):
     before = gdal.GetCacheMax()
@@ -305,3 +339,4 @@ def test_cuda_bf16_agrees_with_the_cpu(whole, tiny_model, small_scene, tmp_path)
     assert np.array_equal(read(on_cpu.output_modalities), read(on_gpu.output_modalities))
     agreement = (read(on_cpu.output_classes) == read(on_gpu.output_classes)).mean()
     assert agreement >= 0.99  # bf16 weights and activations may flip near-ties
+

@@ -263,6 +263,16 @@ def classify_scene(model_path, scene, folder, tag, **changes):
     return run(model_path, scene, folder, tag, **changes)
 
 
+def test_a_slow_tile_run_says_the_time_left_without_advice(tile_model, small_scene, tmp_path,
+                                                           monkeypatch):
+    """The estimate of the time left comes for a tile model too, but not the advice to use
+    a tile model or a GPU, which is for per-pixel models (core.pace)."""
+    from test_classify import ESTIMATE, classify_on_a_slow_clock
+    lines, warnings = classify_on_a_slow_clock(tile_model, small_scene, tmp_path, monkeypatch)
+    assert any(ESTIMATE.fullmatch(line) for line in lines), lines
+    assert not any(text.startswith("At this pace") for text in warnings), warnings
+
+
 def read(path):
     from osgeo import gdal
     return gdal.Open(str(path)).ReadAsArray()

@@ -4,6 +4,7 @@ Two models are trained once per session on the 128 x 128 scene — one with the 
 missing-modality simulation (η = 70 %), one without — and most tests read their results.
 """
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from osgeo import gdal, ogr
 
+from mamol.core import pace
 from mamol.core.backbone import TINY_ARCH, BackboneSpec
 from mamol.core.devices import auto_inference_batch
 from mamol.core.errors import Cancelled, MamolInputError
@@ -20,6 +22,7 @@ from mamol.core.raster_io import create_geotiff, srs_from_epsg
 from mamol.training.labels import PolygonSource, SplitConfig
 from mamol.training.missing import MissingSimulation, SimulationMode
 from mamol.training.trainer import TrainingConfig, resolve_micro_batch, train_model
+from support import TickingClock
 
 pytestmark = pytest.mark.slow
 
@@ -208,6 +211,29 @@ def test_cancel_mid_training_writes_nothing(small_scene, tmp_path):
         train_model(config, progress, is_cancelled=lambda: bool(seen) and seen[-1] > 30)
     assert 30 < seen[-1] < 95
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("kind", ["pixel", "tile"])
+def test_a_slow_training_says_the_time_left_after_its_first_steps(small_scene, tmp_path,
+                                                                  monkeypatch, kind):
+    """On a clock that moves 10 minutes at every reading, the estimate comes within the
+    first epoch, from its steps; the advice (once, not in the report) only for the
+    per-pixel kind."""
+    monkeypatch.setattr(pace, "clock", TickingClock(600.0))
+    lines, warnings = [], []
+    config = scene_config(small_scene, tmp_path / "m.mamol", epochs=2, patch_size=5,
+                          batch_size=16, model_kind=kind,
+                          split=SplitConfig(max_train_per_class=20, max_validation_per_class=10))
+    result = train_model(config, log=lines.append, warn=warnings.append)
+    said = [n for n, line in enumerate(lines) if re.fullmatch(
+        r"About \d+ (s|min|h|d)( \d+ (min|h))? left at [\d.]+ samples/s on the CPU\.", line)]
+    assert said, lines
+    assert said[0] < next(n for n, line in enumerate(lines) if line.startswith("epoch 1/2"))
+    advice = [text for text in warnings if text.startswith("At this pace the run needs")]
+    assert len(advice) == (1 if kind == "pixel" else 0), warnings
+    if advice:
+        assert "--device cuda" in advice[0] and "--model-kind tile" in advice[0]
+    assert not any(text.startswith("At this pace") for text in result.summary["warnings"])
 
 
 def write_polygons(path: Path, epsg: int, rings, classes, field_type=ogr.OFTInteger):
