@@ -21,7 +21,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from .backbone import ARCH_CHOICES
 from .devices import device_field
 from .errors import MamolInputError
-from .options import option
+from .options import choosing, option
+from .model_kinds import model_kind_field
+from .pace import LONG_CPU_RUN, human_duration
 from .probe import BUDGET_SECONDS
 from .system import (CUDA_SETUP_HINT, TorchGpuState, detect_nvidia, driver_cuda_version,
                      idle_gpu_problem, torch_gpu_state)
@@ -29,9 +31,6 @@ from .system import (CUDA_SETUP_HINT, TorchGpuState, detect_nvidia, driver_cuda_
 #: Packages whose versions the report gives: (label, module to import).
 PACKAGES = (("torch", "torch"), ("torchvision", "torchvision"), ("open_clip", "open_clip"),
             ("safetensors", "safetensors"), ("NumPy", "numpy"), ("GDAL", "osgeo.gdal"))
-#: Beyond this many seconds for a 1,000² scene on the CPU with a pixel model, the advice
-#: suggests the tile kind or a GPU (the same threshold as a run's estimate, issue 32).
-LONG_RUN_SECONDS = 30 * 60
 
 
 @dataclass(frozen=True)
@@ -125,21 +124,6 @@ def engine_facts(device: str = "auto") -> Dict[str, object]:
     }
 
 
-def duration(seconds: float) -> str:
-    """"45 s", "12 min", "3 h 10 min", "2 d 4 h"."""
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    if minutes < 90:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
 def advice(facts: Mapping[str, object]) -> List[str]:
     """What to do, from the facts (with or without a probe): one line per point, the most
     important first; a line that says all is well when nothing needs doing."""
@@ -158,14 +142,15 @@ def advice(facts: Mapping[str, object]) -> List[str]:
                     "the CPU. If this machine has an NVIDIA GPU, install its driver, then "
                     f"{CUDA_SETUP_HINT}.")
     slow = [probe for probe in facts.get("probe") or ()
-            if probe["pixel_scene_seconds"] > LONG_RUN_SECONDS]
+            if probe["pixel_scene_seconds"] > LONG_CPU_RUN]
     if slow and not chosen.startswith("cuda"):
         probe = slow[-1]
         said.append(
             f"On this device a {probe['scene_side']:,} × {probe['scene_side']:,} scene takes "
-            f"about {duration(probe['pixel_scene_seconds'])} with a per-pixel {probe['arch']} "
-            f"model but {duration(probe['tile_scene_seconds'])} with the tile kind: train "
-            "with Model kind = Tile, or use a machine with a GPU.")
+            f"about {human_duration(probe['pixel_scene_seconds'])} with a per-pixel "
+            f"{probe['arch']} model but {human_duration(probe['tile_scene_seconds'])} with "
+            f"the tile kind: train with {choosing(model_kind_field(), 'tile')}; or use a "
+            "machine with an NVIDIA GPU.")
     return said
 
 
@@ -179,10 +164,10 @@ def _probe_lines(probes: Sequence[Mapping[str, object]]) -> List[str]:
             f"{probe['training_samples_per_second']:.3g} samples/s training "
             f"(probed in {probe['seconds']:.1f} s)",
             f"    a {side:,} × {side:,} three-modality scene takes about "
-            f"{duration(probe['tile_scene_seconds'])} with the tile kind, "
-            f"{duration(probe['pixel_scene_seconds'])} per pixel",
+            f"{human_duration(probe['tile_scene_seconds'])} with the tile kind, "
+            f"{human_duration(probe['pixel_scene_seconds'])} per pixel",
             f"    training {samples:,} samples takes about "
-            f"{duration(probe['training_epoch_seconds'])} per epoch"]
+            f"{human_duration(probe['training_epoch_seconds'])} per epoch"]
     return lines
 
 
