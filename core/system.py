@@ -160,8 +160,11 @@ def check_gpu_use(device: str, warn: Callable[[str], None]) -> None:
     text = (device or "auto").strip().lower()
     if text != "auto" and not text.startswith("cuda"):
         return
+    from . import torch_compat
+    if torch_compat.import_torch().cuda.is_available():
+        return   # (no device query here: it would open a CUDA context on every GPU)
     state = torch_gpu_state()
-    if state.cuda_available or (text == "auto" and state.mps_available):
+    if text == "auto" and state.mps_available:
         return
     gpus = detect_nvidia()
     if not gpus:
