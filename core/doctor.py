@@ -32,6 +32,9 @@ from .system import (CUDA_SETUP_HINT, TorchGpuState, detect_nvidia, driver_cuda_
 PACKAGES = (("torch", "torch"), ("torchvision", "torchvision"), ("open_clip", "open_clip"),
             ("safetensors", "safetensors"), ("NumPy", "numpy"), ("GDAL", "osgeo.gdal"))
 
+#: The longest speed probe one may ask for (seconds).
+MAX_PROBE_SECONDS = 600.0
+
 
 @dataclass(frozen=True)
 class DoctorConfig:
@@ -40,15 +43,15 @@ class DoctorConfig:
     device: str = device_field()
     probe_seconds: float = option(
         BUDGET_SECONDS, flag="--probe-seconds", key="PROBE_SECONDS",
-        label="Speed probe (seconds; 0 = none)", minimum=0.0, maximum=600.0,
+        label="Speed probe (seconds; 0 = none)", minimum=0.0, maximum=MAX_PROBE_SECONDS,
         help="About how long to measure the device a run would use, with seeded untrained "
              "networks (the tiny backbone and ViT-B-16; nothing is downloaded). On a CPU "
              "ViT-B-16 needs about a second a window, so a probe may take a little longer.")
 
     def validate(self) -> None:
-        if not 0 <= self.probe_seconds <= 600:
-            raise MamolInputError(
-                f"The speed probe takes 0 to 600 seconds; got {self.probe_seconds}.")
+        if not 0 <= self.probe_seconds <= MAX_PROBE_SECONDS:
+            raise MamolInputError(f"The speed probe takes 0 to {MAX_PROBE_SECONDS:g} "
+                                  f"seconds; got {self.probe_seconds:g}.")
 
 
 def package_version(module: str) -> str:
@@ -100,7 +103,7 @@ def torch_build(state: TorchGpuState) -> str:
 def engine_facts(device: str = "auto") -> Dict[str, object]:
     """Everything the engine's side knows of itself, without the probe."""
     from . import torch_compat
-    from .devices import resolve_device, resolve_precision
+    from .devices import dtype_name, resolve_device, resolve_precision
     from .weights import weights_cache_dir
     torch = torch_compat.import_torch()
     torch_compat.import_open_clip()   # torchvision through its work-around, if it needs one
@@ -109,7 +112,10 @@ def engine_facts(device: str = "auto") -> Dict[str, object]:
         packages["torchvision"] += " (its compiled operators did not load; MaMOL uses none)"
     state = torch_gpu_state()
     gpus = detect_nvidia()
-    chosen = resolve_device(device)
+    try:
+        chosen, problem = resolve_device(device), None
+    except MamolInputError as exc:   # e.g. cuda asked for where torch sees none: a fact
+        chosen, problem = None, str(exc)
     cache = weights_cache_dir()
     return {
         "python": {"executable": sys.executable, "version": platform.python_version(),
@@ -118,8 +124,9 @@ def engine_facts(device: str = "auto") -> Dict[str, object]:
         "threads": {"torch": torch.get_num_threads(), "cpus": os.cpu_count(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "gpu": gpu_facts(state, gpus, driver_cuda_version() if gpus else None),
-        "device": {"asked": device, "chosen": str(chosen),
-                   "precision": str(resolve_precision("auto", chosen)).replace("torch.", "")},
+        "device": {"asked": device, "chosen": None if chosen is None else str(chosen),
+                   "precision": None if chosen is None else
+                   dtype_name(resolve_precision("auto", chosen)), "problem": problem},
         "weights_cache": {"folder": str(cache), "cached": cached_backbones(cache)},
     }
 
@@ -131,6 +138,8 @@ def advice(facts: Mapping[str, object]) -> List[str]:
     said = []
     if gpu["idle_gpu"]:
         said.append(gpu["idle_gpu"])
+    if device.get("problem"):
+        said.append(device["problem"])
     chosen = str(device["chosen"])
     if chosen.startswith("cuda"):
         said.append(f"Runs use the GPU ({', '.join(gpu['cuda_devices'])}): nothing to do.")
@@ -187,8 +196,9 @@ def report_lines(facts: Mapping[str, object]) -> List[str]:
                                "not available" + (f" ({gpu['cuda_error']})"
                                                   if gpu["cuda_error"] else "")),
         f"Apple MPS: {'available' if gpu['mps_available'] else 'not available'}",
-        f"Device a run picks ({device['asked']}): {device['chosen']}, frozen tower in "
-        f"{device['precision']}",
+        f"Device a run picks ({device['asked']}): " + (
+            f"{device['chosen']}, frozen tower in {device['precision']}"
+            if device["chosen"] else "none"),
         f"Weights cache: {facts['weights_cache']['folder']} (cached: "
         f"{', '.join(facts['weights_cache']['cached']) or 'none'})"]
     if facts.get("probe"):

@@ -39,8 +39,8 @@ def run(args, channel: Channel, is_cancelled, world=None) -> Dict[str, object]:
     config = doctor.DoctorConfig(**config_values(args, doctor.DoctorConfig))
     config.validate()
     facts = doctor.engine_facts(config.device)
-    if config.probe_seconds > 0:
-        facts["probe"] = probe.probe(resolve_device(config.device),
+    if config.probe_seconds > 0 and facts["device"]["chosen"]:
+        facts["probe"] = probe.probe(resolve_device(facts["device"]["chosen"]),
                                      budget=config.probe_seconds, log=channel.log,
                                      reporter=Reporter(channel.progress, is_cancelled))
     facts["advice"] = doctor.advice(facts)

@@ -42,6 +42,10 @@ def test_doctor_without_a_driver_and_with_a_driver_but_cpu_torch(tmp_path):
     assert facts["advice"][0].startswith("No GPU was found")
     assert facts["packages"]["torch"] and facts["packages"]["GDAL"][0].isdigit()
     assert facts["report"][-len(facts["advice"]):] == [f"  - {a}" for a in facts["advice"]]
+    asked, _ = doctor_facts(empty, "--device", "cuda")   # reported, not a failure
+    assert asked["device"]["chosen"] is None and "probe" not in asked
+    assert asked["advice"][0].startswith("Device 'cuda' was asked for, but PyTorch sees no "
+                                         "CUDA GPU here.")
 
     facts, lines = doctor_facts(with_fake_gpu(tmp_path / "bin"))
     assert facts["gpu"]["nvidia_smi"] == [{"name": "NVIDIA H200", "driver_version":
