@@ -24,10 +24,10 @@ if TYPE_CHECKING:   # training.mce imports torch, which this module imports lazi
 
 from ..core import metrics, runs, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
-from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_bytes,
-                            compile_field, device_field, model_inference_batch,
-                            parse_compile_mode, parse_precision, precision_field,
-                            prepare_model, resolve_device, synchronize)
+from ..core.devices import (GPU_TYPES, auto_training_micro_batch, dtype_name,
+                            free_gpu_bytes, compile_field, device_field,
+                            model_inference_batch, parse_compile_mode, parse_precision,
+                            precision_field, prepare_model, resolve_device, synchronize)
 from ..core.distributed import SINGLE, World
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
@@ -108,7 +108,7 @@ class TrainingConfig:
     validation_simulation: MissingSimulation = MissingSimulation()  # on validation samples
     max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
     device: str = device_field()
-    precision: str = precision_field()    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    precision: str = precision_field()    # frozen tower: auto | fp32 | bf16 | fp16
     compile_mode: str = compile_field()   # torch.compile: off | default | max-autotune
     mce: Optional["MceConfig"] = None         # MCE training mode (seed 001); None = plain MaMOL
     seed: int = option(0, flag="--seed", key="SEED", label="Random seed", minimum=0,
@@ -185,13 +185,13 @@ def resolve_micro_batch(requested: int, batch_size: int, width: int, device,
                         free_bytes: Optional[int] = None, blocks: int = 12,
                         element_bytes: int = 2, modalities: int = 3,
                         tokens: int = 197) -> int:
-    """Samples per forward/backward pass. ``requested`` 0 = automatic: on CUDA (with
-    ``free_bytes`` of GPU memory) the whole batch when it fits, else the largest power of
-    two that does; on the CPU the whole batch with a narrow backbone and
+    """Samples per forward/backward pass. ``requested`` 0 = automatic: on a GPU (CUDA or
+    MPS, with ``free_bytes`` of its memory) the whole batch when it fits, else the largest
+    power of two that does; on the CPU the whole batch with a narrow backbone and
     :data:`CPU_MICRO_BATCH` for backbones of width >= 512 (ViT-B and larger)."""
     if requested > 0:
         return min(requested, batch_size)
-    if device.type == "cuda":
+    if device.type in GPU_TYPES:
         return auto_training_micro_batch(free_bytes, batch_size, tokens, width, blocks,
                                          element_bytes, modalities)
     if width >= WIDE_BACKBONE:
@@ -629,7 +629,7 @@ def steady_rate(history: Sequence[Dict[str, object]]) -> Optional[float]:
 def _validation_batch(config: TrainingConfig, model, device) -> int:
     """Samples per validation call: validation is inference, so on a GPU as many as free
     memory allows; on the CPU twice the training batch."""
-    if device.type == "cuda":
+    if device.type in GPU_TYPES:
         return model_inference_batch(model, device, config.patch_size)
     return 2 * config.batch_size
 
