@@ -174,6 +174,22 @@ def resolve_precision(name: str, device):
     return getattr(torch_compat.import_torch(), _TORCH_DTYPES[precision])
 
 
+def require_finite_scores(finite: bool, dtype) -> None:
+    """Stop with what to do when the model's class scores hold NaN or infinity, which
+    would otherwise become a class silently. With an fp16 tower the likely cause is its
+    range: fp16 reaches only 65504, bf16 and fp32 some 3.4e38."""
+    if finite:
+        return
+    if dtype_name(dtype) == "float16":
+        raise MamolInputError(
+            "The model's class scores overflowed (NaN or infinity) with its tower in fp16, "
+            "which holds numbers up to 65504 only. Run again with the precision set to "
+            "fp32 (--precision fp32), or bf16 where the device has it.")
+    raise MamolInputError(
+        f"The model's class scores are not finite (NaN or infinity) with its tower in "
+        f"{dtype_name(dtype)}: the model file may be damaged; train the model again.")
+
+
 def dtype_name(dtype) -> str:
     """'float32', 'bfloat16', … for reports and logs."""
     return str(dtype).replace("torch.", "")

@@ -27,7 +27,8 @@ from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
 from ..core.devices import (GPU_TYPES, auto_training_micro_batch, dtype_name,
                             free_gpu_bytes, compile_field, device_field,
                             model_inference_batch, parse_compile_mode, parse_precision,
-                            precision_field, prepare_model, resolve_device, synchronize)
+                            precision_field, prepare_model, require_finite_scores,
+                            resolve_device, synchronize)
 from ..core.distributed import SINGLE, World
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
@@ -493,13 +494,14 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     takes its share of each batch (:func:`training.steps.backward_batch`). Only rank 0
     validates."""
     torch = torch_compat.import_torch()
-    from .steps import choose_step   # imports torch, which this module imports lazily
+    from .steps import LossScale, choose_step   # import torch, which this module imports lazily
     names = config.modality_names
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     epoch_size = epoch_length(train.class_index, class_count, config.balance_classes)
     total_steps = steps_per_epoch(epoch_size, config.batch_size) * config.epochs
     optimizer, scheduler = _optimiser(config, model, device, total_steps)
+    scale = LossScale(model.compute_dtype, device)
     micro_batch = _micro_batch(config, model, device, world, say)
     train_batches = Batches(train, names, statistics, device)
     step = choose_step(config, model, train, train_patterns, train_batches, device, world,
@@ -514,9 +516,10 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
         order = epoch_order(train.class_index, class_count, config.balance_classes, rng)
         model.train()
         loss_sum, done = _train_epoch(step, order, config.batch_size, micro_batch, optimizer,
-                                      scheduler, world, reporter, done, total_steps)
+                                      scheduler, world, reporter, done, total_steps, scale)
         world.sum_(loss_sum)   # every rank's share of the epoch's loss
         train_loss = float(loss_sum) / max(1, order.size)   # the one wait per epoch
+        require_finite_scores(math.isfinite(train_loss), model.compute_dtype)
         synchronize(device)
         train_seconds = time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": train_loss,
@@ -546,6 +549,8 @@ def _optimiser(config: TrainingConfig, model, device, total_steps: int):
     torch = torch_compat.import_torch()
     parameters = [p for p in model.parameters() if p.requires_grad]
     # Trainable tensors and the optimiser state are fp32 whatever the tower's precision.
+    # Fused on CUDA only: MPS's fused kernel ignored a step skipped for overflowing fp16
+    # gradients (pytorch/pytorch#186360).
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
                                   weight_decay=config.weight_decay,
                                   fused=device.type == "cuda" or None)
@@ -572,9 +577,12 @@ def _micro_batch(config: TrainingConfig, model, device, world: World, say) -> in
 
 
 def _train_epoch(step, order: np.ndarray, batch_size: int, micro_batch: int, optimizer,
-                 scheduler, world: World, reporter: Reporter, done: int, total_steps: int):
+                 scheduler, world: World, reporter: Reporter, done: int, total_steps: int,
+                 scale):
     """One epoch's optimiser steps over the samples ``order``. Returns the epoch's summed
-    loss (on the device, this rank's share) and the number of steps done so far."""
+    loss (on the device, this rank's share) and the number of steps done so far. A step
+    that ``scale`` (:class:`training.steps.LossScale`) skips leaves the schedule where it
+    is."""
     from .steps import backward_batch
     torch = torch_compat.import_torch()
     step.begin_epoch()
@@ -583,9 +591,9 @@ def _train_epoch(step, order: np.ndarray, batch_size: int, micro_batch: int, opt
         reporter.check()
         index = order[start:start + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        backward_batch(step, index, micro_batch, world, loss_sum, reporter.check)
-        optimizer.step()
-        scheduler.step()
+        backward_batch(step, index, micro_batch, world, loss_sum, reporter.check, scale)
+        if scale.step(optimizer):
+            scheduler.step()
         done += 1
         if done == 1:
             world.fault("step")
