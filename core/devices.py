@@ -44,7 +44,8 @@ class Precision(str, enum.Enum):
     optimiser state, the router's gates and the logits are fp32 in every case.
 
     Why fp16 on MPS: Apple's GPUs compute in fp16 natively, while PyTorch's MPS backend has
-    bf16 only from macOS 14 on (pytorch/pytorch#119641), reportedly emulated on M1 and M2.
+    bf16 only from macOS 14 on (pytorch/pytorch#119641), reportedly emulated on M1 and M2
+    (huggingface/transformers#40458).
     fp16 keeps 10 mantissa bits (bf16 7) but reaches only 65504 and its smallest normal
     number is 6.1e-5, so training with an fp16 tower scales the loss
     (:mod:`training.steps`) and non-finite class scores stop a run with a clear error.
