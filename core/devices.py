@@ -1,10 +1,11 @@
-"""Where and how a run computes: the torch device (auto | cpu | cuda | cuda:N), the
-precision of the frozen tower (auto | fp32 | bf16), optional ``torch.compile``, and batch
-and block sizes chosen from free GPU memory.
+"""Where and how a run computes: the torch device (auto | cpu | cuda | cuda:N | mps), the
+precision of the frozen tower (auto | fp32 | bf16 | fp16), optional ``torch.compile``, and
+batch and block sizes chosen from free GPU memory.
 
 There is no autocast anywhere: the model's dtypes are explicit (see
-:mod:`core.mamol_model`), so the CPU and CUDA run the same code with the same casts, and a
-CPU test with ``precision="bf16"`` takes the path a GPU takes.
+:mod:`core.mamol_model`), so the CPU, CUDA and MPS run the same code with the same casts,
+and a CPU test with ``precision="bf16"`` (CUDA's) or ``"fp16"`` (MPS's) takes the path that
+GPU takes.
 """
 import enum
 import logging
@@ -38,13 +39,29 @@ class CompileMode(str, enum.Enum):
 
 
 class Precision(str, enum.Enum):
-    """dtype of the frozen tower and its activations. ``auto`` = bf16 on CUDA, fp32 on the
-    CPU. Trainable tensors, the optimiser state, the router's gates and the logits are fp32
-    in every case."""
+    """dtype of the frozen tower and its activations. ``auto`` = bf16 on CUDA, fp16 on
+    Apple's GPU (MPS), fp32 on the CPU (:data:`AUTO_PRECISION`). Trainable tensors, the
+    optimiser state, the router's gates and the logits are fp32 in every case.
+
+    Why fp16 on MPS: Apple's GPUs compute in fp16 natively, while PyTorch's MPS backend has
+    bf16 only from macOS 14 on (pytorch/pytorch#119641), reportedly emulated on M1 and M2
+    (huggingface/transformers#40458).
+    fp16 keeps 10 mantissa bits (bf16 7) but reaches only 65504 and its smallest normal
+    number is 6.1e-5, so training with an fp16 tower scales the loss
+    (:mod:`training.steps`) and non-finite class scores stop a run with a clear error.
+    FP16 comes last: the Toolbox stores a choice by its position."""
 
     AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"
+    FP16 = "fp16"
+
+
+#: What ``auto`` means on each device type; any other device type computes in fp32.
+AUTO_PRECISION = {"cuda": Precision.BF16, "mps": Precision.FP16}
+#: The torch dtype of each precision (by name: torch is imported lazily).
+_TORCH_DTYPES = {Precision.FP32: "float32", Precision.BF16: "bfloat16",
+                 Precision.FP16: "float16"}
 
 
 #: The GPUs a device choice names one by one (cuda:0 …): the Toolbox cannot ask PyTorch
@@ -52,11 +69,14 @@ class Precision(str, enum.Enum):
 LISTED_GPUS = 8
 #: The valid devices, declared once: the engine's ``--device`` choices and the Toolbox's
 #: list. "cuda" is PyTorch's current GPU (the first, unless CUDA_VISIBLE_DEVICES says
-#: otherwise); "cuda:N" the N-th.
+#: otherwise); "cuda:N" the N-th; "mps" Apple's GPU (Metal Performance Shaders). "mps" comes
+#: last because the Toolbox stores a choice by its position in saved models and scripts.
 DEVICE_CHOICES = choices(
-    ("auto", "cpu", "cuda", *(f"cuda:{index}" for index in range(LISTED_GPUS))),
+    ("auto", "cpu", "cuda", *(f"cuda:{index}" for index in range(LISTED_GPUS)), "mps"),
     ("Automatic (GPU if any)", "CPU", "GPU (the first; cuda)",
-     *(f"GPU {index} (cuda:{index})" for index in range(LISTED_GPUS))))
+     *(f"GPU {index} (cuda:{index})" for index in range(LISTED_GPUS)), "Apple GPU (mps)"))
+#: Device types that are GPUs: batch and block sizes follow their free memory.
+GPU_TYPES = ("cuda", "mps")
 
 
 def device_field():
@@ -64,7 +84,8 @@ def device_field():
     return option("auto", flag="--device", key="DEVICE", label="Device", advanced=True,
                   choices=DEVICE_CHOICES,
                   help="Where the model runs. Automatic: a CUDA GPU when PyTorch sees one, "
-                       "else the CPU. On a machine with several GPUs, 'GPU N' picks one. "
+                       "else Apple's GPU (MPS) on a Mac with Apple silicon, else the CPU. On "
+                       "a machine with several GPUs, 'GPU N' picks one. "
                        "A GPU is some 10 to 50 times faster than the CPU for training and "
                        "classifying with ViT-B-16.")
 
@@ -74,10 +95,13 @@ def precision_field():
     return option(
         Precision.AUTO.value, flag="--precision", key="PRECISION",
         label="Number precision", advanced=True,
-        choices=choices(Precision, ("Automatic (bf16 on a GPU)", "fp32", "bf16")),
-        help="Automatic: bf16 on a GPU, fp32 on the CPU. Number format of the frozen CLIP "
-             "tower and its activations; trainable weights, gates and class scores are always fp32. bf16 is about twice as fast "
-             "on a GPU; on a CPU it is slower and only useful for checking results.")
+        choices=choices(Precision, ("Automatic (bf16 on a CUDA GPU, fp16 on MPS)", "fp32",
+                                    "bf16", "fp16")),
+        help="Automatic: bf16 on a CUDA GPU, fp16 on Apple's GPU (MPS), fp32 on the CPU. "
+             "Number format of the frozen CLIP tower and its activations; trainable "
+             "weights, gates and class scores are always fp32. bf16 is about twice as fast "
+             "on a CUDA GPU; on a CPU bf16 and fp16 are slower and only useful for checking "
+             "results.")
 
 
 #: The compile setting's label, which an error names.
@@ -95,13 +119,18 @@ def compile_field():
 
 
 def resolve_device(name: str):
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device, or a clear error."""
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> torch.device, or a clear error. 'auto'
+    is CUDA, else MPS, else the CPU."""
     torch = torch_compat.import_torch()
     text = (name or "auto").strip().lower()
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     if text == "cpu":
         return torch.device("cpu")
+    if text == "mps":
+        return _apple_gpu(torch, name)
     if text == "cuda" or text.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise MamolInputError(
@@ -113,23 +142,53 @@ def resolve_device(name: str):
                 f"There is no GPU {device.index}; this machine has "
                 f"{torch.cuda.device_count()}.")
         return device
-    raise MamolInputError(f"Unknown device '{name}'. Use auto, cpu, cuda or cuda:N.")
+    raise MamolInputError(f"Unknown device '{name}'. Use auto, cpu, cuda, cuda:N or mps.")
+
+
+def _apple_gpu(torch, name: str):
+    """torch.device('mps'), or why PyTorch cannot use Apple's GPU here."""
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    if not torch.backends.mps.is_built():
+        why = ("this PyTorch was built without MPS (only its macOS builds have it: the "
+               "model environment's Automatic build on a Mac)")
+    else:
+        why = ("MPS needs a Mac with Apple silicon (M1 or later) and macOS 12.3 or later; "
+               "PyTorch finds no such GPU here")
+    raise MamolInputError(f"Device '{name}' was asked for, but {why}. Choose 'cpu' or "
+                          "'auto'.")
 
 
 def parse_precision(name: str) -> Precision:
     try:
         return Precision((name or "auto").strip().lower())
     except ValueError:
-        raise MamolInputError(f"Unknown precision '{name}'. Use auto, fp32 or bf16.") from None
+        raise MamolInputError(f"Unknown precision '{name}'. Use auto, fp32, bf16 or "
+                              "fp16.") from None
 
 
 def resolve_precision(name: str, device):
     """The frozen tower's torch dtype for ``name`` on ``device``."""
-    torch = torch_compat.import_torch()
     precision = parse_precision(name)
     if precision is Precision.AUTO:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.bfloat16 if precision is Precision.BF16 else torch.float32
+        precision = AUTO_PRECISION.get(device.type, Precision.FP32)
+    return getattr(torch_compat.import_torch(), _TORCH_DTYPES[precision])
+
+
+def require_finite_scores(finite: bool, dtype) -> None:
+    """Stop with what to do when the model's class scores hold NaN or infinity, which
+    would otherwise become a class silently. With an fp16 tower the likely cause is its
+    range: fp16 reaches only 65504, bf16 and fp32 some 3.4e38."""
+    if finite:
+        return
+    if dtype_name(dtype) == "float16":
+        raise MamolInputError(
+            "The model's class scores overflowed (NaN or infinity) with its tower in fp16, "
+            "which holds numbers up to 65504 only. Run again with the precision set to "
+            "fp32 (--precision fp32), or bf16 where the device has it.")
+    raise MamolInputError(
+        f"The model's class scores are not finite (NaN or infinity) with its tower in "
+        f"{dtype_name(dtype)}: the model file may be damaged; train the model again.")
 
 
 def dtype_name(dtype) -> str:
@@ -184,10 +243,15 @@ def prepare_model(model, device, precision: str = "auto", compile_mode: str = "o
 
 
 def free_gpu_bytes(device) -> Optional[int]:
-    """Free memory of a CUDA device in bytes (None on the CPU)."""
+    """Free memory of a GPU in bytes (None on the CPU). An Apple GPU shares the Mac's
+    memory: what Metal recommends it use at most (its working set), less what PyTorch's
+    MPS allocator already holds."""
+    torch = torch_compat.import_torch()
+    if device.type == "mps":
+        return max(0, int(torch.mps.recommended_max_memory()
+                          - torch.mps.driver_allocated_memory()))
     if device.type != "cuda":
         return None
-    torch = torch_compat.import_torch()
     free, _ = torch.cuda.mem_get_info(device)
     return int(free)
 
@@ -247,7 +311,7 @@ def auto_block_size(device, cpu_default: int = CPU_BLOCK_SIZE,
                     gpu_default: int = GPU_BLOCK_SIZE) -> int:
     """Pixels per side of a classification block: larger on a GPU so that each block holds
     many batches and the GPU waits less on reading and writing."""
-    return gpu_default if device.type == "cuda" else cpu_default
+    return gpu_default if device.type in GPU_TYPES else cpu_default
 
 
 def _power_of_two(value: float, smallest: int, largest: int) -> int:
@@ -258,9 +322,10 @@ def _power_of_two(value: float, smallest: int, largest: int) -> int:
 
 
 def to_device(tensor, device):
-    """Copy a host tensor to ``device`` without making the host wait for the GPU (pinned
-    memory, asynchronous copy); a no-op on the CPU."""
-    if tensor.device == device or device.type == "cpu":
+    """Copy a host tensor to ``device`` without making the host wait for a CUDA GPU (pinned
+    memory, asynchronous copy); a no-op on the CPU. An Apple GPU shares the host's memory
+    and PyTorch pins memory for CUDA only, so a copy to MPS is a plain one."""
+    if tensor.device == device or device.type != "cuda":
         return tensor.to(device)
     if tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
@@ -271,3 +336,5 @@ def synchronize(device) -> None:
     """Wait for the device's queued work (for timing; a no-op on the CPU)."""
     if device.type == "cuda":
         torch_compat.import_torch().cuda.synchronize(device)
+    elif device.type == "mps":
+        torch_compat.import_torch().mps.synchronize()

@@ -223,8 +223,9 @@ def start(device_name: str = "auto") -> World:
     """Join the run torchrun started (or return a one-process :class:`World`).
 
     The device follows ``device_name``: 'auto' takes this rank's GPU (``cuda:LOCAL_RANK``)
-    when CUDA is present, else the CPU; 'cuda' is this rank's GPU; 'cuda:N' is kept. NCCL
-    for GPUs, gloo for the CPU. Torch threads: see :func:`threads_per_rank`."""
+    when CUDA is present, else the CPU (never Apple's GPU); 'cuda' is this rank's GPU;
+    'cuda:N' is kept; 'mps' is refused (torch.distributed has no backend for it). NCCL for
+    GPUs, gloo for the CPU. Torch threads: see :func:`threads_per_rank`."""
     size = launched_world_size()
     if size <= 1:
         return SINGLE
@@ -245,8 +246,15 @@ def start(device_name: str = "auto") -> World:
                 f"{torch.cuda.device_count()} GPU(s): start one process per GPU "
                 "(torchrun --nproc-per-node), or use --device cpu.")
         device = torch.device("cuda", local_rank)
+    elif text == "auto":
+        device = torch.device("cpu")
     else:
         device = resolve_device(text)
+    if device.type == "mps":
+        raise MamolInputError(
+            "torchrun cannot share a run over Apple's GPU (MPS): torch.distributed has no "
+            "backend for it (NCCL is for CUDA GPUs, gloo for CPUs). Run one process without "
+            "torchrun to use the GPU, or use --device cpu.")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)

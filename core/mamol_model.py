@@ -31,12 +31,15 @@ part but classifies all P² pixel tokens of the last block, each through ``ln_po
 ``proj`` and the same head (:meth:`MamolModel.forward_tiles`), so one pass per modality
 labels a whole tile. A pixel model's file and tensors are exactly what they were.
 
-Precision (one rule book for the CPU and CUDA, no autocast): the frozen tower holds its
-weights in the *compute dtype* (fp32, or bf16 via :meth:`MamolModel.set_compute_dtype`)
-and every activation of the tower is in that dtype. Trainable tensors stay fp32 and are
-cast to the compute dtype where they meet an activation (token embeddings' output, LoRA
-A/B, the router's first layer). The router's second layer and its softmax, the gates, the
-pooled features entering the head and the logits are always fp32.
+Precision (one rule book for the CPU, CUDA and Apple's GPU, no autocast): the frozen tower
+holds its weights in the *compute dtype* (fp32; bf16, CUDA's automatic one; or fp16, MPS's
+automatic one, via :meth:`MamolModel.set_compute_dtype`) and every activation of the tower
+is in that dtype. Trainable tensors stay fp32 and are cast to the compute dtype where they
+meet an activation (token embeddings' output, LoRA A/B, the router's first layer). The
+router's second layer and its softmax, the gates, the pooled features entering the head
+and the logits are always fp32. fp16's narrow range is handled outside the model: training
+scales the loss (:class:`training.steps.LossScale`) and non-finite class scores stop a run
+(:func:`core.devices.require_finite_scores`).
 
 Speed (DESIGN §4): all LoRA experts of a block run as one matmul into the stacked A's and
 one out of the stacked B's, with per-expert weights (routed gates, zero outside a token's
@@ -329,8 +332,8 @@ class MamolEncoder(nn.Module):
         return self.visual.positional_embedding.dtype
 
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
-        """Hold the frozen tower in ``dtype`` (e.g. bf16 on CUDA); trainable tensors stay
-        fp32."""
+        """Hold the frozen tower in ``dtype`` (e.g. bf16 on CUDA, fp16 on MPS); trainable
+        tensors stay fp32."""
         self.visual.to(dtype)
         self._position_cache.clear()
 

@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from ..core import torch_compat
-from ..core.devices import free_gpu_bytes, to_device
+from ..core.devices import free_gpu_bytes, require_finite_scores, to_device
 from ..core.feedback import Reporter
 from .dataset import Normalisation, SampleSet, normalise
 from .tiles import pixel_presence, tile_pixel_patterns
@@ -100,7 +100,7 @@ def predict(model, batches: Batches, patterns: np.ndarray, batch_size: int,
     samples = np.arange(patterns.size) if samples is None else samples
     tiled = getattr(getattr(model, "kind", None), "value", "pixel") == "tile"
     presence = batches.pixel_presence() if tiled and samples.size else None
-    parts = []
+    parts, finite = [], []
     model.eval()
     with torch.no_grad():
         for start in range(0, samples.size, batch_size):
@@ -113,12 +113,14 @@ def predict(model, batches: Batches, patterns: np.ndarray, batch_size: int,
                 codes = tile_pixel_patterns(presence[index], pattern)
                 logits = model.forward_tiles(windows, torch.from_numpy(codes))
                 centre = logits.shape[-1] // 2
-                parts.append(logits[:, :, centre, centre].argmax(dim=1))
-                continue
-            logits = model(windows, torch.from_numpy(pattern))
+                logits = logits[:, :, centre, centre]
+            else:
+                logits = model(windows, torch.from_numpy(pattern))
             parts.append(logits.argmax(dim=1))
+            finite.append(torch.isfinite(logits).all())
     if not parts:
         return np.empty(0, dtype=np.int64)
+    require_finite_scores(bool(torch.stack(finite).all()), model.compute_dtype)
     return torch.cat(parts).cpu().numpy().astype(np.int64)
 
 

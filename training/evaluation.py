@@ -82,7 +82,7 @@ class EvaluationConfig:
         help=f"Samples per model call. Automatic: from free GPU memory on a GPU, "
              f"{CPU_INFERENCE_BATCH} on the CPU.")
     device: str = device_field()
-    precision: str = precision_field()   # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    precision: str = precision_field()   # frozen tower: auto | fp32 | bf16 | fp16
     seed: int = option(0, flag="--seed", key="SEED", label="Random seed", minimum=0,
                        advanced=True, help="Chooses the samples of the per-class cap and of "
                                            "the availability forcing.")

@@ -24,10 +24,11 @@ if TYPE_CHECKING:   # training.mce imports torch, which this module imports lazi
 
 from ..core import metrics, runs, torch_compat
 from ..core.backbone import BackboneSpec, build_visual_tower, fingerprint
-from ..core.devices import (auto_training_micro_batch, dtype_name, free_gpu_bytes,
-                            compile_field, device_field, model_inference_batch,
-                            parse_compile_mode, parse_precision, precision_field,
-                            prepare_model, resolve_device, synchronize)
+from ..core.devices import (GPU_TYPES, auto_training_micro_batch, dtype_name,
+                            free_gpu_bytes, compile_field, device_field,
+                            model_inference_batch, parse_compile_mode, parse_precision,
+                            precision_field, prepare_model, require_finite_scores,
+                            resolve_device, synchronize)
 from ..core.distributed import SINGLE, World
 from ..core.errors import MamolInputError
 from ..core.feedback import CancelCheck, ProgressCallback, Reporter
@@ -109,7 +110,7 @@ class TrainingConfig:
     validation_simulation: MissingSimulation = MissingSimulation()  # on validation samples
     max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
     device: str = device_field()
-    precision: str = precision_field()    # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    precision: str = precision_field()    # frozen tower: auto | fp32 | bf16 | fp16
     compile_mode: str = compile_field()   # torch.compile: off | default | max-autotune
     mce: Optional["MceConfig"] = None         # MCE training mode (seed 001); None = plain MaMOL
     seed: int = option(0, flag="--seed", key="SEED", label="Random seed", minimum=0,
@@ -180,13 +181,13 @@ def resolve_micro_batch(requested: int, batch_size: int, width: int, device,
                         free_bytes: Optional[int] = None, blocks: int = 12,
                         element_bytes: int = 2, modalities: int = 3,
                         tokens: int = 197) -> int:
-    """Samples per forward/backward pass. ``requested`` 0 = automatic: on CUDA (with
-    ``free_bytes`` of GPU memory) the whole batch when it fits, else the largest power of
-    two that does; on the CPU the whole batch with a narrow backbone and
+    """Samples per forward/backward pass. ``requested`` 0 = automatic: on a GPU (CUDA or
+    MPS, with ``free_bytes`` of its memory) the whole batch when it fits, else the largest
+    power of two that does; on the CPU the whole batch with a narrow backbone and
     :data:`CPU_MICRO_BATCH` for backbones of width >= 512 (ViT-B and larger)."""
     if requested > 0:
         return min(requested, batch_size)
-    if device.type == "cuda":
+    if device.type in GPU_TYPES:
         return auto_training_micro_batch(free_bytes, batch_size, tokens, width, blocks,
                                          element_bytes, modalities)
     if width >= WIDE_BACKBONE:
@@ -490,7 +491,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     the time left (:class:`~core.pace.Pace`) goes to them, so its warning stays out of the
     report."""
     torch = torch_compat.import_torch()
-    from .steps import choose_step   # imports torch, which this module imports lazily
+    from .steps import LossScale, choose_step   # import torch, which this module imports lazily
     names = config.modality_names
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
@@ -498,6 +499,7 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
     pace = _training_pace(config, epoch_size, device, world, say, alert)
     total_steps = steps_per_epoch(epoch_size, config.batch_size) * config.epochs
     optimizer, scheduler = _optimiser(config, model, device, total_steps)
+    scale = LossScale(model.compute_dtype, device)
     micro_batch = _micro_batch(config, model, device, world, say)
     train_batches = Batches(train, names, statistics, device)
     step = choose_step(config, model, train, train_patterns, train_batches, device, world,
@@ -512,9 +514,11 @@ def _fit(config, model, train: SampleSet, train_patterns, validation: SampleSet,
         order = epoch_order(train.class_index, class_count, config.balance_classes, rng)
         model.train()
         loss_sum, done = _train_epoch(step, order, config.batch_size, micro_batch, optimizer,
-                                      scheduler, world, reporter, done, total_steps, pace)
+                                      scheduler, world, reporter, done, total_steps, pace,
+                                      scale)
         world.sum_(loss_sum)   # every rank's share of the epoch's loss
         train_loss = float(loss_sum) / max(1, order.size)   # the one wait per epoch
+        require_finite_scores(math.isfinite(train_loss), model.compute_dtype)
         synchronize(device)
         train_seconds = time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": train_loss,
@@ -544,6 +548,8 @@ def _optimiser(config: TrainingConfig, model, device, total_steps: int):
     torch = torch_compat.import_torch()
     parameters = [p for p in model.parameters() if p.requires_grad]
     # Trainable tensors and the optimiser state are fp32 whatever the tower's precision.
+    # Fused on CUDA only: MPS's fused kernel ignored a step skipped for overflowing fp16
+    # gradients (pytorch/pytorch#186360).
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
                                   weight_decay=config.weight_decay,
                                   fused=device.type == "cuda" or None)
@@ -584,10 +590,11 @@ def _training_pace(config: TrainingConfig, epoch_size: int, device, world: World
 
 def _train_epoch(step, order: np.ndarray, batch_size: int, micro_batch: int, optimizer,
                  scheduler, world: World, reporter: Reporter, done: int, total_steps: int,
-                 pace: Pace):
+                 pace: Pace, scale):
     """One epoch's optimiser steps over the samples ``order``, each counted into ``pace``.
     Returns the epoch's summed loss (on the device, this rank's share) and the number of
-    steps done so far."""
+    steps done so far. A step that ``scale`` (:class:`training.steps.LossScale`) skips
+    leaves the schedule where it is."""
     from .steps import backward_batch
     torch = torch_compat.import_torch()
     step.begin_epoch()
@@ -596,9 +603,9 @@ def _train_epoch(step, order: np.ndarray, batch_size: int, micro_batch: int, opt
         reporter.check()
         index = order[start:start + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        backward_batch(step, index, micro_batch, world, loss_sum, reporter.check)
-        optimizer.step()
-        scheduler.step()
+        backward_batch(step, index, micro_batch, world, loss_sum, reporter.check, scale)
+        if scale.step(optimizer):
+            scheduler.step()
         done += 1
         if done == 1:
             world.fault("step")
@@ -643,7 +650,7 @@ def steady_rate(history: Sequence[Dict[str, object]]) -> Optional[float]:
 def _validation_batch(config: TrainingConfig, model, device) -> int:
     """Samples per validation call: validation is inference, so on a GPU as many as free
     memory allows; on the CPU twice the training batch."""
-    if device.type == "cuda":
+    if device.type in GPU_TYPES:
         return model_inference_batch(model, device, config.patch_size)
     return 2 * config.batch_size
 

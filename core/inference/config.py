@@ -76,7 +76,7 @@ class ClassifyConfig:
              "memory does not grow with the scene. More rarely helps: blocks are read in "
              "order.")
     device: str = device_field()
-    precision: str = precision_field()     # frozen tower: auto (bf16 on CUDA) | fp32 | bf16
+    precision: str = precision_field()     # frozen tower: auto | fp32 | bf16 | fp16
     compile_mode: str = compile_field()    # torch.compile: off | default | max-autotune
     tile_blend: str = option(
         TILE_BLENDS[0], flag="--tile-blend", key="TILE_BLEND",

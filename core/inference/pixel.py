@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import torch_compat
-from ..devices import to_device
+from ..devices import require_finite_scores, to_device
 from ..feedback import Reporter
 from .blocks import Block, device_bands, device_windows
 
@@ -39,5 +39,6 @@ def classify_pixels(model, block: Block, device, batch_size: int, patch: int,
             logits = model(windows, codes_all[start:stop])
             results.append(torch.softmax(logits, dim=1))
     result = torch.cat(results).cpu().numpy()     # the one wait for the device per block
+    require_finite_scores(bool(np.isfinite(result).all()), model.compute_dtype)
     probabilities[:, todo_r, todo_c] = result.T
     return probabilities[:, a_rows, a_cols], anchor_pattern, int(todo_r.size)

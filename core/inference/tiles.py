@@ -7,7 +7,7 @@ from typing import Tuple
 import numpy as np
 
 from .. import torch_compat
-from ..devices import to_device
+from ..devices import require_finite_scores, to_device
 from ..feedback import Reporter
 from ..windows import tile_layout, window_offset
 from .blocks import Block, device_bands, device_windows
@@ -40,7 +40,9 @@ def _run_tiles(model, block: Block, tile_r: np.ndarray, tile_c: np.ndarray, devi
             passes += sum(bin(int(code)).count("1") for code in model.tile_pattern(codes))
             logits = model.forward_tiles(windows, codes)
             results.append(torch.softmax(logits[:, :, keep, keep], dim=1))
-    return torch.cat(results).cpu().numpy(), passes
+    result = torch.cat(results).cpu().numpy()
+    require_finite_scores(bool(np.isfinite(result).all()), model.compute_dtype)
+    return result, passes
 
 
 def tile_weights(patch_size: int) -> np.ndarray:

@@ -292,6 +292,9 @@ def test_build_and_index_choice():
     assert model_env.resolve_torch_index("cpu", None, "linux") == model_env.CPU_INDEX
     assert model_env.resolve_torch_index("cuda", None, "win32") == model_env.CUDA_INDEX
     assert model_env.resolve_torch_index("cpu", None, "darwin") is None
+    # Automatic on a Mac: PyPI's default wheel, the one with Apple's GPU (MPS)
+    mac_build = model_env.resolve_build("auto", None, "darwin")
+    assert model_env.resolve_torch_index(mac_build, None, "darwin") is None
     for configured in ("", "pypi", " PyPI "):
         assert model_env.resolve_torch_index("cuda", configured, "linux") is None
     assert model_env.resolve_torch_index("cpu", "https://mirror/whl/", "linux") == \

@@ -117,7 +117,7 @@ def test_polygons_with_an_unknown_class_are_refused(tiny_model, small_scene, tmp
     ({"absent": ("hs", "sar", "lidar")}, "at least one modality"),
     ({"absent": ("thermal",)}, "thermal"),
     ({"batch_size": -1}, "batch size"),
-    ({"precision": "fp16"}, "Unknown precision"),
+    ({"precision": "fp8"}, "Unknown precision"),
     ({"availability": {"thermal": 0.5}}, "thermal"),
 ])
 def test_bad_settings(tiny_model, small_scene, tmp_path, changes, message):
