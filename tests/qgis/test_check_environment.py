@@ -31,7 +31,7 @@ def test_check_environment_reports_both_sides_and_what_to_do(mamol_provider, fak
     result = processing.run("mamol:checkenvironment", {
         "PROBE_SECONDS": 0, "OUTPUT_JSON": str(tmp_path / "report.json")}, feedback=feedback)
     report = result["REPORT"].splitlines()
-    assert report[0].startswith(f"MaMOL 0.") and f"on QGIS {Qgis.version()}" in report[0]
+    assert report[0].startswith("MaMOL 0.") and f"on QGIS {Qgis.version()}" in report[0]
     assert report[2].startswith(f"Engine Python: {os.environ['MAMOL_PYTHON']}, chosen by "
                                 "the environment variable MAMOL_PYTHON")
     assert "NVIDIA GPUs (nvidia-smi): NVIDIA H200 (driver 570.86.15, 140 GiB)" in \
