@@ -95,8 +95,7 @@ def precision_field():
     return option(
         Precision.AUTO.value, flag="--precision", key="PRECISION",
         label="Number precision", advanced=True,
-        choices=choices(Precision, ("Automatic (bf16 on a CUDA GPU, fp16 on MPS)", "fp32",
-                                    "bf16", "fp16")),
+        choices=choices(Precision, ("Automatic (by device)", "fp32", "bf16", "fp16")),
         help="Automatic: bf16 on a CUDA GPU, fp16 on Apple's GPU (MPS), fp32 on the CPU. "
              "Number format of the frozen CLIP tower and its activations; trainable "
              "weights, gates and class scores are always fp32. bf16 is about twice as fast "
