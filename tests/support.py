@@ -109,3 +109,10 @@ class TickingClock:
     def __call__(self) -> float:
         self.now += self.tick
         return self.now
+
+
+def idle_gpu_words(torch_build: str) -> str:
+    """What the idle-GPU message says, with :func:`fake_nvidia_smi`'s driver (CUDA 12.8),
+    for the engine's torch build ("CPU", or "CUDA 13.0" as PyPI's Linux wheel is): a CPU
+    build must be replaced, a CUDA build newer than the driver needs a newer driver."""
+    return "is a CPU build" if torch_build.startswith("CPU") else "Update the NVIDIA driver"
