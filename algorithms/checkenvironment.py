@@ -10,7 +10,7 @@ from qgis.core import (Qgis, QgsProcessingContext, QgsProcessingOutputString,
 
 from ..core.doctor import DoctorConfig, write_json
 from ..core.errors import MamolInputError
-from ..core.system import CUDA_SETUP_HINT, describe_gpus, detect_nvidia
+from ..core.system import CUDA_SETUP_TOOLBOX, describe_gpus, detect_nvidia
 from .common import (FeedbackRelay, MamolAlgorithm, add_config_parameters, config_arguments,
                      core_errors_as_processing_exceptions, plugin_metadata)
 from .engine_runner import engine_python_choice, run_engine
@@ -112,5 +112,5 @@ def no_engine_advice(qgis: Dict[str, object]) -> str:
     gpus = detect_nvidia()
     if gpus:
         return (f"PyTorch is not set up yet, and an NVIDIA GPU is present "
-                f"({describe_gpus(gpus)}): {CUDA_SETUP_HINT.split(';')[0]}.")
+                f"({describe_gpus(gpus)}): {CUDA_SETUP_TOOLBOX}.")
     return f"PyTorch is not set up yet: {SETUP_HINT}."

@@ -26,9 +26,11 @@ NVIDIA_QUERY = ("--query-gpu=name,driver_version,memory.total",
                 "--format=csv,noheader,nounits")
 #: PyTorch's package index of the CUDA build the plugin installs.
 CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
-#: What to run to install the CUDA build in the plugin (the Toolbox's words).
-CUDA_SETUP_HINT = ("run 'Install dependencies' (Processing Toolbox → MaMOL land cover → "
-                   "Setup) with Build = CUDA; on the command line, install torch from "
+#: What to run to install the CUDA build: in QGIS (the Toolbox's words), and also on the
+#: command line.
+CUDA_SETUP_TOOLBOX = ("run 'Install dependencies' (Processing Toolbox → MaMOL land cover → "
+                      "Setup) with Build = CUDA")
+CUDA_SETUP_HINT = (f"{CUDA_SETUP_TOOLBOX}; on the command line, install torch from "
                    f"PyTorch's CUDA index (pip install torch --index-url {CUDA_INDEX})")
 
 
